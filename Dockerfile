@@ -1,0 +1,21 @@
+# Build: docker build -t switchyard .
+# Run:   docker run -p 8080:8080 -p 9901:9901 -v $PWD/conf:/etc/switchyard switchyard
+FROM rust:1-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin switchyard
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin switchyard
+COPY --from=build /src/target/release/switchyard /usr/local/bin/switchyard
+COPY conf/switchyard.yaml /etc/switchyard/switchyard.yaml
+# The example config listens on loopback; inside a container it must listen on all interfaces.
+ENV SWITCHYARD_LISTEN=0.0.0.0:8080 \
+    SWITCHYARD_ADMIN_LISTEN=0.0.0.0:9901
+USER switchyard
+EXPOSE 8080 9901
+ENTRYPOINT ["switchyard"]
+CMD ["--config", "/etc/switchyard/switchyard.yaml"]

@@ -1,0 +1,166 @@
+//! The admin listener: `GET /health`, `GET /stats` (JSON) and `GET /metrics` (Prometheus),
+//! behind a bearer token when one is configured.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde_json::{json, Value};
+
+use crate::state::Shared;
+
+/// Serves the admin API from the shared state.
+pub struct Admin {
+    shared: Arc<Shared>,
+}
+
+impl Admin {
+    pub fn new(shared: Arc<Shared>) -> Admin {
+        Admin { shared }
+    }
+
+    /// The `/stats` document.
+    pub fn stats(&self) -> Value {
+        let runtime = self.shared.runtime();
+        let upstreams: serde_json::Map<String, Value> = runtime
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let backends: Vec<Value> = pool
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        json!({
+                            "address": b.name,
+                            "weight": b.weight,
+                            "healthy": b.is_healthy(),
+                            "in_flight": b.in_flight(),
+                            "requests_total": b.requests_total(),
+                            "failures_total": b.failures_total(),
+                        })
+                    })
+                    .collect();
+                (
+                    name.clone(),
+                    json!({
+                        "strategy": pool.strategy.as_str(),
+                        "health_check": pool.health_check.is_some(),
+                        "backends": backends,
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "version": runtime.version,
+            "uptime_seconds": self.shared.started.elapsed().as_secs_f64(),
+            "requests_total": self.shared.requests_total(),
+            "active_requests": self.shared.active_requests(),
+            "upstreams": upstreams,
+        })
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let runtime = self.shared.runtime();
+        let Some(token) = runtime.config.admin.token.as_deref() else {
+            return true;
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))
+    }
+}
+
+/// Compares without leaking, through timing, how much of the token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .unwrap_or_default()
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
+    reply(
+        status,
+        "text/plain; charset=utf-8",
+        body.as_bytes().to_vec(),
+    )
+}
+
+fn json_reply(status: StatusCode, value: &Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let known = matches!(path.as_str(), "/health" | "/stats" | "/metrics");
+        if !known {
+            return text(StatusCode::NOT_FOUND, "404 Not Found\n");
+        }
+        if path != "/health" && !self.authorized(session) {
+            let mut resp = text(
+                StatusCode::UNAUTHORIZED,
+                "401 Unauthorized: bearer token required\n",
+            );
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"switchyard-admin\""),
+            );
+            return resp;
+        }
+        if method != Method::GET && method != Method::HEAD {
+            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n");
+            resp.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
+            return resp;
+        }
+        match path.as_str() {
+            "/health" => text(StatusCode::OK, "ok"),
+            "/stats" => json_reply(StatusCode::OK, &self.stats()),
+            _ => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.shared
+                    .metrics
+                    .render(&self.shared.runtime())
+                    .into_bytes(),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

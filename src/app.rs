@@ -1,0 +1,230 @@
+//! Builds the Pingora server from a config (proxy, admin, health checks, demo origins) and runs
+//! it until a signal ends it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{
+    ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::demo::DemoOrigin;
+use crate::proxy::Proxy;
+use crate::state::Shared;
+use crate::upstream::health;
+
+/// What to run besides the proxy.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunOptions {
+    /// Also serve demo origins on every loopback backend address.
+    pub demo: bool,
+}
+
+/// Runs Switchyard with `config` until SIGTERM or SIGINT (graceful) ends it.
+pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
+    claim_addresses(&mut config)?;
+    let demo_origins = if options.demo {
+        demo_addresses(&config)?
+    } else {
+        Vec::new()
+    };
+    let grace = config.server.grace_period;
+    let threads = config.server.threads;
+    let listen = config.server.listen.clone();
+    let admin_listen = config.admin.listen;
+    if config.admin.token.is_none() && !config.admin.listen.ip().is_loopback() {
+        log::warn!(
+            "admin endpoint on {} has no token: anyone who can reach it can read stats",
+            config.admin.listen
+        );
+    }
+
+    let shared = Shared::new(config);
+
+    let mut conf = ServerConf {
+        threads,
+        // Pingora sleeps this long after a graceful-terminate signal; the drain watcher below
+        // exits as soon as no request is left, so it is the upper bound only.
+        grace_period_seconds: Some(grace.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 512,
+        ..ServerConf::default()
+    };
+    conf.upgrade_sock = "/tmp/switchyard_upgrade.sock".into();
+    conf.pid_file = "/tmp/switchyard.pid".into();
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy::new(Arc::clone(&shared)),
+        "switchyard proxy",
+    );
+    for addr in &listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    let mut admin = Service::new(
+        "switchyard admin".to_string(),
+        HttpServer::new_app(Admin::new(Arc::clone(&shared))),
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&admin_listen.to_string());
+    server.add_service(admin);
+
+    let mut checks = background_service(
+        "health checks",
+        HealthChecks {
+            shared: Arc::clone(&shared),
+        },
+    );
+    checks.threads = Some(1);
+    server.add_service(checks);
+
+    for addr in &demo_origins {
+        let mut origin = Service::new(
+            format!("demo origin {addr}"),
+            HttpServer::new_app(DemoOrigin {
+                name: format!("demo-{}", addr.port()),
+            }),
+        );
+        origin.threads = Some(1);
+        origin.add_tcp(&addr.to_string());
+        server.add_service(origin);
+        println!("switchyard: demo origin listening on http://{addr}");
+    }
+
+    for addr in &listen {
+        println!("switchyard: proxy listening on http://{addr}");
+    }
+    println!("switchyard: admin listening on http://{admin_listen}");
+
+    spawn_drain_watcher(&server, Arc::clone(&shared), grace);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    log::info!("switchyard stopped");
+    Ok(())
+}
+
+/// Makes sure every listen address can be bound, and gives port-0 addresses a real free port
+/// so that it can be printed and used.
+fn claim_addresses(config: &mut Config) -> anyhow::Result<()> {
+    for addr in config
+        .server
+        .listen
+        .iter_mut()
+        .chain(std::iter::once(&mut config.admin.listen))
+    {
+        let probe = TcpListener::bind(*addr).with_context(|| format!("cannot listen on {addr}"))?;
+        *addr = probe
+            .local_addr()
+            .with_context(|| format!("cannot read the bound address of {addr}"))?;
+    }
+    Ok(())
+}
+
+/// The loopback backend addresses that `switchyard demo` serves itself.
+fn demo_addresses(config: &Config) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut addrs: Vec<SocketAddr> = config
+        .upstreams
+        .values()
+        .flat_map(|u| u.backends.iter().map(|b| b.addr))
+        .filter(|a| a.ip().is_loopback())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    for addr in &addrs {
+        TcpListener::bind(addr).with_context(|| {
+            format!("demo origin cannot listen on {addr} (is something else running there?)")
+        })?;
+    }
+    Ok(addrs)
+}
+
+/// SIGTERM and SIGINT stop gracefully; SIGQUIT hands the listeners to a new process
+/// (`switchyard --upgrade`).
+struct Signals;
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            log::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM: finishing in-flight requests, then exiting"),
+            _ = int.recv() => log::info!("SIGINT: finishing in-flight requests, then exiting"),
+            _ = quit.recv() => {
+                log::info!("SIGQUIT: handing listeners over for a graceful upgrade");
+                return ShutdownSignal::GracefulUpgrade;
+            }
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Once shutdown starts (listeners closed), exits as soon as no request is in flight rather than
+/// always sleeping the whole grace period.
+fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>, grace: Duration) {
+    let mut phases = server.watch_execution_phase();
+    std::thread::spawn(move || loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::GracefulTerminate)
+            | Ok(ExecutionPhase::GracefulUpgradeCloseTimeout) => {
+                let deadline = Instant::now() + grace;
+                let mut idle_polls = 0;
+                while Instant::now() < deadline {
+                    idle_polls = if shared.active_requests() == 0 {
+                        idle_polls + 1
+                    } else {
+                        0
+                    };
+                    if idle_polls >= 3 {
+                        log::info!("all requests finished; exiting");
+                        std::process::exit(0);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                log::warn!(
+                    "grace period over with {} requests still in flight; exiting",
+                    shared.active_requests()
+                );
+                std::process::exit(0);
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    });
+}
+
+/// Runs the active health checks of the running config until shutdown.
+struct HealthChecks {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let runtime = self.shared.runtime();
+        let tasks = health::spawn_all(runtime.pools.values());
+        let _ = shutdown.changed().await;
+        drop(tasks);
+    }
+}

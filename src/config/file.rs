@@ -1,0 +1,100 @@
+//! The YAML file as written: serde structs that reject unknown keys, before any validation.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+
+/// Reads a duration or size field: a string, or a bare number kept as its text so that
+/// validation can say which unit is missing.
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        I(i64),
+        F(f64),
+    }
+    Ok(Option::<Text>::deserialize(d)?.map(|t| match t {
+        Text::S(s) => s,
+        Text::I(i) => i.to_string(),
+        Text::F(f) => f.to_string(),
+    }))
+}
+
+/// The whole file. Every section but `upstreams` and `routes` may be left out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: FileServer,
+    #[serde(default)]
+    pub admin: FileAdmin,
+    pub upstreams: BTreeMap<String, FileUpstream>,
+    pub routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    pub listen: Option<Vec<String>>,
+    pub threads: Option<usize>,
+    #[serde(default, deserialize_with = "text")]
+    pub grace_period: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    pub strategy: Option<String>,
+    pub backends: Vec<FileBackend>,
+    pub health_check: Option<FileHealthCheck>,
+    #[serde(default, deserialize_with = "text")]
+    pub connect_timeout: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub read_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackend {
+    pub address: String,
+    pub weight: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub expect_status: Option<u16>,
+    #[serde(default, deserialize_with = "text")]
+    pub interval: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub timeout: Option<String>,
+    pub unhealthy_threshold: Option<i64>,
+    pub healthy_threshold: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    #[serde(rename = "match", default)]
+    pub matcher: FileMatch,
+    pub upstream: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMatch {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+}

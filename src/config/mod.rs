@@ -1,0 +1,508 @@
+//! Configuration: the YAML file (`file`) is read, expanded and checked here into a [`Config`]
+//! that the rest of Switchyard trusts. Every error names the file, the key path and the reason.
+
+mod file;
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use file::{FileConfig, FileHealthCheck, FileUpstream};
+use units::{expand_env, parse_duration};
+
+/// A configuration that failed to load: `<file>: <key path>: <reason>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {path}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub path: String,
+    pub reason: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: Server,
+    pub admin: Admin,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Addresses to accept clients on; port 0 picks a free port at start.
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Bearer token required on every admin path but `/health`; `None` when unset or empty.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Smooth weighted round-robin; `weighted` in the file means the same.
+    RoundRobin,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub strategy: Strategy,
+    pub backends: Vec<BackendSpec>,
+    pub health_check: Option<HealthCheck>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// The address as written in the file (shown in stats and metrics).
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// GET `path`; healthy when the status is `expect_status`, or any 2xx/3xx when unset.
+    Http {
+        path: String,
+        expect_status: Option<u16>,
+    },
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `api.example.com`, compared without case and without port.
+    Exact(String),
+    /// `*.example.com`: stores `.example.com`; matches any name ending in it.
+    Wildcard(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub host: Option<HostMatch>,
+    pub path_prefix: String,
+    pub upstream: String,
+}
+
+/// Highest weight accepted; the round-robin schedule holds one slot per unit of weight.
+pub const MAX_WEIGHT: i64 = 1000;
+
+impl Config {
+    /// Reads, expands and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            path: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates YAML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |path: &str, reason: String| ConfigError {
+            file: file.to_string(),
+            path: path.to_string(),
+            reason,
+        };
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "(document)".into());
+            err(&at, format!("invalid YAML: {e}"))
+        })?;
+        if doc.is_null() {
+            return Err(err("(document)", "the file is empty".into()));
+        }
+        for name in expand_strings(&mut doc) {
+            log::warn!("{file}: environment variable {name} is not set; it expands to \"\"");
+        }
+        let raw: FileConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." {
+                "(document)".into()
+            } else {
+                path
+            };
+            err(&path, e.into_inner().to_string())
+        })?;
+        validate(raw).map_err(|(path, reason)| err(&path, reason))
+    }
+}
+
+/// Replaces `${NAME}` in every string value (not keys); returns the unset names.
+fn expand_strings(value: &mut serde_yaml::Value) -> Vec<String> {
+    let lookup = |name: &str| std::env::var(name).ok();
+    let mut missing = Vec::new();
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_yaml::Value::String(s) if s.contains("${") => {
+                let (expanded, unset) = expand_env(s, &lookup);
+                *s = expanded;
+                missing.extend(unset);
+            }
+            serde_yaml::Value::Sequence(items) => stack.extend(items.iter_mut()),
+            serde_yaml::Value::Mapping(map) => stack.extend(map.iter_mut().map(|(_, v)| v)),
+            serde_yaml::Value::Tagged(tagged) => stack.push(&mut tagged.value),
+            _ => {}
+        }
+    }
+    missing
+}
+
+type Invalid = (String, String);
+
+fn invalid(path: impl Into<String>, reason: impl fmt::Display) -> Invalid {
+    (path.into(), reason.to_string())
+}
+
+fn duration(path: &str, value: Option<&str>, default: Duration) -> Result<Duration, Invalid> {
+    match value {
+        None => Ok(default),
+        Some(v) => {
+            let d = parse_duration(v).map_err(|e| invalid(path, e))?;
+            if d.is_zero() {
+                return Err(invalid(path, "must be greater than 0"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+fn socket_addr(path: &str, text: &str) -> Result<SocketAddr, Invalid> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !text.contains(':') {
+        return Err(invalid(
+            path,
+            format!("`{text}` is not an address like 127.0.0.1:9001 or host:port"),
+        ));
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| invalid(path, format!("`{text}` resolves to no address"))),
+        Err(e) => Err(invalid(
+            path,
+            format!("`{text}` is not a valid address: {e}"),
+        )),
+    }
+}
+
+fn threshold(path: &str, value: Option<i64>, default: u32) -> Result<u32, Invalid> {
+    match value {
+        None => Ok(default),
+        Some(v) if v < 1 => Err(invalid(path, "must be at least 1")),
+        Some(v) => u32::try_from(v).map_err(|_| invalid(path, "is too large")),
+    }
+}
+
+fn validate(raw: FileConfig) -> Result<Config, Invalid> {
+    let threads_default = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listen = raw
+        .server
+        .listen
+        .unwrap_or_else(|| vec!["0.0.0.0:8080".into()]);
+    if listen.is_empty() {
+        return Err(invalid("server.listen", "needs at least one address"));
+    }
+    let listen = listen
+        .iter()
+        .enumerate()
+        .map(|(i, a)| socket_addr(&format!("server.listen[{i}]"), a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let threads = match raw.server.threads {
+        Some(0) => return Err(invalid("server.threads", "must be at least 1")),
+        Some(n) => n,
+        None => threads_default,
+    };
+    let grace_period = duration(
+        "server.grace_period",
+        raw.server.grace_period.as_deref(),
+        Duration::from_secs(10),
+    )?;
+    let trusted_proxies = raw
+        .server
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        format!("server.trusted_proxies[{i}]"),
+                        format!("`{text}` is not an IP address or CIDR like 10.0.0.0/8"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let admin = Admin {
+        listen: socket_addr(
+            "admin.listen",
+            raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"),
+        )?,
+        token: raw.admin.token.filter(|t| !t.is_empty()),
+    };
+
+    if raw.upstreams.is_empty() {
+        return Err(invalid("upstreams", "needs at least one upstream"));
+    }
+    let mut upstreams = BTreeMap::new();
+    for (name, up) in raw.upstreams {
+        let upstream = validate_upstream(&format!("upstreams.{name}"), up)?;
+        upstreams.insert(name, upstream);
+    }
+
+    if raw.routes.is_empty() {
+        return Err(invalid("routes", "needs at least one route"));
+    }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !upstreams.contains_key(&r.upstream) {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            return Err(invalid(
+                format!("{path}.upstream"),
+                format!(
+                    "upstream `{}` is not defined (defined: {})",
+                    r.upstream,
+                    known.join(", ")
+                ),
+            ));
+        }
+        let host = match r.matcher.host.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(h) => Some(host_match(&format!("{path}.match.host"), h)?),
+        };
+        let path_prefix = r.matcher.path_prefix.unwrap_or_else(|| "/".into());
+        if !path_prefix.starts_with('/') {
+            return Err(invalid(
+                format!("{path}.match.path_prefix"),
+                format!("`{path_prefix}` must start with /"),
+            ));
+        }
+        if routes
+            .iter()
+            .any(|seen: &Route| seen.host == host && seen.path_prefix == path_prefix)
+        {
+            return Err(invalid(
+                format!("{path}.match"),
+                "another route already matches the same host and path_prefix",
+            ));
+        }
+        routes.push(Route {
+            host,
+            path_prefix,
+            upstream: r.upstream,
+        });
+    }
+
+    Ok(Config {
+        server: Server {
+            listen,
+            threads,
+            grace_period,
+            trusted_proxies,
+        },
+        admin,
+        upstreams,
+        routes,
+    })
+}
+
+fn host_match(path: &str, host: &str) -> Result<HostMatch, Invalid> {
+    let host = host.to_ascii_lowercase();
+    let (wildcard, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host.as_str()),
+    };
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    if !valid {
+        return Err(invalid(
+            path,
+            format!("`{host}` is not a host name like api.example.com or *.example.com"),
+        ));
+    }
+    Ok(if wildcard {
+        HostMatch::Wildcard(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name.to_string())
+    })
+}
+
+fn validate_upstream(path: &str, up: FileUpstream) -> Result<Upstream, Invalid> {
+    let strategy = match up.strategy.as_deref().unwrap_or("round_robin") {
+        "round_robin" | "weighted" => Strategy::RoundRobin,
+        s @ ("least_connections" | "ip_hash") => {
+            return Err(invalid(
+                format!("{path}.strategy"),
+                format!("`{s}` is not yet supported; use round_robin or weighted"),
+            ))
+        }
+        other => {
+            return Err(invalid(
+                format!("{path}.strategy"),
+                format!(
+                    "unknown strategy `{other}`; expected round_robin, weighted, least_connections or ip_hash"
+                ),
+            ))
+        }
+    };
+    if up.backends.is_empty() {
+        return Err(invalid(
+            format!("{path}.backends"),
+            "needs at least one backend",
+        ));
+    }
+    let mut backends: Vec<BackendSpec> = Vec::with_capacity(up.backends.len());
+    for (i, b) in up.backends.iter().enumerate() {
+        let bpath = format!("{path}.backends[{i}]");
+        let addr = socket_addr(&format!("{bpath}.address"), b.address.trim())?;
+        let weight = match b.weight {
+            None => 1,
+            Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
+            Some(w) => {
+                return Err(invalid(
+                    format!("{bpath}.weight"),
+                    format!("{w} is out of range; weight must be 1 to {MAX_WEIGHT}"),
+                ))
+            }
+        };
+        let name = b.address.trim().to_string();
+        if backends.iter().any(|seen| seen.name == name) {
+            return Err(invalid(
+                format!("{bpath}.address"),
+                format!("`{name}` is listed twice in this upstream"),
+            ));
+        }
+        backends.push(BackendSpec { name, addr, weight });
+    }
+    let health_check = up
+        .health_check
+        .map(|hc| validate_health(&format!("{path}.health_check"), hc))
+        .transpose()?;
+    Ok(Upstream {
+        strategy,
+        backends,
+        health_check,
+        connect_timeout: duration(
+            &format!("{path}.connect_timeout"),
+            up.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+        )?,
+        read_timeout: duration(
+            &format!("{path}.read_timeout"),
+            up.read_timeout.as_deref(),
+            Duration::from_secs(60),
+        )?,
+    })
+}
+
+fn validate_health(path: &str, hc: FileHealthCheck) -> Result<HealthCheck, Invalid> {
+    let kind = match hc.kind.as_deref().unwrap_or("http") {
+        "http" => {
+            let check_path = hc.path.unwrap_or_else(|| "/".into());
+            if !check_path.starts_with('/') || check_path.contains(char::is_whitespace) {
+                return Err(invalid(
+                    format!("{path}.path"),
+                    format!("`{check_path}` must start with / and hold no spaces"),
+                ));
+            }
+            if let Some(code) = hc.expect_status {
+                if !(100..=599).contains(&code) {
+                    return Err(invalid(
+                        format!("{path}.expect_status"),
+                        format!("{code} is not an HTTP status"),
+                    ));
+                }
+            }
+            CheckKind::Http {
+                path: check_path,
+                expect_status: hc.expect_status,
+            }
+        }
+        "tcp" => {
+            if hc.path.is_some() || hc.expect_status.is_some() {
+                return Err(invalid(
+                    path,
+                    "path and expect_status apply to http checks only",
+                ));
+            }
+            CheckKind::Tcp
+        }
+        other => {
+            return Err(invalid(
+                format!("{path}.type"),
+                format!("unknown check type `{other}`; expected http or tcp"),
+            ))
+        }
+    };
+    let interval = duration(
+        &format!("{path}.interval"),
+        hc.interval.as_deref(),
+        Duration::from_secs(5),
+    )?;
+    let timeout = duration(
+        &format!("{path}.timeout"),
+        hc.timeout.as_deref(),
+        Duration::from_secs(2),
+    )?;
+    Ok(HealthCheck {
+        kind,
+        interval,
+        timeout,
+        unhealthy_threshold: threshold(
+            &format!("{path}.unhealthy_threshold"),
+            hc.unhealthy_threshold,
+            3,
+        )?,
+        healthy_threshold: threshold(
+            &format!("{path}.healthy_threshold"),
+            hc.healthy_threshold,
+            2,
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

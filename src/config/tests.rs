@@ -1,0 +1,276 @@
+//! Config loading: every rejection names its key path; the example config parses.
+
+use super::*;
+
+const BASE: &str = r#"
+upstreams:
+  assessments:
+    backends:
+      - address: 127.0.0.1:9001
+        weight: 3
+      - address: 127.0.0.1:9002
+routes:
+  - match: { path_prefix: / }
+    upstream: assessments
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.yaml")
+}
+
+/// Asserts that `text` is rejected at `path` with a reason containing `reason`.
+fn rejects(text: &str, path: &str, reason: &str) {
+    let err = parse(text).expect_err("config should be rejected");
+    assert_eq!(err.file, "test.yaml");
+    assert_eq!(err.path, path, "wrong key path in: {err}");
+    assert!(
+        err.reason.contains(reason),
+        "reason `{}` lacks `{reason}`",
+        err.reason
+    );
+    assert!(err.to_string().starts_with(&format!("test.yaml: {path}: ")));
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.server.listen, vec!["0.0.0.0:8080".parse().unwrap()]);
+    assert_eq!(c.server.grace_period, Duration::from_secs(10));
+    assert_eq!(c.admin.listen, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(c.admin.token, None);
+    let up = &c.upstreams["assessments"];
+    assert_eq!(up.strategy, Strategy::RoundRobin);
+    assert_eq!(up.backends[0].weight, 3);
+    assert_eq!(up.backends[1].weight, 1);
+    assert_eq!(up.health_check, None);
+    assert_eq!(c.routes[0].path_prefix, "/");
+}
+
+#[test]
+fn example_config_parses() {
+    let text = include_str!("../../conf/switchyard.yaml");
+    let c = parse(text).unwrap();
+    assert!(c.upstreams.contains_key("assessments"));
+    assert!(c.upstreams["assessments"].health_check.is_some());
+    assert!(!c.routes.is_empty());
+}
+
+#[test]
+fn full_health_check_block() {
+    let text = BASE.replace(
+        "      - address: 127.0.0.1:9002\n",
+        "      - address: 127.0.0.1:9002\n    health_check:\n      type: http\n      path: /health\n      expect_status: 200\n      interval: 250ms\n      timeout: 1s\n      unhealthy_threshold: 3\n      healthy_threshold: 2\n    connect_timeout: 2s\n    read_timeout: 30s\n",
+    );
+    let up = parse(&text).unwrap().upstreams["assessments"].clone();
+    let hc = up.health_check.unwrap();
+    assert_eq!(
+        hc.kind,
+        CheckKind::Http {
+            path: "/health".into(),
+            expect_status: Some(200)
+        }
+    );
+    assert_eq!(hc.interval, Duration::from_millis(250));
+    assert_eq!(up.connect_timeout, Duration::from_secs(2));
+    assert_eq!(up.read_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn env_expands_in_values() {
+    std::env::set_var("SWITCHYARD_TEST_TOKEN_A", "tok-123");
+    let text = format!("admin:\n  token: \"${{SWITCHYARD_TEST_TOKEN_A}}\"\n{BASE}");
+    assert_eq!(
+        parse(&text).unwrap().admin.token.as_deref(),
+        Some("tok-123")
+    );
+    let text = format!("admin:\n  token: \"${{SWITCHYARD_TEST_UNSET_B}}\"\n{BASE}");
+    assert_eq!(parse(&text).unwrap().admin.token, None);
+}
+
+#[test]
+fn rejects_unknown_keys() {
+    rejects(
+        &BASE.replace("weight: 3", "weight: 3\n        wieght: 2"),
+        "upstreams.assessments.backends[0].wieght",
+        "unknown field `wieght`",
+    );
+    rejects(
+        &format!("server:\n  listn: [\"127.0.0.1:1\"]\n{BASE}"),
+        "server.listn",
+        "unknown field `listn`",
+    );
+    rejects(
+        &format!("extra: 1\n{BASE}"),
+        "extra",
+        "unknown field `extra`",
+    );
+}
+
+#[test]
+fn rejects_route_to_missing_upstream() {
+    rejects(
+        &BASE.replace("    upstream: assessments", "    upstream: nowhere"),
+        "routes[0].upstream",
+        "upstream `nowhere` is not defined",
+    );
+}
+
+#[test]
+fn rejects_upstream_without_backends() {
+    rejects(
+        "upstreams:\n  empty:\n    backends: []\nroutes:\n  - upstream: empty\n",
+        "upstreams.empty.backends",
+        "at least one backend",
+    );
+}
+
+#[test]
+fn rejects_weight_zero() {
+    rejects(
+        &BASE.replace("weight: 3", "weight: 0"),
+        "upstreams.assessments.backends[0].weight",
+        "out of range",
+    );
+}
+
+#[test]
+fn rejects_bad_address() {
+    rejects(
+        &BASE.replace("127.0.0.1:9002", "not-an-address"),
+        "upstreams.assessments.backends[1].address",
+        "not an address",
+    );
+    rejects(
+        &BASE.replace("127.0.0.1:9002", "127.0.0.1:99999"),
+        "upstreams.assessments.backends[1].address",
+        "not a valid address",
+    );
+    rejects(
+        &format!("server:\n  listen: [\"localhost\"]\n{BASE}"),
+        "server.listen[0]",
+        "not an address",
+    );
+}
+
+#[test]
+fn rejects_bad_durations() {
+    rejects(
+        &format!("server:\n  grace_period: 5 minutes\n{BASE}"),
+        "server.grace_period",
+        "unknown unit",
+    );
+    rejects(
+        &BASE.replace(
+            "      - address: 127.0.0.1:9002\n",
+            "      - address: 127.0.0.1:9002\n    connect_timeout: 10\n",
+        ),
+        "upstreams.assessments.connect_timeout",
+        "no unit",
+    );
+    rejects(
+        &BASE.replace(
+            "      - address: 127.0.0.1:9002\n",
+            "      - address: 127.0.0.1:9002\n    health_check: { interval: 0s }\n",
+        ),
+        "upstreams.assessments.health_check.interval",
+        "greater than 0",
+    );
+}
+
+#[test]
+fn rejects_zero_thresholds() {
+    for key in ["unhealthy_threshold", "healthy_threshold"] {
+        rejects(
+            &BASE.replace(
+                "      - address: 127.0.0.1:9002\n",
+                &format!("      - address: 127.0.0.1:9002\n    health_check: {{ {key}: 0 }}\n"),
+            ),
+            &format!("upstreams.assessments.health_check.{key}"),
+            "at least 1",
+        );
+    }
+}
+
+#[test]
+fn rejects_unsupported_and_unknown_strategies() {
+    for s in ["least_connections", "ip_hash"] {
+        rejects(
+            &BASE.replace(
+                "  assessments:\n",
+                &format!("  assessments:\n    strategy: {s}\n"),
+            ),
+            "upstreams.assessments.strategy",
+            "not yet supported",
+        );
+    }
+    rejects(
+        &BASE.replace("  assessments:\n", "  assessments:\n    strategy: random\n"),
+        "upstreams.assessments.strategy",
+        "unknown strategy",
+    );
+    let weighted = parse(&BASE.replace(
+        "  assessments:\n",
+        "  assessments:\n    strategy: weighted\n",
+    ));
+    assert_eq!(
+        weighted.unwrap().upstreams["assessments"].strategy,
+        Strategy::RoundRobin
+    );
+}
+
+#[test]
+fn rejects_wrong_types_with_path() {
+    rejects(
+        &BASE.replace("weight: 3", "weight: heavy"),
+        "upstreams.assessments.backends[0].weight",
+        "invalid type",
+    );
+    rejects(
+        "upstreams: {}\nroutes: []\n",
+        "upstreams",
+        "at least one upstream",
+    );
+    rejects("", "(document)", "empty");
+    rejects("upstreams: [\n", "line 2 column 1", "invalid YAML");
+}
+
+#[test]
+fn rejects_bad_routes() {
+    rejects(
+        &BASE.replace("path_prefix: /", "path_prefix: api"),
+        "routes[0].match.path_prefix",
+        "must start with /",
+    );
+    rejects(
+        &BASE.replace("match: { path_prefix: / }", "match: { host: \"bad host\" }"),
+        "routes[0].match.host",
+        "not a host name",
+    );
+    rejects(
+        &format!("{BASE}  - match: {{ path_prefix: / }}\n    upstream: assessments\n"),
+        "routes[1].match",
+        "already matches",
+    );
+}
+
+#[test]
+fn rejects_bad_trusted_proxy() {
+    rejects(
+        &format!("server:\n  trusted_proxies: [\"10.0.0.0/8\", \"nope\"]\n{BASE}"),
+        "server.trusted_proxies[1]",
+        "not an IP address or CIDR",
+    );
+}
+
+#[test]
+fn host_matches_parse() {
+    let text = BASE.replace(
+        "match: { path_prefix: / }",
+        "match: { host: \"*.Example.com\", path_prefix: / }",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.routes[0].host,
+        Some(HostMatch::Wildcard(".example.com".into()))
+    );
+}

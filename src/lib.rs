@@ -1,0 +1,25 @@
+//! # Switchyard
+//!
+//! An edge reverse proxy and load balancer on Pingora: one YAML file, one binary.
+//!
+//! # Layout
+//! Modules in the order a request meets them:
+//! - [`config`]: the YAML file, read and validated into a [`config::Config`].
+//! - [`state`]: the running config as an atomically swapped runtime, shared by all parts.
+//! - [`proxy`]: the `ProxyHttp` phases; [`proxy::route`] picks the route.
+//! - [`upstream`]: pools, backend selection and active health checks.
+//! - [`metrics`]: Prometheus series.
+//! - [`admin`]: the admin listener (health, stats, metrics).
+//! - [`app`]: builds the Pingora server from a config and runs it.
+//! - [`demo`]: built-in origins for `switchyard demo`.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod proxy;
+pub mod state;
+pub mod upstream;

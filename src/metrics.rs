@@ -1,0 +1,163 @@
+//! Prometheus metrics: request counters and latency in a registry, and per-backend series
+//! rendered at scrape time from the pools' own atomics (so the hot path never touches them).
+
+use std::fmt::Write;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::state::Runtime;
+
+/// The registry and the series updated per request.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests_total: IntCounterVec,
+    request_duration: HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests_total = IntCounterVec::new(
+            Opts::new("switchyard_requests_total", "Client requests answered"),
+            &["route", "upstream", "code"],
+        )
+        .expect("static metric definition");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from request to the end of the response",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["route"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(requests_total.clone()))
+            .expect("unique metric name");
+        registry
+            .register(Box::new(request_duration.clone()))
+            .expect("unique metric name");
+        Metrics {
+            registry,
+            requests_total,
+            request_duration,
+        }
+    }
+
+    /// Records one finished client request.
+    pub fn observe_request(&self, route: &str, upstream: &str, code: u16, seconds: f64) {
+        let mut buf = itoa_buf(code);
+        self.requests_total
+            .with_label_values(&[route, upstream, code_str(&mut buf)])
+            .inc();
+        self.request_duration
+            .with_label_values(&[route])
+            .observe(seconds);
+    }
+
+    /// The Prometheus text exposition of everything, for `GET /metrics`.
+    pub fn render(&self, runtime: &Runtime) -> String {
+        let mut out = Vec::with_capacity(8192);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("cannot encode metrics: {e}");
+        }
+        let mut out = String::from_utf8(out).unwrap_or_default();
+        render_backends(&mut out, runtime);
+        out
+    }
+}
+
+fn itoa_buf(code: u16) -> [u8; 3] {
+    let code = code.min(999);
+    [
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]
+}
+
+fn code_str(buf: &mut [u8; 3]) -> &str {
+    std::str::from_utf8(buf).unwrap_or("000")
+}
+
+/// Per-backend gauges and counters, read from the live pools.
+fn render_backends(out: &mut String, runtime: &Runtime) {
+    type Read = fn(&crate::upstream::Backend) -> u64;
+    let families: [(&str, &str, &str, Read); 4] = [
+        (
+            "switchyard_upstream_backend_healthy",
+            "gauge",
+            "1 when the backend receives traffic, 0 when health checks took it out",
+            |b| u64::from(b.is_healthy()),
+        ),
+        (
+            "switchyard_upstream_backend_in_flight",
+            "gauge",
+            "Requests sent to the backend and not yet finished",
+            |b| b.in_flight(),
+        ),
+        (
+            "switchyard_upstream_backend_requests_total",
+            "counter",
+            "Requests sent to the backend",
+            |b| b.requests_total(),
+        ),
+        (
+            "switchyard_upstream_backend_failures_total",
+            "counter",
+            "Failed exchanges with the backend (connect errors, timeouts, broken responses)",
+            |b| b.failures_total(),
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (upstream, pool) in &runtime.pools {
+            for backend in &pool.backends {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\",backend=\"{}\"}} {}",
+                    escape(upstream),
+                    escape(&backend.name),
+                    read(backend)
+                );
+            }
+        }
+    }
+}
+
+/// Escapes a label value for the text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_render_as_three_digits() {
+        assert_eq!(code_str(&mut itoa_buf(200)), "200");
+        assert_eq!(code_str(&mut itoa_buf(503)), "503");
+        assert_eq!(code_str(&mut itoa_buf(0)), "000");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

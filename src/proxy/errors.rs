@@ -1,0 +1,117 @@
+//! Error responses: which status a failure gets, and a short plain-text body that names no
+//! backend and no internal error.
+
+use bytes::Bytes;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// The status for a failed request, or `None` when the client is gone and nothing can be sent.
+pub fn status_for(e: &Error) -> Option<u16> {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => return Some(*code),
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            return Some(504)
+        }
+        _ => {}
+    }
+    match e.esource() {
+        ErrorSource::Upstream => Some(502),
+        ErrorSource::Downstream => match e.etype() {
+            WriteError | ReadError | ConnectionClosed => None,
+            _ => Some(400),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => Some(500),
+    }
+}
+
+/// Sends `code` with a one-line text body such as `503 Service Unavailable: no healthy backend`.
+pub async fn respond(session: &mut Session, code: u16, detail: &str) -> Result<()> {
+    let reason = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let body = if detail.is_empty() {
+        format!("{code} {reason}\n")
+    } else {
+        format!("{code} {reason}: {detail}\n")
+    };
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if code == 503 {
+        resp.insert_header(http::header::RETRY_AFTER, "1")?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The short explanation sent with each error status.
+pub fn detail_for(code: u16) -> &'static str {
+    match code {
+        404 => "no route for this host and path",
+        502 => "the upstream failed",
+        503 => "no healthy backend",
+        504 => "the upstream timed out",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(etype: ErrorType, source: ErrorSource) -> Box<Error> {
+        match source {
+            ErrorSource::Upstream => Error::new_up(etype),
+            ErrorSource::Downstream => Error::new_down(etype),
+            _ => Error::new_in(etype),
+        }
+    }
+
+    #[test]
+    fn statuses() {
+        use ErrorType::*;
+        assert_eq!(
+            status_for(&err(ConnectRefused, ErrorSource::Upstream)),
+            Some(502)
+        );
+        assert_eq!(
+            status_for(&err(ConnectTimedout, ErrorSource::Upstream)),
+            Some(504)
+        );
+        assert_eq!(
+            status_for(&err(ReadTimedout, ErrorSource::Upstream)),
+            Some(504)
+        );
+        assert_eq!(
+            status_for(&err(InvalidHTTPHeader, ErrorSource::Upstream)),
+            Some(502)
+        );
+        assert_eq!(
+            status_for(&err(HTTPStatus(503), ErrorSource::Internal)),
+            Some(503)
+        );
+        assert_eq!(status_for(&err(ReadError, ErrorSource::Downstream)), None);
+        assert_eq!(
+            status_for(&err(InvalidHTTPHeader, ErrorSource::Downstream)),
+            Some(400)
+        );
+        assert_eq!(
+            status_for(&err(InternalError, ErrorSource::Internal)),
+            Some(500)
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! Active health checks: probe each backend on an interval (HTTP GET or TCP connect) and take
+//! it out or put it back after the configured run of consecutive results.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use super::Pool;
+use crate::config::{CheckKind, HealthCheck};
+
+/// Starts one check loop per backend of every pool that has checks configured.
+/// Dropping the returned set stops them all.
+pub fn spawn_all<'a>(pools: impl IntoIterator<Item = &'a Arc<Pool>>) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    for pool in pools {
+        if pool.health_check.is_none() {
+            continue;
+        }
+        for index in 0..pool.backends.len() {
+            tasks.spawn(check_loop(Arc::clone(pool), index));
+        }
+    }
+    tasks
+}
+
+/// Checks one backend forever, starting at once.
+async fn check_loop(pool: Arc<Pool>, index: usize) {
+    let Some(check) = pool.health_check.clone() else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(check.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let backend = &pool.backends[index];
+        let result = probe(backend.addr, &backend.name, &check).await;
+        record(&pool, index, &check, result);
+    }
+}
+
+/// Applies one check result to the backend's consecutive counters and health.
+fn record(pool: &Pool, index: usize, check: &HealthCheck, result: Result<(), String>) {
+    let backend = &pool.backends[index];
+    match result {
+        Ok(()) => {
+            backend.check_failures.store(0, Ordering::Relaxed);
+            let ok = backend.check_successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if !backend.is_healthy()
+                && ok >= check.healthy_threshold
+                && pool.set_healthy(index, true)
+            {
+                log::info!(
+                    "upstream {} backend {} is healthy again after {ok} successful checks",
+                    pool.name,
+                    backend.name
+                );
+            }
+        }
+        Err(reason) => {
+            backend.check_successes.store(0, Ordering::Relaxed);
+            let failed = backend.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if backend.is_healthy()
+                && failed >= check.unhealthy_threshold
+                && pool.set_healthy(index, false)
+            {
+                log::info!(
+                    "upstream {} backend {} is down after {failed} failed checks (last: {reason})",
+                    pool.name,
+                    backend.name
+                );
+            }
+        }
+    }
+}
+
+/// One probe within the check's timeout.
+pub async fn probe(addr: SocketAddr, host: &str, check: &HealthCheck) -> Result<(), String> {
+    match tokio::time::timeout(check.timeout, probe_inner(addr, host, &check.kind)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+    }
+}
+
+async fn probe_inner(addr: SocketAddr, host: &str, kind: &CheckKind) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (path, expect) = match kind {
+        CheckKind::Tcp => return Ok(()),
+        CheckKind::Http {
+            path,
+            expect_status,
+        } => (path, *expect_status),
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchyard-health-check\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let status = read_status(&mut stream).await?;
+    let healthy = match expect {
+        Some(code) => status == code,
+        None => (200..400).contains(&status),
+    };
+    if healthy {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+/// Reads just enough of the response to parse the status line.
+async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 256];
+    loop {
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            return parse_status_line(&buf[..end]);
+        }
+        if buf.len() > 4096 {
+            return Err("status line too long".into());
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before a status line".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn parse_status_line(line: &[u8]) -> Result<u16, String> {
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some(version), Some(code)) if version.starts_with("HTTP/1.") => code
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| format!("bad status line `{}`", line.trim())),
+        _ => Err(format!("bad status line `{}`", line.trim())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r"), Ok(200));
+        assert_eq!(
+            parse_status_line(b"HTTP/1.0 503 Service Unavailable"),
+            Ok(503)
+        );
+        assert!(parse_status_line(b"SSH-2.0-OpenSSH").is_err());
+        assert!(parse_status_line(b"HTTP/1.1 abc").is_err());
+        assert!(parse_status_line(b"HTTP/1.1 999 Nope").is_err());
+        assert!(parse_status_line(b"").is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! The admin endpoint: stats shape and counters, Prometheus names, token protection.
+
+use crate::common::{client, spawn_origin, spawn_proxy, spawn_proxy_env, upstream};
+
+fn config(addrs: &[std::net::SocketAddr]) -> String {
+    let backends: Vec<_> = addrs.iter().map(|a| (*a, 2)).collect();
+    format!(
+        "upstreams:\n{}routes:\n  - match: {{ path_prefix: / }}\n    upstream: assessments\n",
+        upstream("assessments", &backends, "")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_have_the_documented_shape_and_counters_move() {
+    let a = spawn_origin("a").await;
+    let b = spawn_origin("b").await;
+    let proxy = spawn_proxy(&config(&[a.addr, b.addr])).await;
+    let before = proxy.stats().await;
+    assert_eq!(before["version"], 1);
+    assert!(before["uptime_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(before["requests_total"], 0);
+    let up = &before["upstreams"]["assessments"];
+    assert_eq!(up["strategy"], "round_robin");
+    let backends = up["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2);
+    for (backend, origin) in backends.iter().zip([&a, &b]) {
+        assert_eq!(backend["address"], origin.addr.to_string());
+        assert_eq!(backend["weight"], 2);
+        assert_eq!(backend["healthy"], true);
+        assert_eq!(backend["in_flight"], 0);
+        assert_eq!(backend["requests_total"], 0);
+        assert_eq!(backend["failures_total"], 0);
+    }
+
+    for _ in 0..6 {
+        assert_eq!(proxy.get("/").await.0, 200);
+    }
+    let after = proxy.stats().await;
+    assert_eq!(after["requests_total"], 6);
+    let backends = after["upstreams"]["assessments"]["backends"]
+        .as_array()
+        .unwrap();
+    assert_eq!(backends[0]["requests_total"], 3);
+    assert_eq!(backends[1]["requests_total"], 3);
+    assert!(after["uptime_seconds"].as_f64() > before["uptime_seconds"].as_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_the_documented_series() {
+    let a = spawn_origin("a").await;
+    let proxy = spawn_proxy(&config(&[a.addr])).await;
+    assert_eq!(proxy.get("/x").await.0, 200);
+    let resp = client()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = resp.text().await.unwrap();
+    for expected in [
+        "switchyard_requests_total{code=\"200\",route=\"/\",upstream=\"assessments\"} 1",
+        "# TYPE switchyard_request_duration_seconds histogram",
+        "switchyard_request_duration_seconds_count{route=\"/\"} 1",
+        &format!("switchyard_upstream_backend_healthy{{upstream=\"assessments\",backend=\"{}\"}} 1", a.addr),
+        &format!("switchyard_upstream_backend_in_flight{{upstream=\"assessments\",backend=\"{}\"}} 0", a.addr),
+        &format!("switchyard_upstream_backend_requests_total{{upstream=\"assessments\",backend=\"{}\"}} 1", a.addr),
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_guards_every_path_but_health() {
+    let a = spawn_origin("a").await;
+    let text = format!(
+        "admin:\n  listen: 127.0.0.1:0\n  token: \"${{TEST_ADMIN_TOKEN}}\"\n{}",
+        config(&[a.addr])
+    );
+    let proxy = spawn_proxy_env(&text, &[("TEST_ADMIN_TOKEN", "let-me-in")]).await;
+    let c = client();
+    for path in ["/stats", "/metrics"] {
+        let none = c.get(proxy.admin_url(path)).send().await.unwrap();
+        assert_eq!(none.status(), 401, "{path} without a token");
+        let wrong = c
+            .get(proxy.admin_url(path))
+            .bearer_auth("let-me-out")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path} with a wrong token");
+        let right = c
+            .get(proxy.admin_url(path))
+            .bearer_auth("let-me-in")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), 200, "{path} with the token");
+    }
+    let health = c.get(proxy.admin_url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_admin_paths_are_404() {
+    let a = spawn_origin("a").await;
+    let proxy = spawn_proxy(&config(&[a.addr])).await;
+    let resp = client().get(proxy.admin_url("/nope")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = client()
+        .post(proxy.admin_url("/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+}

@@ -1,0 +1,313 @@
+//! Test fixtures: in-process origins and the real `switchyard` binary, all on 127.0.0.1 port 0.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// An origin server that names itself in every answer and counts what it served.
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<OriginState>,
+    task: JoinHandle<()>,
+}
+
+struct OriginState {
+    name: String,
+    hits: AtomicU64,
+    health_checks: AtomicU64,
+    health_status: AtomicU16,
+}
+
+impl Origin {
+    /// Requests served, health checks excluded.
+    pub fn hits(&self) -> u64 {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn health_checks(&self) -> u64 {
+        self.state.health_checks.load(Ordering::SeqCst)
+    }
+
+    /// The status `/health` answers with from now on.
+    pub fn set_health(&self, status: u16) {
+        self.state.health_status.store(status, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an origin. Paths: `/health` (settable status), `/slow/<ms>` (answers after a delay),
+/// `/hop` (sends hop-by-hop headers), anything else: 200 with the origin's name as the body
+/// and the forwarding headers it saw echoed back as `x-seen-*`.
+pub async fn spawn_origin(name: &str) -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    let addr = listener.local_addr().expect("origin address");
+    let state = Arc::new(OriginState {
+        name: name.to_string(),
+        hits: AtomicU64::new(0),
+        health_checks: AtomicU64::new(0),
+        health_status: AtomicU16::new(200),
+    });
+    let accept_state = Arc::clone(&state);
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = Arc::clone(&accept_state);
+            connections.spawn(async move {
+                let service = service_fn(move |req| handle(Arc::clone(&state), req));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Origin { addr, state, task }
+}
+
+async fn handle(
+    state: Arc<OriginState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/health" {
+        state.health_checks.fetch_add(1, Ordering::SeqCst);
+        let status = state.health_status.load(Ordering::SeqCst);
+        return Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"health")))
+            .expect("response"));
+    }
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut resp = Response::builder()
+        .header("x-origin", state.name.as_str())
+        .header("content-type", "text/plain");
+    for (seen, header) in [
+        ("x-seen-forwarded-for", "x-forwarded-for"),
+        ("x-seen-forwarded-proto", "x-forwarded-proto"),
+        ("x-seen-forwarded-host", "x-forwarded-host"),
+        ("x-seen-host", "host"),
+    ] {
+        if let Some(v) = req.headers().get(header) {
+            resp = resp.header(seen, v);
+        }
+    }
+    if path == "/hop" {
+        resp = resp
+            .header("connection", "x-internal")
+            .header("x-internal", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic");
+    }
+    Ok(resp
+        .body(Full::new(Bytes::from(state.name.clone())))
+        .expect("response"))
+}
+
+/// A loopback port with nothing listening on it.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("address")
+}
+
+/// A running `switchyard` process; killed on drop.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_switchyard")
+}
+
+/// Starts the proxy with `config` (YAML). The config's `server`/`admin` listen addresses
+/// are set to port 0 unless given.
+pub async fn spawn_proxy(config: &str) -> Proxy {
+    spawn_proxy_env(config, &[]).await
+}
+
+pub async fn spawn_proxy_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("switchyard.yaml");
+    let mut text = String::new();
+    if !config.contains("\nserver:") && !config.starts_with("server:") {
+        text.push_str("server:\n  listen: [\"127.0.0.1:0\"]\n  threads: 2\n  grace_period: 5s\n");
+    }
+    if !config.contains("\nadmin:") && !config.starts_with("admin:") {
+        text.push_str("admin:\n  listen: 127.0.0.1:0\n");
+    }
+    text.push_str(config);
+    std::fs::write(&path, text).expect("write config");
+    let mut command = Command::new(binary());
+    command
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("start switchyard");
+    let stdout = child.stdout.take().expect("stdout");
+    let (addr, admin) = tokio::task::spawn_blocking(move || {
+        let mut proxy = None;
+        let mut admin = None;
+        let mut lines = BufReader::new(stdout).lines();
+        while proxy.is_none() || admin.is_none() {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(a) = line.strip_prefix("switchyard: proxy listening on http://") {
+                proxy = a.trim().parse::<SocketAddr>().ok();
+            } else if let Some(a) = line.strip_prefix("switchyard: admin listening on http://") {
+                admin = a.trim().parse::<SocketAddr>().ok();
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        (proxy, admin)
+    })
+    .await
+    .expect("read stdout");
+    let (Some(addr), Some(admin)) = (addr, admin) else {
+        let status = child.wait();
+        panic!("switchyard did not start: {status:?}");
+    };
+    let proxy = Proxy {
+        addr,
+        admin,
+        child,
+        _dir: dir,
+    };
+    wait_until(Duration::from_secs(10), || async {
+        client()
+            .get(format!("http://{admin}/health"))
+            .send()
+            .await
+            .is_ok()
+            && tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    proxy
+}
+
+/// An HTTP client that never uses a proxy from the environment.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// GET `path` and return (status, x-origin header or "").
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = client()
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request through the proxy");
+        let origin = resp
+            .headers()
+            .get("x-origin")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (resp.status().as_u16(), origin)
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        client()
+            .get(self.admin_url("/stats"))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
+    /// Whether `/stats` reports the backend at `addr` of `upstream` as healthy.
+    pub async fn backend_healthy(&self, upstream: &str, addr: SocketAddr) -> bool {
+        let stats = self.stats().await;
+        let backends = stats["upstreams"][upstream]["backends"]
+            .as_array()
+            .expect("backends array")
+            .clone();
+        backends
+            .iter()
+            .find(|b| b["address"] == addr.to_string())
+            .map(|b| b["healthy"].as_bool().expect("healthy flag"))
+            .expect("backend listed")
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; panics after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An upstream block named `name` over `addrs` with optional extra YAML lines (indented 4).
+pub fn upstream(name: &str, backends: &[(SocketAddr, u32)], extra: &str) -> String {
+    let mut s = format!("  {name}:\n    backends:\n");
+    for (addr, weight) in backends {
+        s.push_str(&format!(
+            "      - address: {addr}\n        weight: {weight}\n"
+        ));
+    }
+    s.push_str(extra);
+    s
+}

@@ -1,0 +1,49 @@
+//! Process lifecycle: SIGTERM lets in-flight requests finish, then exits 0.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{client, spawn_origin, spawn_proxy, upstream};
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let a = spawn_origin("a").await;
+    let config = format!(
+        "upstreams:\n{}routes:\n  - match: {{ path_prefix: / }}\n    upstream: pool\n",
+        upstream("pool", &[(a.addr, 1)], "")
+    );
+    let mut proxy = spawn_proxy(&config).await;
+    let slow = tokio::spawn(client().get(proxy.url("/slow/800")).send());
+    // Let the slow request reach the origin.
+    let start = Instant::now();
+    while a.hits() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(proxy.child.id(), "TERM");
+    let resp = slow.await.unwrap().expect("in-flight request completes");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "a");
+
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "did not exit within the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    // New connections are refused once it is gone.
+    assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err());
+}
