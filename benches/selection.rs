@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use switchyard::config::{BackendSpec, Strategy, Upstream};
+use switchyard::config::{BackendSpec, HashKey, RetryPolicy, Strategy, Upstream};
+use switchyard::upstream::selection::ring::hash_key;
 use switchyard::upstream::Pool;
 
 fn pool(n: usize, strategy: Strategy) -> Pool {
@@ -24,6 +25,10 @@ fn pool(n: usize, strategy: Strategy) -> Pool {
             health_check: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            hash_key: HashKey::ClientIp,
+            sticky: None,
+            retry: RetryPolicy::default(),
+            passive_health: None,
         },
     )
 }
@@ -31,10 +36,29 @@ fn pool(n: usize, strategy: Strategy) -> Pool {
 fn select(c: &mut Criterion) {
     let mut group = c.benchmark_group("select");
     for n in [3, 16, 256] {
-        let p = pool(n, Strategy::RoundRobin);
-        group.bench_with_input(BenchmarkId::new("round_robin", n), &p, |b, p| {
-            b.iter(|| black_box(p.select(black_box(&[])).map(|(i, _)| i)))
-        });
+        for strategy in [
+            Strategy::RoundRobin,
+            Strategy::LeastConnections,
+            Strategy::IpHash,
+        ] {
+            let p = pool(n, strategy);
+            // Some in-flight load so least-connections compares real counts.
+            let _held: Vec<_> = p
+                .backends
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 3 == 0)
+                .map(|(_, b)| b.start_request())
+                .collect();
+            let mut k = 0u32;
+            group.bench_with_input(BenchmarkId::new(strategy.as_str(), n), &p, |b, p| {
+                b.iter(|| {
+                    k = k.wrapping_add(1);
+                    let hash = hash_key(&k.to_le_bytes());
+                    black_box(p.select(Some(hash), black_box(&[])).map(|(i, _)| i))
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -36,6 +36,8 @@ impl Admin {
                             "address": b.name,
                             "weight": b.weight,
                             "healthy": b.is_healthy(),
+                            "ejected": b.is_ejected(),
+                            "ejections_total": b.ejections_total(),
                             "in_flight": b.in_flight(),
                             "requests_total": b.requests_total(),
                             "failures_total": b.failures_total(),
@@ -47,6 +49,7 @@ impl Admin {
                     json!({
                         "strategy": pool.strategy.as_str(),
                         "health_check": pool.health_check.is_some(),
+                        "sticky": pool.sticky.is_some(),
                         "backends": backends,
                     }),
                 )

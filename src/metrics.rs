@@ -95,11 +95,11 @@ fn code_str(buf: &mut [u8; 3]) -> &str {
 /// Per-backend gauges and counters, read from the live pools.
 fn render_backends(out: &mut String, runtime: &Runtime) {
     type Read = fn(&crate::upstream::Backend) -> u64;
-    let families: [(&str, &str, &str, Read); 4] = [
+    let families: [(&str, &str, &str, Read); 5] = [
         (
             "switchyard_upstream_backend_healthy",
             "gauge",
-            "1 when the backend receives traffic, 0 when health checks took it out",
+            "1 when active health checks pass, 0 when they took the backend out",
             |b| u64::from(b.is_healthy()),
         ),
         (
@@ -119,6 +119,12 @@ fn render_backends(out: &mut String, runtime: &Runtime) {
             "counter",
             "Failed exchanges with the backend (connect errors, timeouts, broken responses)",
             |b| b.failures_total(),
+        ),
+        (
+            "switchyard_upstream_backend_ejections_total",
+            "counter",
+            "Times passive health ejected the backend",
+            |b| b.ejections_total(),
         ),
     ];
     for (name, kind, help, read) in families {

@@ -60,6 +60,29 @@ pub struct FileUpstream {
     pub connect_timeout: Option<String>,
     #[serde(default, deserialize_with = "text")]
     pub read_timeout: Option<String>,
+    pub hash_key: Option<String>,
+    pub sticky: Option<FileSticky>,
+    pub retries: Option<i64>,
+    /// `connect_failure`, `timeout` or a 5xx status code.
+    pub retry_on: Option<Vec<serde_yaml::Value>>,
+    pub passive_health: Option<FilePassiveHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSticky {
+    pub cookie: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub ttl: Option<String>,
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePassiveHealth {
+    pub consecutive_failures: Option<i64>,
+    #[serde(default, deserialize_with = "text")]
+    pub ejection_time: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

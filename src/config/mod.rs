@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use file::{FileConfig, FileHealthCheck, FileUpstream};
+use file::{FileConfig, FileHealthCheck, FilePassiveHealth, FileSticky, FileUpstream};
 use units::{expand_env, parse_duration};
 
 /// A configuration that failed to load: `<file>: <key path>: <reason>`.
@@ -53,14 +53,69 @@ pub struct Admin {
 pub enum Strategy {
     /// Smooth weighted round-robin; `weighted` in the file means the same.
     RoundRobin,
+    /// Fewest in-flight requests per unit of weight; ties by smooth weighted round-robin.
+    LeastConnections,
+    /// Consistent hashing (Ketama ring) on [`HashKey`].
+    IpHash,
 }
 
 impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::RoundRobin => "round_robin",
+            Strategy::LeastConnections => "least_connections",
+            Strategy::IpHash => "ip_hash",
         }
     }
+}
+
+/// What `ip_hash` hashes. When the chosen header or cookie is absent, the client IP is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    /// A request header, by lower-case name.
+    Header(String),
+    Cookie(String),
+    /// Path and query.
+    Uri,
+}
+
+/// Sticky sessions: a signed cookie pins a client to a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    pub cookie: String,
+    pub ttl: Duration,
+    /// HMAC key; `None` means a random key made once per process.
+    pub secret: Option<String>,
+}
+
+/// Which failures are tried again on another backend, and how many times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first, each on a backend not yet tried.
+    pub retries: u32,
+    pub connect_failure: bool,
+    pub timeout: bool,
+    /// 5xx statuses from the upstream that are retried.
+    pub statuses: Vec<u16>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retries: 1,
+            connect_failure: true,
+            timeout: false,
+            statuses: Vec::new(),
+        }
+    }
+}
+
+/// Outlier ejection from live traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealth {
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +125,10 @@ pub struct Upstream {
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    pub hash_key: HashKey,
+    pub sticky: Option<Sticky>,
+    pub retry: RetryPolicy,
+    pub passive_health: Option<PassiveHealth>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +175,9 @@ pub struct Route {
 
 /// Highest weight accepted; the round-robin schedule holds one slot per unit of weight.
 pub const MAX_WEIGHT: i64 = 1000;
+
+/// Most retries an upstream may ask for.
+pub const MAX_RETRIES: i64 = 10;
 
 impl Config {
     /// Reads, expands and validates the file at `path`.
@@ -373,12 +435,8 @@ fn host_match(path: &str, host: &str) -> Result<HostMatch, Invalid> {
 fn validate_upstream(path: &str, up: FileUpstream) -> Result<Upstream, Invalid> {
     let strategy = match up.strategy.as_deref().unwrap_or("round_robin") {
         "round_robin" | "weighted" => Strategy::RoundRobin,
-        s @ ("least_connections" | "ip_hash") => {
-            return Err(invalid(
-                format!("{path}.strategy"),
-                format!("`{s}` is not yet supported; use round_robin or weighted"),
-            ))
-        }
+        "least_connections" => Strategy::LeastConnections,
+        "ip_hash" => Strategy::IpHash,
         other => {
             return Err(invalid(
                 format!("{path}.strategy"),
@@ -421,10 +479,33 @@ fn validate_upstream(path: &str, up: FileUpstream) -> Result<Upstream, Invalid> 
         .health_check
         .map(|hc| validate_health(&format!("{path}.health_check"), hc))
         .transpose()?;
+    let hash_key = match up.hash_key.as_deref() {
+        None => HashKey::ClientIp,
+        Some(_) if strategy != Strategy::IpHash => {
+            return Err(invalid(
+                format!("{path}.hash_key"),
+                "applies to strategy ip_hash only",
+            ))
+        }
+        Some(text) => hash_key(&format!("{path}.hash_key"), text)?,
+    };
+    let sticky = up
+        .sticky
+        .map(|s| validate_sticky(&format!("{path}.sticky"), s))
+        .transpose()?;
+    let retry = validate_retry(path, up.retries, up.retry_on)?;
+    let passive_health = up
+        .passive_health
+        .map(|p| validate_passive(&format!("{path}.passive_health"), p))
+        .transpose()?;
     Ok(Upstream {
         strategy,
         backends,
         health_check,
+        hash_key,
+        sticky,
+        retry,
+        passive_health,
         connect_timeout: duration(
             &format!("{path}.connect_timeout"),
             up.connect_timeout.as_deref(),
@@ -434,6 +515,113 @@ fn validate_upstream(path: &str, up: FileUpstream) -> Result<Upstream, Invalid> 
             &format!("{path}.read_timeout"),
             up.read_timeout.as_deref(),
             Duration::from_secs(60),
+        )?,
+    })
+}
+
+fn hash_key(path: &str, text: &str) -> Result<HashKey, Invalid> {
+    let key = match text.split_once(':') {
+        None if text == "client_ip" => HashKey::ClientIp,
+        None if text == "uri" => HashKey::Uri,
+        Some(("header", name)) if is_token(name) => HashKey::Header(name.to_ascii_lowercase()),
+        Some(("cookie", name)) if is_token(name) => HashKey::Cookie(name.to_string()),
+        _ => {
+            return Err(invalid(
+                path,
+                format!("`{text}` is not one of client_ip, uri, header:<Name>, cookie:<name>"),
+            ))
+        }
+    };
+    Ok(key)
+}
+
+/// An HTTP token (RFC 9110 §5.6.2): header and cookie names.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn validate_sticky(path: &str, s: FileSticky) -> Result<Sticky, Invalid> {
+    let cookie = s.cookie.unwrap_or_else(|| "SWITCHYARD_STICKY".into());
+    if !is_token(&cookie) {
+        return Err(invalid(
+            format!("{path}.cookie"),
+            format!("`{cookie}` is not a valid cookie name"),
+        ));
+    }
+    Ok(Sticky {
+        cookie,
+        ttl: duration(
+            &format!("{path}.ttl"),
+            s.ttl.as_deref(),
+            Duration::from_secs(3600),
+        )?,
+        secret: s.secret.filter(|v| !v.is_empty()),
+    })
+}
+
+fn validate_retry(
+    path: &str,
+    retries: Option<i64>,
+    retry_on: Option<Vec<serde_yaml::Value>>,
+) -> Result<RetryPolicy, Invalid> {
+    let mut policy = RetryPolicy::default();
+    if let Some(n) = retries {
+        if !(0..=MAX_RETRIES).contains(&n) {
+            return Err(invalid(
+                format!("{path}.retries"),
+                format!("{n} is out of range; retries must be 0 to {MAX_RETRIES}"),
+            ));
+        }
+        policy.retries = n as u32;
+    }
+    if let Some(items) = retry_on {
+        policy.connect_failure = false;
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}.retry_on[{i}]");
+            let code = match item {
+                serde_yaml::Value::String(s) if s == "connect_failure" => {
+                    policy.connect_failure = true;
+                    continue;
+                }
+                serde_yaml::Value::String(s) if s == "timeout" => {
+                    policy.timeout = true;
+                    continue;
+                }
+                serde_yaml::Value::String(s) => s.parse::<u16>().ok(),
+                serde_yaml::Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+                _ => None,
+            };
+            match code {
+                Some(c) if (500..=599).contains(&c) => policy.statuses.push(c),
+                _ => {
+                    return Err(invalid(
+                        ipath,
+                        format!(
+                            "`{}` is not connect_failure, timeout or a 5xx status",
+                            serde_yaml::to_string(item).unwrap_or_default().trim()
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(policy)
+}
+
+fn validate_passive(path: &str, p: FilePassiveHealth) -> Result<PassiveHealth, Invalid> {
+    Ok(PassiveHealth {
+        consecutive_failures: threshold(
+            &format!("{path}.consecutive_failures"),
+            p.consecutive_failures,
+            5,
+        )?,
+        ejection_time: duration(
+            &format!("{path}.ejection_time"),
+            p.ejection_time.as_deref(),
+            Duration::from_secs(30),
         )?,
     })
 }

@@ -192,16 +192,16 @@ fn rejects_zero_thresholds() {
 }
 
 #[test]
-fn rejects_unsupported_and_unknown_strategies() {
-    for s in ["least_connections", "ip_hash"] {
-        rejects(
-            &BASE.replace(
-                "  assessments:\n",
-                &format!("  assessments:\n    strategy: {s}\n"),
-            ),
-            "upstreams.assessments.strategy",
-            "not yet supported",
-        );
+fn strategies_parse_and_unknown_ones_are_rejected() {
+    for (name, strategy) in [
+        ("least_connections", Strategy::LeastConnections),
+        ("ip_hash", Strategy::IpHash),
+    ] {
+        let c = parse(&BASE.replace(
+            "  assessments:\n",
+            &format!("  assessments:\n    strategy: {name}\n"),
+        ));
+        assert_eq!(c.unwrap().upstreams["assessments"].strategy, strategy);
     }
     rejects(
         &BASE.replace("  assessments:\n", "  assessments:\n    strategy: random\n"),
@@ -272,5 +272,86 @@ fn host_matches_parse() {
     assert_eq!(
         c.routes[0].host,
         Some(HostMatch::Wildcard(".example.com".into()))
+    );
+}
+
+fn with_upstream_keys(keys: &str) -> String {
+    BASE.replace("  assessments:\n", &format!("  assessments:\n{keys}"))
+}
+
+#[test]
+fn balancing_keys_parse() {
+    let c = parse(&with_upstream_keys(
+        "    strategy: ip_hash\n    hash_key: header:X-User\n    sticky: { cookie: SID, ttl: 30m, secret: k }\n    retries: 2\n    retry_on: [connect_failure, timeout, 502, \"503\"]\n    passive_health: { consecutive_failures: 4, ejection_time: 10s }\n",
+    ))
+    .unwrap();
+    let up = &c.upstreams["assessments"];
+    assert_eq!(up.hash_key, HashKey::Header("x-user".into()));
+    assert_eq!(
+        up.sticky,
+        Some(Sticky {
+            cookie: "SID".into(),
+            ttl: Duration::from_secs(1800),
+            secret: Some("k".into())
+        })
+    );
+    assert_eq!(
+        up.retry,
+        RetryPolicy {
+            retries: 2,
+            connect_failure: true,
+            timeout: true,
+            statuses: vec![502, 503]
+        }
+    );
+    assert_eq!(
+        up.passive_health,
+        Some(PassiveHealth {
+            consecutive_failures: 4,
+            ejection_time: Duration::from_secs(10)
+        })
+    );
+    let defaults = parse(BASE).unwrap();
+    assert_eq!(
+        defaults.upstreams["assessments"].retry,
+        RetryPolicy::default()
+    );
+    assert_eq!(
+        defaults.upstreams["assessments"].hash_key,
+        HashKey::ClientIp
+    );
+}
+
+#[test]
+fn rejects_bad_balancing_keys() {
+    rejects(
+        &with_upstream_keys("    hash_key: uri\n"),
+        "upstreams.assessments.hash_key",
+        "ip_hash only",
+    );
+    rejects(
+        &with_upstream_keys("    strategy: ip_hash\n    hash_key: body\n"),
+        "upstreams.assessments.hash_key",
+        "not one of",
+    );
+    rejects(
+        &with_upstream_keys("    retries: 11\n"),
+        "upstreams.assessments.retries",
+        "out of range",
+    );
+    rejects(
+        &with_upstream_keys("    retry_on: [connect_failure, 404]\n"),
+        "upstreams.assessments.retry_on[1]",
+        "not connect_failure, timeout or a 5xx",
+    );
+    rejects(
+        &with_upstream_keys("    sticky: { cookie: \"bad name\" }\n"),
+        "upstreams.assessments.sticky.cookie",
+        "not a valid cookie name",
+    );
+    rejects(
+        &with_upstream_keys("    passive_health: { consecutive_failures: 0 }\n"),
+        "upstreams.assessments.passive_health.consecutive_failures",
+        "at least 1",
     );
 }

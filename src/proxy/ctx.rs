@@ -1,5 +1,6 @@
 //! Per-request state carried through the proxy phases.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,8 +18,22 @@ pub struct RequestCtx {
     pub pool: Option<Arc<Pool>>,
     /// Backends already tried by this request (indexes into `pool.backends`).
     pub tried: Vec<usize>,
-    /// The backend the request is on now; dropping it ends the in-flight count.
-    pub attempt: Option<InFlight>,
+    /// Index in `pool.backends` of the backend the request is on now, with its in-flight
+    /// guard; dropping it ends the in-flight count.
+    pub attempt: Option<(usize, InFlight)>,
+    /// The `ip_hash` key hash of this request.
+    pub hash: Option<u64>,
+    /// The client as `ip_hash` and logs see it.
+    pub client: Option<IpAddr>,
+    /// Whether the TCP peer is a trusted proxy.
+    pub peer_trusted: bool,
+    /// Whether the request may be sent again (idempotent, or no body).
+    pub resendable: bool,
+    /// A `Set-Cookie` to add to the response (sticky sessions).
+    pub set_cookie: Option<String>,
+    /// Set when a pooled connection went stale: reconnect to the same backend once.
+    pub reconnect: Option<usize>,
+    pub reconnected: bool,
     pub _active: ActiveRequest,
 }
 
@@ -31,6 +46,13 @@ impl RequestCtx {
             pool: None,
             tried: Vec::new(),
             attempt: None,
+            hash: None,
+            client: None,
+            peer_trusted: false,
+            resendable: true,
+            set_cookie: None,
+            reconnect: None,
+            reconnected: false,
             _active: active,
         }
     }
@@ -44,5 +66,12 @@ impl RequestCtx {
             ),
             _ => ("none", "none"),
         }
+    }
+}
+
+impl RequestCtx {
+    /// The pool and backend index of the current attempt.
+    pub fn current(&self) -> Option<(&Arc<Pool>, usize)> {
+        Some((self.pool.as_ref()?, self.attempt.as_ref()?.0))
     }
 }

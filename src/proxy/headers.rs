@@ -11,13 +11,19 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
-/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host`.
+/// Sets `X-Forwarded-For` to the peer appended to what a trusted peer sent, or to the peer
+/// alone when the peer is not trusted (so a client cannot forge its chain), and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn add_forwarded(
     req: &mut RequestHeader,
-    client: Option<IpAddr>,
+    peer: Option<IpAddr>,
+    peer_trusted: bool,
     host: Option<&str>,
 ) -> Result<()> {
-    if let Some(ip) = client {
+    if !peer_trusted {
+        req.remove_header(X_FORWARDED_FOR);
+    }
+    if let Some(ip) = peer {
         let prior: Vec<String> = req
             .headers
             .get_all(X_FORWARDED_FOR)
@@ -84,12 +90,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn forwarded_for_appends() {
+    fn forwarded_for_appends_behind_a_trusted_peer() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("X-Forwarded-For", "203.0.113.7").unwrap();
         add_forwarded(
             &mut req,
             Some("10.0.0.1".parse().unwrap()),
+            true,
             Some("api.example.com"),
         )
         .unwrap();
@@ -101,9 +108,19 @@ mod tests {
     #[test]
     fn forwarded_for_starts_fresh() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        add_forwarded(&mut req, Some("::1".parse().unwrap()), None).unwrap();
+        add_forwarded(&mut req, Some("::1".parse().unwrap()), true, None).unwrap();
         assert_eq!(req.headers["x-forwarded-for"], "::1");
         assert!(req.headers.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn forwarded_for_from_an_untrusted_peer_is_replaced() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("X-Forwarded-For", "1.2.3.4").unwrap();
+        req.append_header("X-Forwarded-For", "5.6.7.8").unwrap();
+        add_forwarded(&mut req, Some("198.51.100.1".parse().unwrap()), false, None).unwrap();
+        assert_eq!(req.headers["x-forwarded-for"], "198.51.100.1");
+        assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
     }
 
     #[test]

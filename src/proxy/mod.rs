@@ -1,26 +1,24 @@
 //! The `ProxyHttp` implementation. Each phase only dispatches to the module that owns the
-//! concern: routing, upstream selection, header rewriting, errors, metrics.
+//! concern: routing, balancing, header rewriting, errors, metrics.
 
+pub mod balance;
+pub mod client;
 pub mod ctx;
 pub mod errors;
 pub mod headers;
+pub mod retry;
 pub mod route;
 
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::state::Shared;
 use ctx::RequestCtx;
-
-/// How long an idle upstream connection stays in the reuse pool.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The proxy: routes a request, picks a backend and forwards to it.
 pub struct Proxy {
@@ -31,13 +29,6 @@ impl Proxy {
     pub fn new(shared: Arc<Shared>) -> Proxy {
         Proxy { shared }
     }
-}
-
-fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
 }
 
 /// The Host the client asked for: the `Host` header, or the authority of an absolute URI.
@@ -68,6 +59,7 @@ impl ProxyHttp for Proxy {
             Some((index, pool)) => {
                 ctx.route = Some(index);
                 ctx.pool = pool;
+                balance::prepare(session, ctx);
                 Ok(false)
             }
             None => {
@@ -79,48 +71,45 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let pool = ctx
-            .pool
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "route without a pool"))?;
-        // Leaving the previous attempt (if any) ends its in-flight count.
-        ctx.attempt = None;
-        let Some((index, backend)) = pool.select(&ctx.tried) else {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                format!("upstream {}: no healthy backend", pool.name),
-            ));
-        };
-        ctx.tried.push(index);
-        ctx.attempt = Some(backend.start_request());
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
-        peer.options.connection_timeout = Some(pool.connect_timeout);
-        peer.options.read_timeout = Some(pool.read_timeout);
-        peer.options.write_timeout = Some(pool.read_timeout);
-        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-        Ok(Box::new(peer))
+        balance::pick(session, ctx)
     }
 
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         let host = request_host(session.req_header()).map(str::to_string);
-        headers::add_forwarded(upstream_request, client_ip(session), host.as_deref())
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        headers::add_forwarded(upstream_request, peer, ctx.peer_trusted, host.as_deref())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        balance::on_upstream_status(ctx, upstream_response.status.as_u16())
     }
 
     async fn response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         headers::strip_hop_by_hop(upstream_response);
+        if let Some(cookie) = ctx.set_cookie.take() {
+            upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
         Ok(())
     }
 
@@ -131,10 +120,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(attempt) = &ctx.attempt {
-            attempt.backend().record_failure();
-        }
-        e
+        balance::on_connect_failure(ctx, e)
     }
 
     fn error_while_proxy(
@@ -145,19 +131,8 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        if e.esource() == &ErrorSource::Upstream {
-            if let Some(attempt) = &ctx.attempt {
-                attempt.backend().record_failure();
-            }
-        }
-        let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
-        e
+        let e = e.more_context(format!("Peer: {peer}"));
+        balance::on_proxy_error(session, ctx, e, client_reused)
     }
 
     async fn fail_to_proxy(

@@ -2,14 +2,16 @@
 
 pub mod health;
 pub mod selection;
+pub mod sticky;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{self, HealthCheck, Strategy};
-use selection::RoundRobin;
+use crate::config::{self, HashKey, HealthCheck, PassiveHealth, RetryPolicy, Strategy};
+use selection::{least_conn, Ring, RoundRobin};
+use sticky::{BackendId, StickyCodec};
 
 /// One backend and its counters. Shared by the pool, in-flight guards and health checks.
 #[derive(Debug)]
@@ -18,10 +20,16 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Set by active health checks.
     healthy: AtomicBool,
+    /// Set by passive health (outlier ejection) for `ejection_time`.
+    ejected: AtomicBool,
     in_flight: AtomicU64,
     requests_total: AtomicU64,
     failures_total: AtomicU64,
+    ejections_total: AtomicU64,
+    /// Consecutive failures seen in live traffic.
+    passive_failures: AtomicU32,
     /// Consecutive health-check results, counted by the health checker only.
     pub(crate) check_successes: AtomicU32,
     pub(crate) check_failures: AtomicU32,
@@ -34,9 +42,12 @@ impl Backend {
             addr: spec.addr,
             weight: spec.weight,
             healthy: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
             failures_total: AtomicU64::new(0),
+            ejections_total: AtomicU64::new(0),
+            passive_failures: AtomicU32::new(0),
             check_successes: AtomicU32::new(0),
             check_failures: AtomicU32::new(0),
         }
@@ -44,6 +55,15 @@ impl Backend {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    /// Healthy and not ejected: may receive new requests.
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_ejected()
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -56,6 +76,10 @@ impl Backend {
 
     pub fn failures_total(&self) -> u64 {
         self.failures_total.load(Ordering::Relaxed)
+    }
+
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections_total.load(Ordering::Relaxed)
     }
 
     /// Counts a failed exchange with this backend (connect error, timeout, broken response).
@@ -92,6 +116,13 @@ impl Drop for InFlight {
     }
 }
 
+/// Sticky-session settings of a pool with each backend's cookie id.
+#[derive(Debug)]
+pub struct StickyPool {
+    pub codec: StickyCodec,
+    ids: Vec<BackendId>,
+}
+
 /// The backends of one upstream and how to choose among them.
 #[derive(Debug)]
 pub struct Pool {
@@ -101,35 +132,99 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
-    selector: RoundRobin,
+    pub hash_key: HashKey,
+    pub retry: RetryPolicy,
+    pub passive_health: Option<PassiveHealth>,
+    pub sticky: Option<StickyPool>,
+    rr: RoundRobin,
+    ring: Option<Ring>,
 }
 
 impl Pool {
     pub fn new(name: &str, conf: &config::Upstream) -> Pool {
+        let backends: Vec<Arc<Backend>> = conf
+            .backends
+            .iter()
+            .map(|spec| Arc::new(Backend::new(spec)))
+            .collect();
+        let ring = (conf.strategy == Strategy::IpHash).then(|| {
+            Ring::build(
+                backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (i, b.name.as_str(), b.weight)),
+            )
+        });
+        let sticky = conf.sticky.as_ref().map(|s| {
+            let codec = StickyCodec::new(s);
+            let ids = backends
+                .iter()
+                .map(|b| codec.backend_id(name, &b.name))
+                .collect();
+            StickyPool { codec, ids }
+        });
         let pool = Pool {
             name: name.to_string(),
             strategy: conf.strategy,
-            backends: conf
-                .backends
-                .iter()
-                .map(|spec| Arc::new(Backend::new(spec)))
-                .collect(),
+            backends,
             health_check: conf.health_check.clone(),
             connect_timeout: conf.connect_timeout,
             read_timeout: conf.read_timeout,
-            selector: RoundRobin::default(),
+            hash_key: conf.hash_key.clone(),
+            retry: conf.retry.clone(),
+            passive_health: conf.passive_health.clone(),
+            sticky,
+            rr: RoundRobin::default(),
+            ring,
         };
         pool.rebuild();
         pool
     }
 
-    /// Picks a healthy backend not yet `tried` by this request.
-    pub fn select(&self, tried: &[usize]) -> Option<(usize, &Arc<Backend>)> {
-        let index = self.selector.select(|i| tried.contains(&i))?;
+    /// Picks an available backend not yet `tried` by this request. `hash` is the request's
+    /// key hash for `ip_hash` (round-robin is used without one).
+    pub fn select(&self, hash: Option<u64>, tried: &[usize]) -> Option<(usize, &Arc<Backend>)> {
+        let skip = |i: usize| tried.contains(&i);
+        let index = match (self.strategy, hash, &self.ring) {
+            (Strategy::LeastConnections, _, _) => {
+                least_conn::select(&self.backends, &self.rr, skip)
+            }
+            (Strategy::IpHash, Some(hash), Some(ring)) => {
+                ring.select(hash, |i| skip(i) || !self.backends[i].is_available())
+            }
+            _ if tried.is_empty() => self.rr.select(skip),
+            _ => self.rr.peek(skip),
+        }?;
         Some((index, &self.backends[index]))
     }
 
-    /// Sets a backend's health; rebuilds the schedule and returns true when it changed.
+    /// Whether a backend is left for a retry.
+    pub fn has_candidate(&self, tried: &[usize]) -> bool {
+        self.backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| b.is_available() && !tried.contains(&i))
+    }
+
+    /// The backend a sticky cookie value names, if it is valid and the backend is available,
+    /// with whether the cookie should be issued again.
+    pub fn sticky_backend(&self, value: &str, now_unix: u64) -> Option<(usize, bool)> {
+        let sticky = self.sticky.as_ref()?;
+        let (id, expires) = sticky.codec.decode(value, now_unix)?;
+        let index = sticky.ids.iter().position(|known| *known == id)?;
+        self.backends[index]
+            .is_available()
+            .then(|| (index, sticky.codec.wants_refresh(expires, now_unix)))
+    }
+
+    /// The `Set-Cookie` value pinning a client to backend `index`.
+    pub fn sticky_cookie(&self, index: usize, now_unix: u64) -> Option<String> {
+        let sticky = self.sticky.as_ref()?;
+        let value = sticky.codec.encode(&sticky.ids[index], now_unix);
+        Some(sticky.codec.set_cookie(&value))
+    }
+
+    /// Sets a backend's active health; rebuilds the schedule and returns true when it changed.
     pub fn set_healthy(&self, index: usize, healthy: bool) -> bool {
         let backend = &self.backends[index];
         if backend.healthy.swap(healthy, Ordering::AcqRel) == healthy {
@@ -139,84 +234,76 @@ impl Pool {
         true
     }
 
+    /// Feeds a live-traffic result to passive health: `ok` resets the run of failures; enough
+    /// failures in a row eject the backend for `ejection_time`. The last available backend is
+    /// never ejected (a pool with nothing left would only answer 503).
+    pub fn report(self: &Arc<Self>, index: usize, ok: bool) {
+        let Some(passive) = &self.passive_health else {
+            return;
+        };
+        let backend = &self.backends[index];
+        if ok {
+            backend.passive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = backend.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < passive.consecutive_failures || backend.is_ejected() {
+            return;
+        }
+        let others_available = self
+            .backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| i != index && b.is_available());
+        if !others_available {
+            return;
+        }
+        if backend.ejected.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        backend.passive_failures.store(0, Ordering::Relaxed);
+        backend.ejections_total.fetch_add(1, Ordering::Relaxed);
+        self.rebuild();
+        log::warn!(
+            "upstream {} backend {} ejected for {:?} after {failures} failures in a row",
+            self.name,
+            backend.name,
+            passive.ejection_time
+        );
+        let pool = Arc::clone(self);
+        let wait = passive.ejection_time;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep(wait).await;
+                pool.readmit(index);
+            });
+        }
+    }
+
+    /// Ends an ejection.
+    pub fn readmit(&self, index: usize) {
+        let backend = &self.backends[index];
+        if backend.ejected.swap(false, Ordering::AcqRel) {
+            self.rebuild();
+            log::info!(
+                "upstream {} backend {} back from ejection",
+                self.name,
+                backend.name
+            );
+        }
+    }
+
     fn rebuild(&self) {
         let members: Vec<(usize, u32)> = self
             .backends
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.is_healthy())
+            .filter(|(_, b)| b.is_available())
             .map(|(i, b)| (i, b.weight))
             .collect();
-        self.selector.rebuild(&members);
+        self.rr.rebuild(&members);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pool(weights: &[u32]) -> Pool {
-        let backends = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| config::BackendSpec {
-                name: format!("127.0.0.1:{}", 9000 + i),
-                addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                weight,
-            })
-            .collect();
-        Pool::new(
-            "p",
-            &config::Upstream {
-                strategy: Strategy::RoundRobin,
-                backends,
-                health_check: None,
-                connect_timeout: Duration::from_secs(1),
-                read_timeout: Duration::from_secs(1),
-            },
-        )
-    }
-
-    #[test]
-    fn unhealthy_backends_are_skipped_and_return() {
-        let p = pool(&[1, 1, 1]);
-        assert!(p.set_healthy(1, false));
-        assert!(!p.set_healthy(1, false));
-        let picks: Vec<usize> = (0..30).map(|_| p.select(&[]).unwrap().0).collect();
-        assert!(!picks.contains(&1));
-        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 15);
-        assert!(p.set_healthy(1, true));
-        let picks: Vec<usize> = (0..30).map(|_| p.select(&[]).unwrap().0).collect();
-        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 10);
-    }
-
-    #[test]
-    fn all_down_selects_none() {
-        let p = pool(&[2, 1]);
-        p.set_healthy(0, false);
-        p.set_healthy(1, false);
-        assert!(p.select(&[]).is_none());
-    }
-
-    #[test]
-    fn tried_backends_are_not_picked_again() {
-        let p = pool(&[1, 1]);
-        for _ in 0..10 {
-            assert_eq!(p.select(&[0]).unwrap().0, 1);
-        }
-        assert!(p.select(&[0, 1]).is_none());
-    }
-
-    #[test]
-    fn in_flight_guard_counts_and_releases() {
-        let p = pool(&[1]);
-        let b = Arc::clone(&p.backends[0]);
-        let g1 = b.start_request();
-        let g2 = b.start_request();
-        assert_eq!(b.in_flight(), 2);
-        drop(g1);
-        drop(g2);
-        assert_eq!(b.in_flight(), 0);
-        assert_eq!(b.requests_total(), 2);
-    }
-}
+mod tests;

@@ -1,6 +1,8 @@
 //! The admin endpoint: stats shape and counters, Prometheus names, token protection.
 
-use crate::common::{client, spawn_origin, spawn_proxy, spawn_proxy_env, upstream};
+use std::time::Duration;
+
+use crate::common::{client, spawn_origin, spawn_proxy, spawn_proxy_env, upstream, wait_until};
 
 fn config(addrs: &[std::net::SocketAddr]) -> String {
     let backends: Vec<_> = addrs.iter().map(|a| (*a, 2)).collect();
@@ -50,17 +52,23 @@ async fn metrics_expose_the_documented_series() {
     let a = spawn_origin("a").await;
     let proxy = spawn_proxy(&config(&[a.addr])).await;
     assert_eq!(proxy.get("/x").await.0, 200);
-    let resp = client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
-    let text = resp.text().await.unwrap();
+    // The request is counted once its log phase ran, just after the client got the answer.
+    let fetch = || async {
+        let resp = client()
+            .get(proxy.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let kind = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(kind.starts_with("text/plain"), "{kind}");
+        resp.text().await.unwrap()
+    };
+    wait_until(Duration::from_secs(5), || async {
+        fetch().await.contains("switchyard_requests_total{")
+    })
+    .await;
+    let text = fetch().await;
     for expected in [
         "switchyard_requests_total{code=\"200\",route=\"/\",upstream=\"assessments\"} 1",
         "# TYPE switchyard_request_duration_seconds histogram",

@@ -30,6 +30,8 @@ struct OriginState {
     hits: AtomicU64,
     health_checks: AtomicU64,
     health_status: AtomicU16,
+    status: AtomicU16,
+    delay_ms: AtomicU64,
 }
 
 impl Origin {
@@ -45,6 +47,18 @@ impl Origin {
     /// The status `/health` answers with from now on.
     pub fn set_health(&self, status: u16) {
         self.state.health_status.store(status, Ordering::SeqCst);
+    }
+
+    /// The status every other path answers with from now on.
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    /// A delay before every answer but `/health`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 }
 
@@ -65,6 +79,8 @@ pub async fn spawn_origin(name: &str) -> Origin {
         hits: AtomicU64::new(0),
         health_checks: AtomicU64::new(0),
         health_status: AtomicU16::new(200),
+        status: AtomicU16::new(200),
+        delay_ms: AtomicU64::new(0),
     });
     let accept_state = Arc::clone(&state);
     let task = tokio::spawn(async move {
@@ -99,11 +115,15 @@ async fn handle(
             .expect("response"));
     }
     state.hits.fetch_add(1, Ordering::SeqCst);
+    let mut delay = state.delay_ms.load(Ordering::SeqCst);
     if let Some(ms) = path.strip_prefix("/slow/") {
-        let ms: u64 = ms.parse().unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        delay += ms.parse::<u64>().unwrap_or(0);
+    }
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let mut resp = Response::builder()
+        .status(state.status.load(Ordering::SeqCst))
         .header("x-origin", state.name.as_str())
         .header("content-type", "text/plain");
     for (seen, header) in [

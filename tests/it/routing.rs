@@ -142,13 +142,15 @@ async fn connect_failure_is_502_and_timeout_is_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_set_and_hop_by_hop_stripped() {
     let a = spawn_origin("a").await;
-    let config = format!(
-        "upstreams:\n{}routes:\n  - match: {{ path_prefix: / }}\n    upstream: pool\n",
-        upstream("pool", &[(a.addr, 1)], "")
-    );
-    let proxy = spawn_proxy(&config).await;
+    let routes = "routes:\n  - match: { path_prefix: / }\n    upstream: pool\n";
+    let pool = upstream("pool", &[(a.addr, 1)], "");
+    // Behind a trusted peer the chain is extended.
+    let trusted = spawn_proxy(&format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  trusted_proxies: [\"127.0.0.1/32\"]\nupstreams:\n{pool}{routes}"
+    ))
+    .await;
     let resp = client()
-        .get(proxy.url("/hop"))
+        .get(trusted.url("/hop"))
         .header("host", "shop.example.com")
         .header("x-forwarded-for", "203.0.113.9")
         .send()
@@ -166,4 +168,14 @@ async fn forwarding_headers_are_set_and_hop_by_hop_stripped() {
     );
     assert!(h.get("keep-alive").is_none());
     assert!(h.get("proxy-authenticate").is_none());
+
+    // From an untrusted peer a forged chain is replaced.
+    let untrusted = spawn_proxy(&format!("upstreams:\n{pool}{routes}")).await;
+    let resp = client()
+        .get(untrusted.url("/"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-seen-forwarded-for"], "127.0.0.1");
 }

@@ -1,4 +1,4 @@
-//! Backend selection: smooth weighted round-robin, precomputed so that picking is one atomic add.
+//! Smooth weighted round-robin, precomputed so that picking is one atomic add.
 //!
 //! nginx's smooth algorithm spreads weights 3:1 as A,A,B,A rather than A,A,A,B. Running it on
 //! every request needs a lock; instead the whole cycle (one slot per unit of weight, after
@@ -75,15 +75,34 @@ impl RoundRobin {
 
     /// The next backend index not rejected by `skip`, or `None` when none is left.
     pub fn select(&self, skip: impl Fn(usize) -> bool) -> Option<usize> {
+        self.pick(skip, true)
+    }
+
+    /// Like [`select`](Self::select) but without taking a turn: for a retry, so that a
+    /// request that failed over does not shift the rotation of everyone else.
+    pub fn peek(&self, skip: impl Fn(usize) -> bool) -> Option<usize> {
+        self.pick(skip, false)
+    }
+
+    fn pick(&self, skip: impl Fn(usize) -> bool, take_turn: bool) -> Option<usize> {
         let schedule = self.schedule.load();
         let len = schedule.slots.len();
         if len == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = if take_turn {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.next.load(Ordering::Relaxed)
+        };
         for step in 0..len {
             let index = schedule.slots[(start.wrapping_add(step)) % len] as usize;
             if !skip(index) {
+                if step > 0 && take_turn {
+                    // Move the cycle past the slots skipped over, so the backend after a
+                    // skipped one does not get its turn twice.
+                    self.next.fetch_add(step, Ordering::Relaxed);
+                }
                 return Some(index);
             }
         }
@@ -130,6 +149,15 @@ mod tests {
         assert_eq!(rr.select(|_| false), None);
         rr.rebuild(&[(0, 1)]);
         assert_eq!(rr.select(|i| i == 0), None);
+    }
+
+    #[test]
+    fn skipping_one_backend_keeps_the_others_even() {
+        let rr = RoundRobin::default();
+        rr.rebuild(&[(0, 1), (1, 1), (2, 1)]);
+        let picks: Vec<usize> = (0..30).map(|_| rr.select(|i| i == 0).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 15, "{picks:?}");
+        assert!(picks.windows(2).all(|w| w[0] != w[1]), "{picks:?}");
     }
 
     #[test]

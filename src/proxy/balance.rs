@@ -1,0 +1,186 @@
+//! Choosing and re-choosing the backend for a request: sticky cookies, the pool's strategy,
+//! retries on another backend, and feeding results to passive health.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_proxy::Session;
+
+use super::client;
+use super::ctx::RequestCtx;
+use super::retry::{self, Failure};
+use crate::config::Strategy;
+use crate::upstream::selection::ring::hash_key;
+
+/// How long an idle upstream connection stays in the reuse pool.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Works out who the client is and what the request allows, once routed.
+pub fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
+    let (Some(runtime), Some(pool)) = (&ctx.runtime, &ctx.pool) else {
+        return;
+    };
+    let trusted = &runtime.config.server.trusted_proxies;
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let req = session.req_header();
+    if let Some(peer) = peer {
+        ctx.peer_trusted = client::is_trusted(peer, trusted);
+        let client = client::client_ip(peer, &client::forwarded_for(req), trusted);
+        ctx.client = Some(client);
+        if pool.strategy == Strategy::IpHash {
+            ctx.hash = Some(hash_key(&client::hash_input(&pool.hash_key, req, client)));
+        }
+    }
+    ctx.resendable = retry::safe_to_resend(req);
+    let retries_after_send = pool.retry.timeout || !pool.retry.statuses.is_empty();
+    if pool.retry.retries > 0 && retries_after_send && ctx.resendable {
+        session.as_mut().enable_retry_buffering();
+    }
+}
+
+/// Picks the backend for this attempt and describes how to reach it.
+pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let pool = ctx
+        .pool
+        .clone()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "route without a pool"))?;
+    // Leaving the previous attempt ends its in-flight count.
+    ctx.attempt = None;
+    let now = now_unix();
+    let mut index = ctx
+        .reconnect
+        .take()
+        .filter(|&i| pool.backends[i].is_available());
+    if index.is_none() && ctx.tried.is_empty() {
+        if let Some(sticky) = &pool.sticky {
+            let cookies = session
+                .req_header()
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            let pinned = sticky
+                .codec
+                .find(cookies)
+                .and_then(|value| pool.sticky_backend(value, now));
+            if let Some((pinned, refresh)) = pinned {
+                index = Some(pinned);
+                if !refresh {
+                    ctx.set_cookie = None;
+                } else {
+                    ctx.set_cookie = pool.sticky_cookie(pinned, now);
+                }
+            }
+        }
+    }
+    let index = match index {
+        Some(i) => i,
+        None => {
+            let Some((i, _)) = pool.select(ctx.hash, &ctx.tried) else {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    format!("upstream {}: no healthy backend", pool.name),
+                ));
+            };
+            ctx.set_cookie = pool.sticky_cookie(i, now);
+            i
+        }
+    };
+    if !ctx.tried.contains(&index) {
+        ctx.tried.push(index);
+    }
+    let backend = &pool.backends[index];
+    ctx.attempt = Some((index, backend.start_request()));
+    let mut peer = HttpPeer::new(backend.addr, false, String::new());
+    peer.options.connection_timeout = Some(pool.connect_timeout);
+    peer.options.read_timeout = Some(pool.read_timeout);
+    peer.options.write_timeout = Some(pool.read_timeout);
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+    Ok(Box::new(peer))
+}
+
+/// A connection to the backend failed: count it and retry elsewhere when the policy allows.
+pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    let Some((pool, index)) = ctx.current().map(|(p, i)| (Arc::clone(p), i)) else {
+        return e;
+    };
+    pool.backends[index].record_failure();
+    pool.report(index, false);
+    let failure = retry::classify_connect(&e);
+    let retry = retry::allows(&pool.retry, failure, ctx.tried.len(), true)
+        && pool.has_candidate(&ctx.tried);
+    e.set_retry(retry);
+    e
+}
+
+/// The exchange failed after connecting: count it, and decide whether to try again.
+pub fn on_proxy_error(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    mut e: Box<Error>,
+    client_reused: bool,
+) -> Box<Error> {
+    let Some((pool, index)) = ctx.current().map(|(p, i)| (Arc::clone(p), i)) else {
+        return e;
+    };
+    let failure = retry::classify(&e);
+    if e.esource() == &ErrorSource::Upstream && !matches!(failure, Failure::Status(_)) {
+        pool.backends[index].record_failure();
+        pool.report(index, false);
+    }
+    let resendable = ctx.resendable && !session.as_ref().retry_buffer_truncated();
+    match failure {
+        // Decided when the status arrived (see `on_upstream_status`).
+        Failure::Status(_) => {}
+        Failure::Timeout | Failure::Connect { .. } => {
+            let retry = retry::allows(&pool.retry, failure, ctx.tried.len(), resendable)
+                && pool.has_candidate(&ctx.tried);
+            e.set_retry(retry);
+        }
+        Failure::Other => {
+            // A pooled keep-alive connection the backend had already closed: Pingora marks
+            // these retryable on a reused connection; reconnect to the same backend once.
+            e.retry.decide_reuse(client_reused);
+            let stale = e.retry.retry() && resendable && !ctx.reconnected;
+            if stale {
+                ctx.reconnected = true;
+                ctx.reconnect = Some(index);
+            }
+            e.set_retry(stale);
+        }
+    }
+    e
+}
+
+/// The upstream answered: feed passive health, and turn a status listed in `retry_on` into a
+/// retry when another backend is left.
+pub fn on_upstream_status(ctx: &mut RequestCtx, status: u16) -> Result<()> {
+    let Some((pool, index)) = ctx.current().map(|(p, i)| (Arc::clone(p), i)) else {
+        return Ok(());
+    };
+    pool.report(index, status < 500);
+    let failure = Failure::Status(status);
+    if retry::allows(&pool.retry, failure, ctx.tried.len(), ctx.resendable)
+        && pool.has_candidate(&ctx.tried)
+    {
+        let mut e = Error::explain(
+            ErrorType::HTTPStatus(status),
+            format!("backend answered {status}; retrying on another"),
+        );
+        e.esource = ErrorSource::Upstream;
+        e.set_retry(true);
+        return Err(e);
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! Pool behaviour: health, ejection, sticky lookups, tried backends.
+
+use super::*;
+use crate::config::BackendSpec;
+
+fn upstream(weights: &[u32], strategy: Strategy) -> config::Upstream {
+    let backends = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &weight)| BackendSpec {
+            name: format!("127.0.0.1:{}", 9000 + i),
+            addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+            weight,
+        })
+        .collect();
+    config::Upstream {
+        strategy,
+        backends,
+        health_check: None,
+        connect_timeout: Duration::from_secs(1),
+        read_timeout: Duration::from_secs(1),
+        hash_key: HashKey::ClientIp,
+        sticky: None,
+        retry: RetryPolicy::default(),
+        passive_health: None,
+    }
+}
+
+fn pool(weights: &[u32]) -> Pool {
+    Pool::new("p", &upstream(weights, Strategy::RoundRobin))
+}
+
+#[test]
+fn unhealthy_backends_are_skipped_and_return() {
+    let p = pool(&[1, 1, 1]);
+    assert!(p.set_healthy(1, false));
+    assert!(!p.set_healthy(1, false));
+    let picks: Vec<usize> = (0..30).map(|_| p.select(None, &[]).unwrap().0).collect();
+    assert!(!picks.contains(&1));
+    assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 15);
+    assert!(p.set_healthy(1, true));
+    let picks: Vec<usize> = (0..30).map(|_| p.select(None, &[]).unwrap().0).collect();
+    assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 10);
+}
+
+#[test]
+fn all_down_selects_none() {
+    let p = pool(&[2, 1]);
+    p.set_healthy(0, false);
+    p.set_healthy(1, false);
+    assert!(p.select(None, &[]).is_none());
+    assert!(!p.has_candidate(&[]));
+}
+
+#[test]
+fn tried_backends_are_not_picked_again() {
+    for strategy in [
+        Strategy::RoundRobin,
+        Strategy::LeastConnections,
+        Strategy::IpHash,
+    ] {
+        let p = Pool::new("p", &upstream(&[1, 1], strategy));
+        for _ in 0..10 {
+            assert_eq!(p.select(Some(42), &[0]).unwrap().0, 1, "{strategy:?}");
+        }
+        assert!(p.select(Some(42), &[0, 1]).is_none());
+        assert!(p.has_candidate(&[0]));
+        assert!(!p.has_candidate(&[0, 1]));
+    }
+}
+
+#[test]
+fn ip_hash_is_stable_and_walks_past_unhealthy() {
+    let p = Pool::new("p", &upstream(&[1, 1, 1], Strategy::IpHash));
+    let first = p.select(Some(7), &[]).unwrap().0;
+    for _ in 0..20 {
+        assert_eq!(p.select(Some(7), &[]).unwrap().0, first);
+    }
+    p.set_healthy(first, false);
+    let other = p.select(Some(7), &[]).unwrap().0;
+    assert_ne!(other, first);
+    p.set_healthy(first, true);
+    assert_eq!(p.select(Some(7), &[]).unwrap().0, first);
+}
+
+#[test]
+fn in_flight_guard_counts_and_releases() {
+    let p = pool(&[1]);
+    let b = Arc::clone(&p.backends[0]);
+    let g1 = b.start_request();
+    let g2 = b.start_request();
+    assert_eq!(b.in_flight(), 2);
+    drop(g1);
+    drop(g2);
+    assert_eq!(b.in_flight(), 0);
+    assert_eq!(b.requests_total(), 2);
+}
+
+#[test]
+fn passive_failures_eject_but_never_the_last_backend() {
+    let mut conf = upstream(&[1, 1], Strategy::RoundRobin);
+    conf.passive_health = Some(PassiveHealth {
+        consecutive_failures: 3,
+        ejection_time: Duration::from_secs(60),
+    });
+    let p = Arc::new(Pool::new("p", &conf));
+    p.report(0, false);
+    p.report(0, false);
+    p.report(0, true);
+    p.report(0, false);
+    p.report(0, false);
+    assert!(!p.backends[0].is_ejected(), "a success resets the run");
+    p.report(0, false);
+    assert!(p.backends[0].is_ejected());
+    assert_eq!(p.backends[0].ejections_total(), 1);
+    for _ in 0..5 {
+        assert_eq!(p.select(None, &[]).unwrap().0, 1);
+    }
+    for _ in 0..5 {
+        p.report(1, false);
+    }
+    assert!(
+        !p.backends[1].is_ejected(),
+        "the last available backend stays"
+    );
+    p.readmit(0);
+    assert!(p.backends[0].is_available());
+}
+
+#[test]
+fn sticky_cookie_names_a_backend_until_it_is_down() {
+    let mut conf = upstream(&[1, 1], Strategy::RoundRobin);
+    conf.sticky = Some(config::Sticky {
+        cookie: "SID".into(),
+        ttl: Duration::from_secs(100),
+        secret: Some("s".into()),
+    });
+    let p = Pool::new("p", &conf);
+    let header = p.sticky_cookie(1, 1_000).unwrap();
+    let value = header
+        .strip_prefix("SID=")
+        .and_then(|v| v.split(';').next())
+        .unwrap();
+    assert_eq!(p.sticky_backend(value, 1_010), Some((1, false)));
+    assert_eq!(
+        p.sticky_backend(value, 1_060),
+        Some((1, true)),
+        "refresh past half the ttl"
+    );
+    p.set_healthy(1, false);
+    assert_eq!(p.sticky_backend(value, 1_010), None);
+    assert_eq!(p.sticky_backend("garbage", 1_010), None);
+}
