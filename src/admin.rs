@@ -9,6 +9,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
+use crate::reload::{self, ReloadError};
 use crate::state::Shared;
 
 /// Serves the admin API from the shared state.
@@ -34,7 +35,7 @@ impl Admin {
                     .map(|b| {
                         json!({
                             "address": b.name,
-                            "weight": b.weight,
+                            "weight": b.weight(),
                             "healthy": b.is_healthy(),
                             "ejected": b.is_ejected(),
                             "ejections_total": b.ejections_total(),
@@ -55,12 +56,31 @@ impl Admin {
                 )
             })
             .collect();
+        let draining: Vec<Value> = runtime
+            .draining
+            .iter()
+            .filter(|(_, b)| b.in_flight() > 0)
+            .map(|(upstream, b)| {
+                json!({"upstream": upstream, "address": b.name, "in_flight": b.in_flight()})
+            })
+            .collect();
+        let last_reload = self.shared.last_reload().map(|r| {
+            json!({
+                "ok": r.ok,
+                "error": r.error,
+                "at": humantime::format_rfc3339_millis(r.at).to_string(),
+            })
+        });
         json!({
             "version": runtime.version,
             "uptime_seconds": self.shared.started.elapsed().as_secs_f64(),
             "requests_total": self.shared.requests_total(),
             "active_requests": self.shared.active_requests(),
+            "config_file": self.shared.config_path.as_ref().map(|p| p.display().to_string()),
+            "last_reload": last_reload,
+            "health_check_tasks": self.shared.health_tasks(),
             "upstreams": upstreams,
+            "draining": draining,
         })
     }
 
@@ -117,10 +137,11 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        let known = matches!(path.as_str(), "/health" | "/stats" | "/metrics");
-        if !known {
-            return text(StatusCode::NOT_FOUND, "404 Not Found\n");
-        }
+        let allowed: &[Method] = match path.as_str() {
+            "/health" | "/stats" | "/metrics" => &[Method::GET, Method::HEAD],
+            "/reload" => &[Method::POST],
+            _ => return text(StatusCode::NOT_FOUND, "404 Not Found\n"),
+        };
         if path != "/health" && !self.authorized(session) {
             let mut resp = text(
                 StatusCode::UNAUTHORIZED,
@@ -132,17 +153,22 @@ impl ServeHttp for Admin {
             );
             return resp;
         }
-        if method != Method::GET && method != Method::HEAD {
+        if !allowed.contains(&method) {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n");
-            resp.headers_mut().insert(
-                http::header::ALLOW,
-                http::HeaderValue::from_static("GET, HEAD"),
-            );
+            let allow = allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(value) = http::HeaderValue::from_str(&allow) {
+                resp.headers_mut().insert(http::header::ALLOW, value);
+            }
             return resp;
         }
         match path.as_str() {
             "/health" => text(StatusCode::OK, "ok"),
             "/stats" => json_reply(StatusCode::OK, &self.stats()),
+            "/reload" => self.reload().await,
             _ => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -150,6 +176,28 @@ impl ServeHttp for Admin {
                     .metrics
                     .render(&self.shared.runtime())
                     .into_bytes(),
+            ),
+        }
+    }
+}
+
+impl Admin {
+    /// `POST /reload`: 200 with the new version and what changed, or 422 with the error.
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let shared = Arc::clone(&self.shared);
+        let result = tokio::task::spawn_blocking(move || reload::reload(&shared, "admin")).await;
+        match result {
+            Ok(Ok(outcome)) => json_reply(StatusCode::OK, &json!(outcome)),
+            Ok(Err(e @ ReloadError::NoFile)) => {
+                json_reply(StatusCode::CONFLICT, &json!({ "error": e.to_string() }))
+            }
+            Ok(Err(e)) => json_reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({ "error": e.to_string() }),
+            ),
+            Err(e) => json_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({ "error": format!("reload task failed: {e}") }),
             ),
         }
     }

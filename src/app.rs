@@ -2,13 +2,14 @@
 //! it until a signal ends it.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
-use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{
     ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
 };
@@ -20,19 +21,26 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::demo::DemoOrigin;
 use crate::proxy::Proxy;
+use crate::reload;
 use crate::state::Shared;
 use crate::upstream::health;
 
-/// What to run besides the proxy.
-#[derive(Debug, Default, Clone, Copy)]
+/// How to run.
+#[derive(Debug, Default, Clone)]
 pub struct RunOptions {
     /// Also serve demo origins on every loopback backend address.
     pub demo: bool,
+    /// The file `config` came from; reloads read it again. `None` for the built-in example.
+    pub config_path: Option<PathBuf>,
+    /// Take the listening sockets over from a running instance (graceful upgrade).
+    pub upgrade: bool,
 }
 
 /// Runs Switchyard with `config` until SIGTERM or SIGINT (graceful) ends it.
 pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
-    claim_addresses(&mut config)?;
+    if !options.upgrade {
+        claim_addresses(&mut config)?;
+    }
     let demo_origins = if options.demo {
         demo_addresses(&config)?
     } else {
@@ -49,7 +57,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         );
     }
 
-    let shared = Shared::new(config);
+    let shared = Shared::new(config, options.config_path.clone());
 
     let mut conf = ServerConf {
         threads,
@@ -62,7 +70,11 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     };
     conf.upgrade_sock = "/tmp/switchyard_upgrade.sock".into();
     conf.pid_file = "/tmp/switchyard.pid".into();
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade: options.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
@@ -92,6 +104,16 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     checks.threads = Some(1);
     server.add_service(checks);
 
+    let mut triggers = background_service(
+        "reload triggers",
+        ReloadOnSignal {
+            shared: Arc::clone(&shared),
+        },
+    );
+    triggers.threads = Some(1);
+    server.add_service(triggers);
+    reload::watch_file(Arc::clone(&shared));
+
     for addr in &demo_origins {
         let mut origin = Service::new(
             format!("demo origin {addr}"),
@@ -111,6 +133,15 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     println!("switchyard: admin listening on http://{admin_listen}");
 
     spawn_drain_watcher(&server, Arc::clone(&shared), grace);
+    log::info!(
+        "switchyard {} running (config version 1{})",
+        env!("CARGO_PKG_VERSION"),
+        options
+            .config_path
+            .as_ref()
+            .map(|p| format!(", from {}", p.display()))
+            .unwrap_or_default()
+    );
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals),
     });
@@ -214,7 +245,8 @@ fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>, grace: Duration) {
     });
 }
 
-/// Runs the active health checks of the running config until shutdown.
+/// Runs the active health checks of the running config, restarting them on every reload,
+/// until shutdown.
 struct HealthChecks {
     shared: Arc<Shared>,
 }
@@ -222,9 +254,42 @@ struct HealthChecks {
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let runtime = self.shared.runtime();
-        let tasks = health::spawn_all(runtime.pools.values());
-        let _ = shutdown.changed().await;
-        drop(tasks);
+        let mut versions = self.shared.subscribe();
+        loop {
+            let runtime = self.shared.runtime();
+            versions.borrow_and_update();
+            // Dropping the set stops the previous config's checks.
+            let tasks = health::spawn_all(runtime.pools.values());
+            self.shared.set_health_tasks(tasks.len());
+            drop(runtime);
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                changed = versions.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
+
+/// Reloads the config on SIGHUP.
+struct ReloadOnSignal {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadOnSignal {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            log::error!("cannot listen for SIGHUP; reload with POST /reload instead");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup.recv() => {
+                    let shared = Arc::clone(&self.shared);
+                    let _ = tokio::task::spawn_blocking(move || reload::reload(&shared, "SIGHUP")).await;
+                }
+            }
+        }
     }
 }

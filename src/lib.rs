@@ -9,7 +9,8 @@
 //! - [`proxy`]: the `ProxyHttp` phases; [`proxy::route`] picks the route.
 //! - [`upstream`]: pools, backend selection and active health checks.
 //! - [`metrics`]: Prometheus series.
-//! - [`admin`]: the admin listener (health, stats, metrics).
+//! - [`admin`]: the admin listener (health, stats, metrics, reload).
+//! - [`reload`]: live config reload (SIGHUP, admin, file watch).
 //! - [`app`]: builds the Pingora server from a config and runs it.
 //! - [`demo`]: built-in origins for `switchyard demo`.
 #![forbid(unsafe_code)]
@@ -21,5 +22,6 @@ pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod state;
 pub mod upstream;

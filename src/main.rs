@@ -17,6 +17,10 @@ struct Cli {
     /// Validate the config and exit: 0 when it is valid, 1 with the error when not.
     #[arg(long)]
     check: bool,
+    /// Take over the listening sockets of a running instance (graceful upgrade: start the new
+    /// process with this flag, then send SIGQUIT to the old one).
+    #[arg(short, long)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -34,7 +38,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let demo = matches!(cli.command, Some(Command::Demo));
-    let loaded = if demo && !cli.config.exists() {
+    let built_in = demo && !cli.config.exists();
+    let loaded = if built_in {
         Config::parse(EXAMPLE_CONFIG, "conf/switchyard.yaml (built in)")
     } else {
         Config::load(&cli.config)
@@ -50,7 +55,12 @@ fn main() -> ExitCode {
         println!("switchyard: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    match app::run(config, RunOptions { demo }) {
+    let options = RunOptions {
+        demo,
+        config_path: (!built_in).then(|| cli.config.clone()),
+        upgrade: cli.upgrade,
+    };
+    match app::run(config, options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard: {e:#}");

@@ -15,6 +15,7 @@ pub struct Metrics {
     registry: Registry,
     requests_total: IntCounterVec,
     request_duration: HistogramVec,
+    reloads_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -43,8 +44,19 @@ impl Metrics {
             &["route"],
         )
         .expect("static metric definition");
+        let reloads_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_config_reloads_total",
+                "Config reloads by result (ok, error)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
         registry
             .register(Box::new(requests_total.clone()))
+            .expect("unique metric name");
+        registry
+            .register(Box::new(reloads_total.clone()))
             .expect("unique metric name");
         registry
             .register(Box::new(request_duration.clone()))
@@ -53,7 +65,15 @@ impl Metrics {
             registry,
             requests_total,
             request_duration,
+            reloads_total,
         }
+    }
+
+    /// Counts one reload attempt.
+    pub fn observe_reload(&self, ok: bool) {
+        self.reloads_total
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     /// Records one finished client request.
@@ -74,6 +94,12 @@ impl Metrics {
             log::error!("cannot encode metrics: {e}");
         }
         let mut out = String::from_utf8(out).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_config_version Version of the running config (1 at start)\n\
+             # TYPE switchyard_config_version gauge\nswitchyard_config_version {}",
+            runtime.version
+        );
         render_backends(&mut out, runtime);
         out
     }

@@ -2,16 +2,18 @@
 //! process-wide counters.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::config::{Config, HostMatch, Route};
 use crate::metrics::Metrics;
 use crate::proxy::route::Router;
-use crate::upstream::Pool;
+use crate::upstream::{Backend, Pool};
 
 /// One version of the running configuration with everything built from it. A request loads it
 /// once and uses that version to the end.
@@ -23,20 +25,52 @@ pub struct Runtime {
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// The `route` label of each route, in config order.
     pub route_labels: Vec<String>,
+    /// Backends no longer configured that still had requests in flight at the last reload.
+    pub draining: Vec<(String, Arc<Backend>)>,
 }
 
 impl Runtime {
     pub fn new(version: u64, config: Config) -> Runtime {
-        let pools = config
+        Runtime::with_previous(version, config, None)
+    }
+
+    /// Builds the runtime for `config`, carrying over the live state of backends that stay.
+    pub fn with_previous(version: u64, config: Config, previous: Option<&Runtime>) -> Runtime {
+        let pools: BTreeMap<String, Arc<Pool>> = config
             .upstreams
             .iter()
-            .map(|(name, up)| (name.clone(), Arc::new(Pool::new(name, up))))
+            .map(|(name, up)| {
+                let before = previous.and_then(|p| p.pools.get(name)).map(Arc::as_ref);
+                (
+                    name.clone(),
+                    Arc::new(Pool::with_previous(name, up, before)),
+                )
+            })
             .collect();
+        let mut draining = Vec::new();
+        if let Some(previous) = previous {
+            let still_there = |upstream: &str, backend: &Arc<Backend>| {
+                pools
+                    .get(upstream)
+                    .is_some_and(|p| p.backends.iter().any(|b| Arc::ptr_eq(b, backend)))
+            };
+            let candidates = previous
+                .pools
+                .iter()
+                .flat_map(|(name, pool)| pool.backends.iter().map(move |b| (name, b)))
+                .chain(previous.draining.iter().map(|(name, b)| (name, b)));
+            for (upstream, backend) in candidates {
+                if backend.in_flight() > 0 && !still_there(upstream, backend) {
+                    draining.push((upstream.clone(), Arc::clone(backend)));
+                }
+            }
+        }
         Runtime {
             version,
             router: Router::new(&config.routes),
             route_labels: config.routes.iter().map(route_label).collect(),
             pools,
+            draining,
             config: Arc::new(config),
         }
     }
@@ -51,30 +85,62 @@ fn route_label(route: &Route) -> String {
     }
 }
 
-/// Shared by the proxy, the admin endpoint and the health checker.
+/// The outcome of the last reload, for `/stats`.
+#[derive(Debug, Clone)]
+pub struct LastReload {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub at: SystemTime,
+}
+
+/// Shared by the proxy, the admin endpoint, the health checker and the reloader.
 #[derive(Debug)]
 pub struct Shared {
     runtime: ArcSwap<Runtime>,
+    versions: watch::Sender<u64>,
     pub metrics: Metrics,
     pub started: Instant,
+    /// The config file, when Switchyard was started from one (reloads read it again).
+    pub config_path: Option<PathBuf>,
     requests_total: AtomicU64,
     active_requests: AtomicU64,
+    health_tasks: AtomicUsize,
+    pub(crate) last_reload: Mutex<Option<LastReload>>,
+    /// Held while a reload builds and swaps, so that reloads never interleave.
+    pub(crate) reload_lock: Mutex<()>,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Arc<Shared> {
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::new(1, config)),
+            versions: watch::channel(1).0,
             metrics: Metrics::new(),
             started: Instant::now(),
+            config_path,
             requests_total: AtomicU64::new(0),
             active_requests: AtomicU64::new(0),
+            health_tasks: AtomicUsize::new(0),
+            last_reload: Mutex::new(None),
+            reload_lock: Mutex::new(()),
         })
     }
 
     /// The runtime in force now.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// Puts `runtime` in force for every new request.
+    pub fn install(&self, runtime: Runtime) {
+        let version = runtime.version;
+        self.runtime.store(Arc::new(runtime));
+        self.versions.send_replace(version);
+    }
+
+    /// Wakes when a new runtime is installed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.versions.subscribe()
     }
 
     pub fn requests_total(&self) -> u64 {
@@ -84,6 +150,22 @@ impl Shared {
     /// Requests being served right now (used to end a graceful shutdown early).
     pub fn active_requests(&self) -> u64 {
         self.active_requests.load(Ordering::Acquire)
+    }
+
+    /// Health-check loops running now.
+    pub fn health_tasks(&self) -> usize {
+        self.health_tasks.load(Ordering::Relaxed)
+    }
+
+    pub fn set_health_tasks(&self, n: usize) {
+        self.health_tasks.store(n, Ordering::Relaxed);
+    }
+
+    pub fn last_reload(&self) -> Option<LastReload> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Counts a new client request until the guard drops.

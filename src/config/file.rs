@@ -41,6 +41,7 @@ pub struct FileServer {
     #[serde(default, deserialize_with = "text")]
     pub grace_period: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub watch_config: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

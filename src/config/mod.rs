@@ -40,6 +40,8 @@ pub struct Server {
     pub threads: usize,
     pub grace_period: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    /// Reload when the config file changes.
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -402,6 +404,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
             threads,
             grace_period,
             trusted_proxies,
+            watch_config: raw.server.watch_config.unwrap_or(false),
         },
         admin,
         upstreams,

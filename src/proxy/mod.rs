@@ -100,6 +100,20 @@ impl ProxyHttp for Proxy {
         balance::on_upstream_status(ctx, upstream_response.status.as_u16())
     }
 
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            // The backend is done with this request, even if the client is still reading.
+            ctx.attempt = None;
+        }
+        Ok(None)
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,

@@ -20,6 +20,8 @@ pub fn spawn_all<'a>(pools: impl IntoIterator<Item = &'a Arc<Pool>>) -> JoinSet<
         if pool.health_check.is_none() {
             continue;
         }
+        // Health may have changed while the previous config's checks were stopping.
+        pool.rebuild();
         for index in 0..pool.backends.len() {
             tasks.spawn(check_loop(Arc::clone(pool), index));
         }

@@ -19,7 +19,8 @@ pub struct Backend {
     /// The address as written in the config.
     pub name: String,
     pub addr: SocketAddr,
-    pub weight: u32,
+    /// Changes on reload; the backend's other state carries over.
+    weight: AtomicU32,
     /// Set by active health checks.
     healthy: AtomicBool,
     /// Set by passive health (outlier ejection) for `ejection_time`.
@@ -40,7 +41,7 @@ impl Backend {
         Backend {
             name: spec.name.clone(),
             addr: spec.addr,
-            weight: spec.weight,
+            weight: AtomicU32::new(spec.weight),
             healthy: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
@@ -51,6 +52,10 @@ impl Backend {
             check_successes: AtomicU32::new(0),
             check_failures: AtomicU32::new(0),
         }
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -142,17 +147,36 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(name: &str, conf: &config::Upstream) -> Pool {
+        Pool::with_previous(name, conf, None)
+    }
+
+    /// Builds the pool for `conf`, keeping the live state (health, ejection, in-flight
+    /// counts, counters) of every backend `previous` already had under the same address.
+    pub fn with_previous(name: &str, conf: &config::Upstream, previous: Option<&Pool>) -> Pool {
         let backends: Vec<Arc<Backend>> = conf
             .backends
             .iter()
-            .map(|spec| Arc::new(Backend::new(spec)))
+            .map(|spec| {
+                let kept = previous.and_then(|p| {
+                    p.backends
+                        .iter()
+                        .find(|b| b.name == spec.name && b.addr == spec.addr)
+                });
+                match kept {
+                    Some(backend) => {
+                        backend.weight.store(spec.weight, Ordering::Relaxed);
+                        Arc::clone(backend)
+                    }
+                    None => Arc::new(Backend::new(spec)),
+                }
+            })
             .collect();
         let ring = (conf.strategy == Strategy::IpHash).then(|| {
             Ring::build(
                 backends
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| (i, b.name.as_str(), b.weight)),
+                    .map(|(i, b)| (i, b.name.as_str(), b.weight())),
             )
         });
         let sticky = conf.sticky.as_ref().map(|s| {
@@ -184,7 +208,9 @@ impl Pool {
     /// Picks an available backend not yet `tried` by this request. `hash` is the request's
     /// key hash for `ip_hash` (round-robin is used without one).
     pub fn select(&self, hash: Option<u64>, tried: &[usize]) -> Option<(usize, &Arc<Backend>)> {
-        let skip = |i: usize| tried.contains(&i);
+        // The schedule holds the backends active checks pass; ejection is checked here, so
+        // that an ejection ending is seen by every pool that shares the backend.
+        let skip = |i: usize| tried.contains(&i) || self.backends[i].is_ejected();
         let index = match (self.strategy, hash, &self.ring) {
             (Strategy::LeastConnections, _, _) => {
                 least_conn::select(&self.backends, &self.rr, skip)
@@ -263,45 +289,43 @@ impl Pool {
         }
         backend.passive_failures.store(0, Ordering::Relaxed);
         backend.ejections_total.fetch_add(1, Ordering::Relaxed);
-        self.rebuild();
         log::warn!(
             "upstream {} backend {} ejected for {:?} after {failures} failures in a row",
             self.name,
             backend.name,
             passive.ejection_time
         );
-        let pool = Arc::clone(self);
+        let backend = Arc::clone(backend);
+        let upstream = self.name.clone();
         let wait = passive.ejection_time;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 tokio::time::sleep(wait).await;
-                pool.readmit(index);
+                readmit(&upstream, &backend);
             });
         }
     }
 
-    /// Ends an ejection.
-    pub fn readmit(&self, index: usize) {
-        let backend = &self.backends[index];
-        if backend.ejected.swap(false, Ordering::AcqRel) {
-            self.rebuild();
-            log::info!(
-                "upstream {} backend {} back from ejection",
-                self.name,
-                backend.name
-            );
-        }
-    }
-
-    fn rebuild(&self) {
+    /// Recomputes the round-robin cycle from the backends active checks pass.
+    pub fn rebuild(&self) {
         let members: Vec<(usize, u32)> = self
             .backends
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.is_available())
-            .map(|(i, b)| (i, b.weight))
+            .filter(|(_, b)| b.is_healthy())
+            .map(|(i, b)| (i, b.weight()))
             .collect();
         self.rr.rebuild(&members);
+    }
+}
+
+/// Ends an ejection.
+pub fn readmit(upstream: &str, backend: &Backend) {
+    if backend.ejected.swap(false, Ordering::AcqRel) {
+        log::info!(
+            "upstream {upstream} backend {} back from ejection",
+            backend.name
+        );
     }
 }
 

@@ -123,7 +123,7 @@ fn passive_failures_eject_but_never_the_last_backend() {
         !p.backends[1].is_ejected(),
         "the last available backend stays"
     );
-    p.readmit(0);
+    readmit("p", &p.backends[0]);
     assert!(p.backends[0].is_available());
 }
 
@@ -150,4 +150,33 @@ fn sticky_cookie_names_a_backend_until_it_is_down() {
     p.set_healthy(1, false);
     assert_eq!(p.sticky_backend(value, 1_010), None);
     assert_eq!(p.sticky_backend("garbage", 1_010), None);
+}
+
+#[test]
+fn state_carries_over_to_the_next_pool() {
+    let first = Pool::new("p", &upstream(&[1, 1, 1], Strategy::RoundRobin));
+    first.set_healthy(1, false);
+    let held = first.backends[0].start_request();
+    let mut conf = upstream(&[5, 1], Strategy::RoundRobin);
+    conf.backends[1].name = "127.0.0.1:9999".into();
+    conf.backends[1].addr = "127.0.0.1:9999".parse().unwrap();
+    let second = Pool::with_previous("p", &conf, Some(&first));
+    assert!(Arc::ptr_eq(&first.backends[0], &second.backends[0]));
+    assert_eq!(second.backends[0].in_flight(), 1);
+    assert_eq!(second.backends[0].weight(), 5);
+    assert!(
+        second.backends[1].is_healthy(),
+        "a new backend starts healthy"
+    );
+    drop(held);
+    assert_eq!(second.backends[0].in_flight(), 0);
+
+    // A backend known down stays down.
+    let third = Pool::with_previous(
+        "p",
+        &upstream(&[1, 1, 1], Strategy::RoundRobin),
+        Some(&first),
+    );
+    assert!(!third.backends[1].is_healthy());
+    assert!((0..10).all(|_| third.select(None, &[]).unwrap().0 != 1));
 }

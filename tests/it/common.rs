@@ -159,7 +159,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Proxy {
@@ -167,6 +167,19 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `config` with `server` and `admin` blocks on port 0 added unless it has its own.
+pub fn full_config(config: &str) -> String {
+    let mut text = String::new();
+    if !config.contains("\nserver:") && !config.starts_with("server:") {
+        text.push_str("server:\n  listen: [\"127.0.0.1:0\"]\n  threads: 2\n  grace_period: 5s\n");
+    }
+    if !config.contains("\nadmin:") && !config.starts_with("admin:") {
+        text.push_str("admin:\n  listen: 127.0.0.1:0\n");
+    }
+    text.push_str(config);
+    text
 }
 
 /// Path of the binary under test.
@@ -183,15 +196,7 @@ pub async fn spawn_proxy(config: &str) -> Proxy {
 pub async fn spawn_proxy_env(config: &str, env: &[(&str, &str)]) -> Proxy {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("switchyard.yaml");
-    let mut text = String::new();
-    if !config.contains("\nserver:") && !config.starts_with("server:") {
-        text.push_str("server:\n  listen: [\"127.0.0.1:0\"]\n  threads: 2\n  grace_period: 5s\n");
-    }
-    if !config.contains("\nadmin:") && !config.starts_with("admin:") {
-        text.push_str("admin:\n  listen: 127.0.0.1:0\n");
-    }
-    text.push_str(config);
-    std::fs::write(&path, text).expect("write config");
+    std::fs::write(&path, full_config(config)).expect("write config");
     let mut command = Command::new(binary());
     command
         .arg("--config")
@@ -230,7 +235,7 @@ pub async fn spawn_proxy_env(config: &str, env: &[(&str, &str)]) -> Proxy {
         addr,
         admin,
         child,
-        _dir: dir,
+        dir,
     };
     wait_until(Duration::from_secs(10), || async {
         client()
@@ -254,6 +259,28 @@ pub fn client() -> reqwest::Client {
 }
 
 impl Proxy {
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("switchyard.yaml")
+    }
+
+    /// Replaces the config file the way an editor does: write a new file, rename it over.
+    pub fn rewrite_config(&self, config: &str) {
+        let tmp = self.dir.path().join(".switchyard.yaml.tmp");
+        std::fs::write(&tmp, full_config(config)).expect("write config");
+        std::fs::rename(&tmp, self.config_path()).expect("replace config");
+    }
+
+    /// `POST /reload`: (status, JSON body).
+    pub async fn reload(&self) -> (u16, serde_json::Value) {
+        let resp = client()
+            .post(self.admin_url("/reload"))
+            .send()
+            .await
+            .expect("reload");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("reload json"))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -9,6 +9,7 @@ mod health;
 mod ip_hash;
 mod least_conn;
 mod lifecycle;
+mod reload;
 mod retries;
 mod routing;
 mod sticky;

@@ -21,7 +21,7 @@ pub fn select(
         if !b.is_available() || skip(i) {
             continue;
         }
-        let load = (b.in_flight(), u64::from(b.weight));
+        let load = (b.in_flight(), u64::from(b.weight()));
         match best {
             Some((f, w)) if load.0 * w > f * load.1 => {}
             Some((f, w)) if load.0 * w == f * load.1 => ties += 1,
@@ -38,7 +38,7 @@ pub fn select(
     }
     let is_least = |i: usize| {
         let b = &backends[i];
-        b.in_flight() * w == f * u64::from(b.weight)
+        b.in_flight() * w == f * u64::from(b.weight())
     };
     // Counts may move between the scan and here; the scanned minimum is still a fine answer.
     rr.select(|i| skip(i) || !is_least(i)).or(Some(best_index))

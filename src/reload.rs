@@ -1,0 +1,274 @@
+//! Live reload: read and validate the file, keep what cannot change in place, carry the live
+//! state over, and swap the new runtime in atomically. One code path for SIGHUP, `POST /reload`
+//! and the file watcher.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError, Upstream};
+use crate::state::{LastReload, Runtime, Shared};
+
+/// A reload that took effect.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadOutcome {
+    pub version: u64,
+    /// Key paths whose value changed.
+    pub changed: Vec<String>,
+    /// Changes that need a restart (or a graceful upgrade); the running value stays.
+    pub requires_restart: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no config file to reload (started with the built-in example)")]
+    NoFile,
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// Reloads the config file; on any error the running config stays untouched.
+pub fn reload(shared: &Shared, trigger: &str) -> Result<ReloadOutcome, ReloadError> {
+    let _one_at_a_time = shared.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let result = shared
+        .config_path
+        .as_deref()
+        .ok_or(ReloadError::NoFile)
+        .and_then(|path| Config::load(path).map_err(ReloadError::from))
+        .map(|config| apply(shared, config));
+    let (ok, error) = match &result {
+        Ok(outcome) => {
+            log::info!(
+                "config reloaded ({trigger}): version {}, changed {:?}{} in {:?}",
+                outcome.version,
+                outcome.changed,
+                if outcome.requires_restart.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", requires restart (not applied): {:?}",
+                        outcome.requires_restart
+                    )
+                },
+                started.elapsed()
+            );
+            (true, None)
+        }
+        Err(e) => {
+            log::error!("config reload ({trigger}) failed, keeping the running config: {e}");
+            (false, Some(e.to_string()))
+        }
+    };
+    shared.metrics.observe_reload(ok);
+    *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastReload {
+        ok,
+        error,
+        at: SystemTime::now(),
+    });
+    result
+}
+
+/// Swaps `config` in, keeping the settings that only a restart can change.
+fn apply(shared: &Shared, mut config: Config) -> ReloadOutcome {
+    let old = shared.runtime();
+    let requires_restart = keep_restart_only(&old.config, &mut config);
+    let changed = diff(&old.config, &config);
+    let version = old.version + 1;
+    shared.install(Runtime::with_previous(version, config, Some(&old)));
+    ReloadOutcome {
+        version,
+        changed,
+        requires_restart,
+    }
+}
+
+/// Copies the running listen addresses, thread count and grace period into `new`, naming the
+/// ones the file wanted changed.
+fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
+    let mut names = Vec::new();
+    // A port 0 in the file means "any free port": the one picked at start still matches.
+    let same_addr = |running: &std::net::SocketAddr, wanted: &std::net::SocketAddr| {
+        running == wanted || (wanted.port() == 0 && running.ip() == wanted.ip())
+    };
+    let same_listen = old.server.listen.len() == new.server.listen.len()
+        && old
+            .server
+            .listen
+            .iter()
+            .zip(&new.server.listen)
+            .all(|(r, w)| same_addr(r, w));
+    if !same_listen {
+        names.push("server.listen".to_string());
+    }
+    new.server.listen = old.server.listen.clone();
+    if old.server.threads != new.server.threads {
+        names.push("server.threads".to_string());
+        new.server.threads = old.server.threads;
+    }
+    if old.server.grace_period != new.server.grace_period {
+        names.push("server.grace_period".to_string());
+        new.server.grace_period = old.server.grace_period;
+    }
+    if !same_addr(&old.admin.listen, &new.admin.listen) {
+        names.push("admin.listen".to_string());
+    }
+    new.admin.listen = old.admin.listen;
+    names
+}
+
+/// Key paths that differ between two configs.
+pub fn diff(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    if old.server.trusted_proxies != new.server.trusted_proxies {
+        changed.push("server.trusted_proxies".to_string());
+    }
+    if old.server.watch_config != new.server.watch_config {
+        changed.push("server.watch_config".to_string());
+    }
+    if old.admin.token != new.admin.token {
+        changed.push("admin.token".to_string());
+    }
+    for (name, up) in &new.upstreams {
+        match old.upstreams.get(name) {
+            None => changed.push(format!("upstreams.{name} (added)")),
+            Some(before) => changed.extend(
+                upstream_diff(before, up)
+                    .into_iter()
+                    .map(|key| format!("upstreams.{name}.{key}")),
+            ),
+        }
+    }
+    for name in old.upstreams.keys() {
+        if !new.upstreams.contains_key(name) {
+            changed.push(format!("upstreams.{name} (removed)"));
+        }
+    }
+    if old.routes != new.routes {
+        changed.push("routes".to_string());
+    }
+    changed
+}
+
+fn upstream_diff(a: &Upstream, b: &Upstream) -> Vec<&'static str> {
+    let checks: [(&str, bool); 9] = [
+        ("strategy", a.strategy != b.strategy),
+        ("backends", a.backends != b.backends),
+        ("health_check", a.health_check != b.health_check),
+        ("connect_timeout", a.connect_timeout != b.connect_timeout),
+        ("read_timeout", a.read_timeout != b.read_timeout),
+        ("hash_key", a.hash_key != b.hash_key),
+        ("sticky", a.sticky != b.sticky),
+        ("retries", a.retry != b.retry),
+        ("passive_health", a.passive_health != b.passive_health),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, differs)| *differs)
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// Watches the config file's directory (so that an editor's replace-by-rename is seen) and
+/// reloads after changes settle, when `server.watch_config` is on and the content changed.
+pub fn watch_file(shared: Arc<Shared>) {
+    let Some(path) = shared.config_path.clone() else {
+        return;
+    };
+    let Some(dir) = path.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            std::path::Path::new(".").to_path_buf()
+        } else {
+            d.to_path_buf()
+        }
+    }) else {
+        return;
+    };
+    let file_name = path.file_name().map(|n| n.to_os_string());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = match notify::recommended_watcher(tx) {
+        Ok(w) => w,
+        Err(e) => {
+            log::warn!(
+                "cannot watch {}: {e}; file-watch reload is off",
+                path.display()
+            );
+            return;
+        }
+    };
+    use notify::Watcher;
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        log::warn!(
+            "cannot watch {}: {e}; file-watch reload is off",
+            dir.display()
+        );
+        return;
+    }
+    std::thread::spawn(move || {
+        let _watcher = watcher;
+        let mut last = std::fs::read(&path).ok();
+        let concerns_file = |event: &notify::Event| {
+            event
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
+        };
+        while let Ok(event) = rx.recv() {
+            if !event.as_ref().is_ok_and(concerns_file) {
+                continue;
+            }
+            // Let a burst of writes (truncate, write, rename) settle.
+            while let Ok(_more) = rx.recv_timeout(std::time::Duration::from_millis(150)) {}
+            if !shared.runtime().config.server.watch_config {
+                continue;
+            }
+            let now = std::fs::read(&path).ok();
+            if now.is_none() || now == last {
+                continue;
+            }
+            last = now;
+            let _ = reload(&shared, "file change");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str =
+        "upstreams:\n  a:\n    backends: [{address: 127.0.0.1:1}]\nroutes:\n  - upstream: a\n";
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, "t.yaml").unwrap()
+    }
+
+    #[test]
+    fn diff_names_what_changed() {
+        let old = parse(BASE);
+        assert!(diff(&old, &old).is_empty());
+        let new = parse(&BASE.replace("127.0.0.1:1}", "127.0.0.1:1, weight: 2}"));
+        assert_eq!(diff(&old, &new), vec!["upstreams.a.backends"]);
+        let two = format!(
+            "{}  b:\n    backends: [{{address: 127.0.0.1:2}}]\nroutes:\n  - upstream: b\n",
+            BASE.replace("routes:\n  - upstream: a\n", "")
+        );
+        let new = parse(&two);
+        assert_eq!(diff(&old, &new), vec!["upstreams.b (added)", "routes"]);
+    }
+
+    #[test]
+    fn listen_changes_are_kept_and_reported() {
+        let old = parse(&format!("server:\n  listen: [\"127.0.0.1:8080\"]\n{BASE}"));
+        let mut new = parse(&format!(
+            "server:\n  listen: [\"127.0.0.1:9090\"]\n  threads: 7\n{BASE}"
+        ));
+        let restart = keep_restart_only(&old, &mut new);
+        assert_eq!(restart, vec!["server.listen", "server.threads"]);
+        assert_eq!(new.server.listen, old.server.listen);
+        assert_eq!(new.server.threads, old.server.threads);
+        let mut zero = parse(&format!("server:\n  listen: [\"127.0.0.1:0\"]\n{BASE}"));
+        assert!(keep_restart_only(&old, &mut zero).is_empty());
+    }
+}
