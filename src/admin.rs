@@ -9,6 +9,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
+use crate::cache::storage::PurgeMatch;
 use crate::reload::{self, ReloadError};
 use crate::state::Shared;
 
@@ -81,6 +82,7 @@ impl Admin {
             "health_check_tasks": self.shared.health_tasks(),
             "upstreams": upstreams,
             "draining": draining,
+            "cache": self.shared.cache.stats(),
         })
     }
 
@@ -139,7 +141,7 @@ impl ServeHttp for Admin {
         let path = session.req_header().uri.path().to_string();
         let allowed: &[Method] = match path.as_str() {
             "/health" | "/stats" | "/metrics" => &[Method::GET, Method::HEAD],
-            "/reload" => &[Method::POST],
+            "/reload" | "/cache/purge" => &[Method::POST],
             _ => return text(StatusCode::NOT_FOUND, "404 Not Found\n"),
         };
         if path != "/health" && !self.authorized(session) {
@@ -169,19 +171,74 @@ impl ServeHttp for Admin {
             "/health" => text(StatusCode::OK, "ok"),
             "/stats" => json_reply(StatusCode::OK, &self.stats()),
             "/reload" => self.reload().await,
+            "/cache/purge" => self.purge(session).await,
             _ => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.shared
                     .metrics
-                    .render(&self.shared.runtime())
+                    .render(&self.shared.runtime(), &self.shared.cache)
                     .into_bytes(),
             ),
         }
     }
 }
 
+/// Largest request body the admin endpoint reads.
+const MAX_ADMIN_BODY: usize = 64 << 10;
+
+/// Reads a small request body.
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ADMIN_BODY {
+                    return Err(format!("body larger than {MAX_ADMIN_BODY} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("cannot read the body: {e}")),
+        }
+    }
+}
+
+/// `{"key": …}`, `{"prefix": …}` or `{"tag": …}`.
+fn purge_target(body: &[u8]) -> Result<PurgeMatch, String> {
+    let doc: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let obj = doc
+        .as_object()
+        .ok_or("expected an object like {\"key\": \"host/path\"}")?;
+    if obj.len() != 1 {
+        return Err("give exactly one of key, prefix or tag".into());
+    }
+    let (kind, value) = obj.iter().next().ok_or("empty object")?;
+    let value = value
+        .as_str()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("{kind} must be a non-empty string"))?
+        .to_string();
+    match kind.as_str() {
+        "key" => Ok(PurgeMatch::Key(value)),
+        "prefix" => Ok(PurgeMatch::Prefix(value)),
+        "tag" => Ok(PurgeMatch::Tag(value)),
+        other => Err(format!("unknown field `{other}`; give key, prefix or tag")),
+    }
+}
+
 impl Admin {
+    /// `POST /cache/purge`: removes what the body names; answers `{"purged": n}`.
+    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let target = match read_body(session).await.and_then(|b| purge_target(&b)) {
+            Ok(t) => t,
+            Err(e) => return json_reply(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+        };
+        let purged = self.shared.cache.storage.purge(target.clone());
+        log::info!("cache purge {target:?}: {purged} entries");
+        json_reply(StatusCode::OK, &json!({ "purged": purged }))
+    }
+
     /// `POST /reload`: 200 with the new version and what changed, or 422 with the error.
     async fn reload(&self) -> Response<Vec<u8>> {
         let shared = Arc::clone(&self.shared);
@@ -206,6 +263,34 @@ impl Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn purge_bodies() {
+        assert!(matches!(purge_target(br#"{"key": "h/a"}"#), Ok(PurgeMatch::Key(k)) if k == "h/a"));
+        assert!(matches!(
+            purge_target(br#"{"prefix": "h/"}"#),
+            Ok(PurgeMatch::Prefix(_))
+        ));
+        assert!(matches!(
+            purge_target(br#"{"tag": "t1"}"#),
+            Ok(PurgeMatch::Tag(_))
+        ));
+        for bad in [
+            &b"nope"[..],
+            br#"[]"#,
+            br#"{}"#,
+            br#"{"key": ""}"#,
+            br#"{"key": 1}"#,
+            br#"{"url": "x"}"#,
+            br#"{"key": "a", "tag": "b"}"#,
+        ] {
+            assert!(
+                purge_target(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn token_comparison() {

@@ -7,6 +7,8 @@
 //! - [`config`]: the YAML file, read and validated into a [`config::Config`].
 //! - [`state`]: the running config as an atomically swapped runtime, shared by all parts.
 //! - [`proxy`]: the `ProxyHttp` phases; [`proxy::route`] picks the route.
+//! - [`cache`]: the response cache (RFC 9111) on a TinyUFO memory storage.
+//! - [`etag`]: ETags and conditional requests.
 //! - [`upstream`]: pools, backend selection and active health checks.
 //! - [`metrics`]: Prometheus series.
 //! - [`admin`]: the admin listener (health, stats, metrics, reload).
@@ -18,8 +20,10 @@
 
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod etag;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

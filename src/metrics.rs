@@ -7,6 +7,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
+use crate::cache::Cache;
 use crate::state::Runtime;
 
 /// The registry and the series updated per request.
@@ -16,6 +17,7 @@ pub struct Metrics {
     requests_total: IntCounterVec,
     request_duration: HistogramVec,
     reloads_total: IntCounterVec,
+    cache_lookups: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -58,6 +60,17 @@ impl Metrics {
         registry
             .register(Box::new(reloads_total.clone()))
             .expect("unique metric name");
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "switchyard_cache_lookups_total",
+                "Cache lookups on cache-enabled routes by result (hit, miss, stale, expired, bypass, revalidated)",
+            ),
+            &["route", "result"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(cache_lookups.clone()))
+            .expect("unique metric name");
         registry
             .register(Box::new(request_duration.clone()))
             .expect("unique metric name");
@@ -66,7 +79,13 @@ impl Metrics {
             requests_total,
             request_duration,
             reloads_total,
+            cache_lookups,
         }
+    }
+
+    /// Counts one cache lookup result.
+    pub fn observe_cache(&self, route: &str, result: &str) {
+        self.cache_lookups.with_label_values(&[route, result]).inc();
     }
 
     /// Counts one reload attempt.
@@ -88,7 +107,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything, for `GET /metrics`.
-    pub fn render(&self, runtime: &Runtime) -> String {
+    pub fn render(&self, runtime: &Runtime, cache: &Cache) -> String {
         let mut out = Vec::with_capacity(8192);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("cannot encode metrics: {e}");
@@ -99,6 +118,19 @@ impl Metrics {
             "# HELP switchyard_config_version Version of the running config (1 at start)\n\
              # TYPE switchyard_config_version gauge\nswitchyard_config_version {}",
             runtime.version
+        );
+        let s = &cache.storage.stats;
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_cache_bytes Bytes held by the memory cache\n\
+             # TYPE switchyard_cache_bytes gauge\nswitchyard_cache_bytes {}\n\
+             # HELP switchyard_cache_entries Responses held by the memory cache\n\
+             # TYPE switchyard_cache_entries gauge\nswitchyard_cache_entries {}\n\
+             # HELP switchyard_cache_evictions_total Responses evicted to stay under max_size\n\
+             # TYPE switchyard_cache_evictions_total counter\nswitchyard_cache_evictions_total {}",
+            s.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            s.entries.load(std::sync::atomic::Ordering::Relaxed),
+            s.evictions.load(std::sync::atomic::Ordering::Relaxed),
         );
         render_backends(&mut out, runtime);
         out

@@ -115,6 +115,11 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         names.push("admin.listen".to_string());
     }
     new.admin.listen = old.admin.listen;
+    // The memory cache is sized once, at start.
+    if old.cache != new.cache {
+        names.push("cache".to_string());
+        new.cache = old.cache.clone();
+    }
     names
 }
 

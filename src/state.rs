@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::cache::Cache;
 use crate::config::{Config, HostMatch, Route};
 use crate::metrics::Metrics;
 use crate::proxy::route::Router;
@@ -99,6 +100,8 @@ pub struct Shared {
     runtime: ArcSwap<Runtime>,
     versions: watch::Sender<u64>,
     pub metrics: Metrics,
+    /// The response cache; made once, from the config at start.
+    pub cache: Cache,
     pub started: Instant,
     /// The config file, when Switchyard was started from one (reloads read it again).
     pub config_path: Option<PathBuf>,
@@ -113,6 +116,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
         Arc::new(Shared {
+            cache: Cache::new(&config.cache),
             runtime: ArcSwap::from_pointee(Runtime::new(1, config)),
             versions: watch::channel(1).0,
             metrics: Metrics::new(),

@@ -29,8 +29,35 @@ pub struct FileConfig {
     pub server: FileServer,
     #[serde(default)]
     pub admin: FileAdmin,
+    #[serde(default)]
+    pub cache: FileCache,
     pub upstreams: BTreeMap<String, FileUpstream>,
     pub routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCache {
+    #[serde(default, deserialize_with = "text")]
+    pub max_size: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub max_object_size: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub lock_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouteCache {
+    pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "text")]
+    pub default_ttl: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub max_ttl: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub stale_while_revalidate: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub stale_if_error: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +141,7 @@ pub struct FileRoute {
     #[serde(rename = "match", default)]
     pub matcher: FileMatch,
     pub upstream: String,
+    pub cache: Option<FileRouteCache>,
 }
 
 #[derive(Debug, Default, Deserialize)]

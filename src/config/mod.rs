@@ -12,8 +12,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use file::{FileConfig, FileHealthCheck, FilePassiveHealth, FileSticky, FileUpstream};
-use units::{expand_env, parse_duration};
+use file::{
+    FileCache, FileConfig, FileHealthCheck, FilePassiveHealth, FileRouteCache, FileSticky,
+    FileUpstream,
+};
+use units::{expand_env, parse_duration, parse_size};
 
 /// A configuration that failed to load: `<file>: <key path>: <reason>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +32,7 @@ pub struct ConfigError {
 pub struct Config {
     pub server: Server,
     pub admin: Admin,
+    pub cache: Cache,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
 }
@@ -42,6 +46,30 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     /// Reload when the config file changes.
     pub watch_config: bool,
+}
+
+/// The memory cache shared by every cache-enabled route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    /// Bound on stored bodies and headers, in bytes.
+    pub max_size: u64,
+    /// Larger responses are streamed through, not stored.
+    pub max_object_size: u64,
+    /// How long concurrent misses wait for the one request filling the cache.
+    pub lock_timeout: Duration,
+}
+
+/// A route's cache policy. RFC 9111 decides; these only widen it where set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCache {
+    /// Freshness for responses whose origin gives none.
+    pub default_ttl: Option<Duration>,
+    /// Cap on origin-given freshness.
+    pub max_ttl: Option<Duration>,
+    /// Used when the origin gives no `stale-while-revalidate`.
+    pub stale_while_revalidate: Duration,
+    /// Used when the origin gives no `stale-if-error`.
+    pub stale_if_error: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +201,8 @@ pub struct Route {
     pub host: Option<HostMatch>,
     pub path_prefix: String,
     pub upstream: String,
+    /// `None`: responses on this route are not cached.
+    pub cache: Option<RouteCache>,
 }
 
 /// Highest weight accepted; the round-robin schedule holds one slot per unit of weight.
@@ -391,14 +421,22 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
                 "another route already matches the same host and path_prefix",
             ));
         }
+        let cache = match r.cache {
+            Some(c) => validate_route_cache(&format!("{path}.cache"), c)?,
+            None => None,
+        };
         routes.push(Route {
             host,
             path_prefix,
             upstream: r.upstream,
+            cache,
         });
     }
 
+    let cache = validate_cache(raw.cache)?;
+
     Ok(Config {
+        cache,
         server: Server {
             listen,
             threads,
@@ -410,6 +448,78 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         upstreams,
         routes,
     })
+}
+
+fn size(path: &str, value: Option<&str>, default: u64) -> Result<u64, Invalid> {
+    match value {
+        None => Ok(default),
+        Some(v) => {
+            let n = parse_size(v).map_err(|e| invalid(path, e))?;
+            if n == 0 {
+                return Err(invalid(path, "must be greater than 0"));
+            }
+            Ok(n)
+        }
+    }
+}
+
+/// Largest object the memory cache stores (its eviction weights are 16-bit).
+pub const MAX_OBJECT_SIZE_LIMIT: u64 = 1 << 30;
+
+fn validate_cache(c: FileCache) -> Result<Cache, Invalid> {
+    let max_size = size("cache.max_size", c.max_size.as_deref(), 256 << 20)?;
+    let max_object_size = size(
+        "cache.max_object_size",
+        c.max_object_size.as_deref(),
+        8 << 20,
+    )?;
+    if max_object_size > MAX_OBJECT_SIZE_LIMIT {
+        return Err(invalid(
+            "cache.max_object_size",
+            format!("{max_object_size} is above the limit of 1GiB"),
+        ));
+    }
+    if max_object_size > max_size {
+        return Err(invalid(
+            "cache.max_object_size",
+            "must not be larger than cache.max_size",
+        ));
+    }
+    Ok(Cache {
+        max_size,
+        max_object_size,
+        lock_timeout: duration(
+            "cache.lock_timeout",
+            c.lock_timeout.as_deref(),
+            Duration::from_secs(2),
+        )?,
+    })
+}
+
+fn validate_route_cache(path: &str, c: FileRouteCache) -> Result<Option<RouteCache>, Invalid> {
+    if c.enabled == Some(false) {
+        return Ok(None);
+    }
+    let optional = |key: &str, value: Option<&str>| -> Result<Option<Duration>, Invalid> {
+        value
+            .map(|v| duration(&format!("{path}.{key}"), Some(v), Duration::ZERO))
+            .transpose()
+    };
+    let window = |key: &str, value: Option<&str>| -> Result<Duration, Invalid> {
+        match value {
+            None => Ok(Duration::ZERO),
+            Some(v) => parse_duration(v).map_err(|e| invalid(format!("{path}.{key}"), e)),
+        }
+    };
+    Ok(Some(RouteCache {
+        default_ttl: optional("default_ttl", c.default_ttl.as_deref())?,
+        max_ttl: optional("max_ttl", c.max_ttl.as_deref())?,
+        stale_while_revalidate: window(
+            "stale_while_revalidate",
+            c.stale_while_revalidate.as_deref(),
+        )?,
+        stale_if_error: window("stale_if_error", c.stale_if_error.as_deref())?,
+    }))
 }
 
 fn host_match(path: &str, host: &str) -> Result<HostMatch, Invalid> {

@@ -355,3 +355,61 @@ fn rejects_bad_balancing_keys() {
         "at least 1",
     );
 }
+
+#[test]
+fn cache_blocks_parse() {
+    let text = format!(
+        "cache:\n  max_size: 64MiB\n  max_object_size: 1MiB\n  lock_timeout: 500ms\n{}",
+        BASE.replace(
+            "    upstream: assessments\n",
+            "    upstream: assessments\n    cache:\n      enabled: true\n      default_ttl: 60s\n      max_ttl: 1d\n      stale_while_revalidate: 10s\n      stale_if_error: 5m\n"
+        )
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.cache,
+        Cache {
+            max_size: 64 << 20,
+            max_object_size: 1 << 20,
+            lock_timeout: Duration::from_millis(500)
+        }
+    );
+    assert_eq!(
+        c.routes[0].cache,
+        Some(RouteCache {
+            default_ttl: Some(Duration::from_secs(60)),
+            max_ttl: Some(Duration::from_secs(86400)),
+            stale_while_revalidate: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(300),
+        })
+    );
+    let off = BASE.replace(
+        "    upstream: assessments\n",
+        "    upstream: assessments\n    cache: { enabled: false, default_ttl: 5s }\n",
+    );
+    assert_eq!(parse(&off).unwrap().routes[0].cache, None);
+    assert_eq!(parse(BASE).unwrap().routes[0].cache, None);
+    assert_eq!(parse(BASE).unwrap().cache.max_size, 256 << 20);
+}
+
+#[test]
+fn rejects_bad_cache_values() {
+    rejects(
+        &format!("cache:\n  max_size: lots\n{BASE}"),
+        "cache.max_size",
+        "not a size",
+    );
+    rejects(
+        &format!("cache:\n  max_size: 1MiB\n  max_object_size: 2MiB\n{BASE}"),
+        "cache.max_object_size",
+        "not be larger",
+    );
+    rejects(
+        &BASE.replace(
+            "    upstream: assessments\n",
+            "    upstream: assessments\n    cache: { default_ttl: soon }\n",
+        ),
+        "routes[0].cache.default_ttl",
+        "not a duration",
+    );
+}

@@ -4,6 +4,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cache::CacheState;
+use crate::config::RouteCache;
 use crate::state::{ActiveRequest, Runtime};
 use crate::upstream::{InFlight, Pool};
 
@@ -34,6 +36,7 @@ pub struct RequestCtx {
     /// Set when a pooled connection went stale: reconnect to the same backend once.
     pub reconnect: Option<usize>,
     pub reconnected: bool,
+    pub cache: CacheState,
     pub _active: ActiveRequest,
 }
 
@@ -53,6 +56,7 @@ impl RequestCtx {
             set_cookie: None,
             reconnect: None,
             reconnected: false,
+            cache: CacheState::default(),
             _active: active,
         }
     }
@@ -70,6 +74,12 @@ impl RequestCtx {
 }
 
 impl RequestCtx {
+    /// The cache policy of the matched route, when it caches.
+    pub fn route_cache(&self) -> Option<&RouteCache> {
+        let runtime = self.runtime.as_ref()?;
+        runtime.config.routes.get(self.route?)?.cache.as_ref()
+    }
+
     /// The pool and backend index of the current attempt.
     pub fn current(&self) -> Option<(&Arc<Pool>, usize)> {
         Some((self.pool.as_ref()?, self.attempt.as_ref()?.0))

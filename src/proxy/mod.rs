@@ -12,11 +12,15 @@ pub mod route;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora_cache::key::HashBinary;
+use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::cache::{self, Cache};
+use crate::etag;
 use crate::state::Shared;
 use ctx::RequestCtx;
 
@@ -69,6 +73,76 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let max_object_size = ctx
+            .runtime
+            .as_ref()
+            .map_or(0, |rt| rt.config.cache.max_object_size);
+        let route = ctx.route_cache().cloned();
+        self.shared
+            .cache
+            .on_request(session, route.as_ref(), max_object_size, &mut ctx.cache);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, _ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let req = session.req_header();
+        Ok(Cache::key(request_host(req).unwrap_or(""), req))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(Cache::hit_filter(&ctx.cache, is_fresh))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let route = ctx.route_cache().cloned();
+        Ok(Cache::decide(
+            session.req_header(),
+            resp,
+            route.as_ref(),
+            &mut ctx.cache,
+        ))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::key::variance(meta, req)
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        Ok(etag::not_modified(session.req_header(), resp))
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        Cache::serve_stale(&ctx.cache, error)
+    }
+
     async fn upstream_peer(
         &self,
         session: &mut Session,
@@ -116,15 +190,39 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         headers::strip_hop_by_hop(upstream_response);
+        let route_caches = ctx.route_cache().is_some();
+        let lookup = self.shared.cache.finish_response(
+            session,
+            upstream_response,
+            route_caches,
+            &mut ctx.cache,
+        );
+        if let Some(lookup) = lookup {
+            let (route, _) = ctx.labels();
+            self.shared.metrics.observe_cache(route, lookup.as_str());
+        }
         if let Some(cookie) = ctx.set_cookie.take() {
             upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.cache.drop_body {
+            *body = None;
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(

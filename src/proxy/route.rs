@@ -50,7 +50,7 @@ fn host_matches(rule: Option<&HostMatch>, host: &str) -> bool {
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
-fn strip_port(host: &str) -> &str {
+pub fn strip_port(host: &str) -> &str {
     let host = host.trim();
     if host.starts_with('[') {
         return host.find(']').map_or(host, |end| &host[..=end]);
@@ -70,6 +70,7 @@ mod tests {
             host,
             path_prefix: prefix.into(),
             upstream: upstream.into(),
+            cache: None,
         }
     }
 

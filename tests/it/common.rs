@@ -32,6 +32,7 @@ struct OriginState {
     health_status: AtomicU16,
     status: AtomicU16,
     delay_ms: AtomicU64,
+    not_modified: AtomicU64,
 }
 
 impl Origin {
@@ -54,6 +55,16 @@ impl Origin {
         self.state.status.store(status, Ordering::SeqCst);
     }
 
+    /// 304s sent to conditional requests (`cond=1`).
+    pub fn not_modified(&self) -> u64 {
+        self.state.not_modified.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting connections (the port closes).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
     /// A delay before every answer but `/health`.
     pub fn set_delay(&self, delay: Duration) {
         self.state
@@ -69,8 +80,13 @@ impl Drop for Origin {
 }
 
 /// Starts an origin. Paths: `/health` (settable status), `/slow/<ms>` (answers after a delay),
-/// `/hop` (sends hop-by-hop headers), anything else: 200 with the origin's name as the body
-/// and the forwarding headers it saw echoed back as `x-seen-*`.
+/// `/hop` (sends hop-by-hop headers); anything else answers 200 with a body naming the origin,
+/// its hit count and the path, and echoes the forwarding headers it saw as `x-seen-*`.
+///
+/// Query parameters shape the answer: `cc` (Cache-Control), `etag` / `wetag` (strong / weak
+/// ETag), `lm=1` (a fixed Last-Modified), `expires` (Expires), `vary` (Vary; the body also
+/// names the varied header's value), `cookie=1` (Set-Cookie), `tag` (Surrogate-Key),
+/// `size=N` (an N-byte body), `type` (Content-Type), `cond=1` (answer If-None-Match with 304).
 pub async fn spawn_origin(name: &str) -> Origin {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
     let addr = listener.local_addr().expect("origin address");
@@ -81,6 +97,7 @@ pub async fn spawn_origin(name: &str) -> Origin {
         health_status: AtomicU16::new(200),
         status: AtomicU16::new(200),
         delay_ms: AtomicU64::new(0),
+        not_modified: AtomicU64::new(0),
     });
     let accept_state = Arc::clone(&state);
     let task = tokio::spawn(async move {
@@ -114,7 +131,35 @@ async fn handle(
             .body(Full::new(Bytes::from_static(b"health")))
             .expect("response"));
     }
-    state.hits.fetch_add(1, Ordering::SeqCst);
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.replace("%20", " ").replace("%2C", ",")))
+        .collect();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if param("cond") == Some("1") {
+        if let (Some(tag), Some(inm)) = (param("etag"), req.headers().get("if-none-match")) {
+            if inm.to_str().unwrap_or("").contains(&format!("\"{tag}\"")) {
+                state.not_modified.fetch_add(1, Ordering::SeqCst);
+                let mut resp = Response::builder()
+                    .status(304)
+                    .header("etag", format!("\"{tag}\""));
+                if let Some(cc) = param("cc") {
+                    resp = resp.header("cache-control", cc);
+                }
+                return Ok(resp.body(Full::new(Bytes::new())).expect("response"));
+            }
+        }
+    }
+    let hit = state.hits.fetch_add(1, Ordering::SeqCst) + 1;
     let mut delay = state.delay_ms.load(Ordering::SeqCst);
     if let Some(ms) = path.strip_prefix("/slow/") {
         delay += ms.parse::<u64>().unwrap_or(0);
@@ -143,9 +188,54 @@ async fn handle(
             .header("keep-alive", "timeout=5")
             .header("proxy-authenticate", "Basic");
     }
-    Ok(resp
-        .body(Full::new(Bytes::from(state.name.clone())))
-        .expect("response"))
+    if query.is_empty() {
+        return Ok(resp
+            .body(Full::new(Bytes::from(state.name.clone())))
+            .expect("response"));
+    }
+    let headers = [
+        ("cc", "cache-control"),
+        ("expires", "expires"),
+        ("vary", "vary"),
+        ("tag", "surrogate-key"),
+        ("type", "content-type"),
+    ];
+    for (name, header) in headers {
+        if let Some(v) = param(name) {
+            resp = resp.header(header, v);
+        }
+    }
+    if let Some(tag) = param("etag") {
+        resp = resp.header("etag", format!("\"{tag}\""));
+    }
+    if let Some(tag) = param("wetag") {
+        resp = resp.header("etag", format!("W/\"{tag}\""));
+    }
+    if param("lm") == Some("1") {
+        resp = resp.header("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+    if param("cookie") == Some("1") {
+        resp = resp.header("set-cookie", "session=1; Path=/");
+    }
+    let varied = param("vary")
+        .and_then(|name| {
+            req.headers()
+                .get(name.split(',').next().unwrap_or("").trim())
+        })
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let body = match param("size").and_then(|n| n.parse::<usize>().ok()) {
+        Some(n) => {
+            let line = format!("{} {hit} {varied} ", state.name);
+            line.bytes()
+                .chain(std::iter::repeat(b'x'))
+                .take(n)
+                .collect::<Vec<u8>>()
+        }
+        None => format!("{} {hit} {} {varied}", state.name, req.uri()).into_bytes(),
+    };
+    Ok(resp.body(Full::new(Bytes::from(body))).expect("response"))
 }
 
 /// A loopback port with nothing listening on it.

@@ -4,6 +4,7 @@ mod common;
 
 mod admin;
 mod balancing;
+mod cache;
 mod cli;
 mod health;
 mod ip_hash;

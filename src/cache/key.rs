@@ -1,0 +1,167 @@
+//! Cache keys: `<host><path?query>` (the form purges use), and the variance of a response that
+//! `Vary`s on request headers, with `Accept-Encoding` reduced to the encodings Switchyard knows.
+
+use pingora_cache::key::HashBinary;
+use pingora_cache::{CacheMeta, VarianceBuilder};
+use pingora_http::RequestHeader;
+
+/// Encodings `Accept-Encoding` is reduced to, in a fixed order.
+const KNOWN_ENCODINGS: [&str; 3] = ["br", "gzip", "zstd"];
+
+/// `api.example.com/items?page=2`: the host in lower case without its port, then the path and
+/// query as sent.
+pub fn primary(host: &str, req: &RequestHeader) -> String {
+    let host = crate::proxy::route::strip_port(host);
+    let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    format!("{}{path}", host.to_ascii_lowercase())
+}
+
+/// The encodings a client accepts among those Switchyard can produce, as `br,gzip`; `identity`
+/// when none. Clients that differ only in ways that do not change the answer share a variant.
+pub fn normalize_accept_encoding(value: Option<&str>) -> String {
+    let Some(value) = value else {
+        return "identity".into();
+    };
+    let mut star = None;
+    let mut named: Vec<(String, bool)> = Vec::new();
+    for item in value.split(',') {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        if coding.is_empty() {
+            continue;
+        }
+        let accepted = parts
+            .filter_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .or_else(|| p.trim().strip_prefix("Q="))
+            })
+            .filter_map(|q| q.trim().parse::<f32>().ok())
+            .next_back()
+            .is_none_or(|q| q > 0.0);
+        if coding == "*" {
+            star = Some(accepted);
+        } else {
+            named.push((coding, accepted));
+        }
+    }
+    let accepted: Vec<&str> = KNOWN_ENCODINGS
+        .iter()
+        .copied()
+        .filter(|enc| match named.iter().find(|(c, _)| c == enc) {
+            Some((_, ok)) => *ok,
+            None => star.unwrap_or(false),
+        })
+        .collect();
+    if accepted.is_empty() {
+        "identity".into()
+    } else {
+        accepted.join(",")
+    }
+}
+
+/// The variance hash of `req` for a stored response that varies; `None` when it does not.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut names: Vec<String> = meta
+        .headers()
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    names.sort();
+    names.dedup();
+    let mut builder = VarianceBuilder::new();
+    for name in names {
+        let value: Vec<u8> = if name == "accept-encoding" {
+            let raw = req
+                .headers
+                .get(http::header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok());
+            normalize_accept_encoding(raw).into_bytes()
+        } else {
+            let values: Vec<&[u8]> = req
+                .headers
+                .get_all(name.as_str())
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            values.join(&b","[..])
+        };
+        builder.add_owned_name_value(name, value);
+    }
+    builder.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora_http::ResponseHeader;
+    use std::time::SystemTime;
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn meta(vary: Option<&str>) -> CacheMeta {
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        if let Some(v) = vary {
+            h.insert_header("Vary", v).unwrap();
+        }
+        let now = SystemTime::now();
+        CacheMeta::new(now, now, 0, 0, h)
+    }
+
+    #[test]
+    fn primary_keys() {
+        assert_eq!(
+            primary("API.Example.com:8080", &req("/a?b=1", &[])),
+            "api.example.com/a?b=1"
+        );
+        assert_eq!(primary("[::1]:80", &req("/", &[])), "[::1]/");
+        assert_eq!(primary("h", &req("/x", &[])), "h/x");
+    }
+
+    #[test]
+    fn accept_encoding_is_reduced_to_known_codings() {
+        let n = |v| normalize_accept_encoding(Some(v));
+        assert_eq!(n("gzip, deflate, br"), "br,gzip");
+        assert_eq!(n("br;q=1.0, gzip;q=0.8, *;q=0.1"), "br,gzip,zstd");
+        assert_eq!(n("deflate"), "identity");
+        assert_eq!(n("gzip;q=0, br"), "br");
+        assert_eq!(n("GZIP"), "gzip");
+        assert_eq!(n("*"), "br,gzip,zstd");
+        assert_eq!(n("*;q=0, gzip"), "gzip");
+        assert_eq!(normalize_accept_encoding(None), "identity");
+        assert_eq!(n("gzip, deflate, br"), n("br, gzip"));
+    }
+
+    #[test]
+    fn variance_follows_vary() {
+        assert_eq!(variance(&meta(None), &req("/", &[])), None);
+        let m = meta(Some("X-Lang"));
+        let en = variance(&m, &req("/", &[("X-Lang", "en")]));
+        let fr = variance(&m, &req("/", &[("X-Lang", "fr")]));
+        assert!(en.is_some());
+        assert_ne!(en, fr);
+        assert_eq!(en, variance(&m, &req("/", &[("x-lang", "en")])));
+        let ae = meta(Some("Accept-Encoding"));
+        assert_eq!(
+            variance(&ae, &req("/", &[("Accept-Encoding", "gzip, deflate, br")])),
+            variance(&ae, &req("/", &[("Accept-Encoding", "br,gzip")]))
+        );
+        assert_ne!(
+            variance(&ae, &req("/", &[("Accept-Encoding", "gzip")])),
+            variance(&ae, &req("/", &[]))
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! The response cache: when a request may use it, the key, what is stored, stale serving,
+//! and the `Cache-Status` (RFC 9211) every response on a cache-enabled route carries.
+//! Pingora runs the cache state machine; this module answers its questions.
+
+pub mod key;
+pub mod policy;
+pub mod storage;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::{
+    CacheKey, CacheMeta, CachePhase, ForcedFreshness, NoCacheReason, RespCacheable,
+};
+use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+
+use crate::config::{self, RouteCache};
+use crate::etag;
+use policy::{Decision, RequestDirective};
+use storage::MemoryStorage;
+
+/// Per-request cache state, in the request context.
+#[derive(Debug, Default)]
+pub struct CacheState {
+    /// Why the cache was left out for this request (`method`, `no-store`).
+    pub bypass: Option<&'static str>,
+    /// The client asked for validation (`no-cache`, `max-age=0`).
+    pub revalidate: bool,
+    /// Why the response was not stored.
+    pub pass: Option<&'static str>,
+    /// A passing-through 200 became a 304: its body is not sent.
+    pub drop_body: bool,
+}
+
+/// What happened in the cache for one request, for stats and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Hit,
+    Miss,
+    Stale,
+    Expired,
+    Revalidated,
+    Bypass,
+}
+
+impl Lookup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::Miss => "miss",
+            Lookup::Stale => "stale",
+            Lookup::Expired => "expired",
+            Lookup::Revalidated => "revalidated",
+            Lookup::Bypass => "bypass",
+        }
+    }
+}
+
+/// Counters for `/stats`.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stale_served: AtomicU64,
+    pub expired: AtomicU64,
+    pub revalidated: AtomicU64,
+    pub bypass: AtomicU64,
+    pub coalesced: AtomicU64,
+}
+
+/// The process-wide cache: storage and lock live as long as the process (Pingora needs
+/// `'static`), so they are made once, at start.
+pub struct Cache {
+    pub storage: &'static MemoryStorage,
+    lock: &'static CacheKeyLockImpl,
+    pub counters: CacheCounters,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("storage", &self.storage)
+            .finish()
+    }
+}
+
+impl Cache {
+    pub fn new(conf: &config::Cache) -> Cache {
+        let lock: &'static CacheLock = Box::leak(Box::new(CacheLock::new(conf.lock_timeout)));
+        Cache {
+            storage: MemoryStorage::leak(conf.max_size, conf.max_object_size),
+            lock,
+            counters: CacheCounters::default(),
+        }
+    }
+
+    /// `request_cache_filter`: turns the cache on for this request when the route caches and
+    /// the request allows it.
+    pub fn on_request(
+        &self,
+        session: &mut Session,
+        route: Option<&RouteCache>,
+        max_object_size: u64,
+        state: &mut CacheState,
+    ) {
+        if route.is_none() {
+            return;
+        }
+        if !matches!(
+            session.req_header().method,
+            http::Method::GET | http::Method::HEAD
+        ) {
+            state.bypass = Some("method");
+            return;
+        }
+        match policy::request_directive(session.req_header()) {
+            RequestDirective::Bypass => {
+                state.bypass = Some("no-store");
+                return;
+            }
+            RequestDirective::Revalidate => state.revalidate = true,
+            RequestDirective::Normal => {}
+        }
+        session
+            .cache
+            .enable(self.storage, None, None, Some(self.lock), None);
+        session
+            .cache
+            .set_max_file_size_bytes(usize::try_from(max_object_size).unwrap_or(usize::MAX));
+    }
+
+    /// `cache_key_callback`.
+    pub fn key(host: &str, req: &RequestHeader) -> CacheKey {
+        CacheKey::new(key::primary(host, req), "")
+    }
+
+    /// `cache_hit_filter`: a client asking for validation gets it even on a fresh entry.
+    pub fn hit_filter(state: &CacheState, is_fresh: bool) -> Option<ForcedFreshness> {
+        (state.revalidate && is_fresh).then_some(ForcedFreshness::ForceExpired)
+    }
+
+    /// `response_cache_filter`.
+    pub fn decide(
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+        route: Option<&RouteCache>,
+        state: &mut CacheState,
+    ) -> RespCacheable {
+        let Some(route) = route else {
+            return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+        };
+        match policy::decide(req, resp, route, SystemTime::now()) {
+            Decision::Store(meta) => RespCacheable::Cacheable(meta),
+            Decision::Pass(reason) => {
+                state.pass = Some(reason);
+                RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)
+            }
+        }
+    }
+
+    /// `should_serve_stale`: within stale-while-revalidate (no error), or within
+    /// stale-if-error when the origin failed (connect error, timeout, 5xx, no backend).
+    pub fn serve_stale(state: &CacheState, error: Option<&Error>) -> bool {
+        if state.revalidate {
+            return false;
+        }
+        match error {
+            None => true,
+            Some(e) => {
+                matches!(e.etype(), ErrorType::HTTPStatus(code) if *code >= 500)
+                    || e.esource() == &ErrorSource::Upstream
+            }
+        }
+    }
+
+    /// `response_filter`: `Cache-Status`, `Age`, the generated ETag, and 304s for
+    /// conditional requests that passed through. Returns the lookup result, `None` when the
+    /// route does not cache.
+    pub fn finish_response(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        route_caches: bool,
+        state: &mut CacheState,
+    ) -> Option<Lookup> {
+        etag::expose(resp);
+        for internal in ["surrogate-key", "cache-tag"] {
+            resp.remove_header(internal);
+        }
+        let phase = session.cache.phase();
+        let served_from_cache = matches!(
+            phase,
+            CachePhase::Hit
+                | CachePhase::Stale
+                | CachePhase::StaleUpdating
+                | CachePhase::Revalidated
+                | CachePhase::RevalidatedNoCache(_)
+        );
+        if !served_from_cache && etag::not_modified(session.req_header(), resp) {
+            etag::make_304(resp);
+            state.drop_body = true;
+        }
+        if !route_caches {
+            return None;
+        }
+        let meta = session.cache.maybe_cache_meta();
+        if served_from_cache {
+            if let Some(meta) = meta {
+                let age = policy::initial_age(meta.response_header()) + meta.age();
+                let _ = resp.insert_header(http::header::AGE, age.as_secs().to_string());
+            }
+        }
+        let fwd = if state.revalidate { "request" } else { "stale" };
+        let (lookup, status) = match phase {
+            CachePhase::Hit => {
+                if session.cache.lock_duration().is_some() {
+                    self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+                }
+                let ttl = meta.map_or(0, remaining_ttl);
+                (Lookup::Hit, format!("switchyard; hit; ttl={ttl}"))
+            }
+            CachePhase::Stale | CachePhase::StaleUpdating => {
+                (Lookup::Stale, "switchyard; hit; detail=stale".to_string())
+            }
+            CachePhase::Revalidated => (
+                Lookup::Revalidated,
+                format!("switchyard; fwd={fwd}; fwd-status=304; stored"),
+            ),
+            CachePhase::RevalidatedNoCache(_) => (
+                Lookup::Revalidated,
+                format!("switchyard; fwd={fwd}; fwd-status=304"),
+            ),
+            CachePhase::Expired => (
+                Lookup::Expired,
+                format!(
+                    "switchyard; fwd={fwd}; fwd-status={}{}",
+                    resp.status.as_u16(),
+                    stored_or(state)
+                ),
+            ),
+            CachePhase::Miss => (
+                Lookup::Miss,
+                format!("switchyard; fwd=miss{}", stored_or(state)),
+            ),
+            CachePhase::Disabled(reason) if state.bypass.is_none() => {
+                let detail = state.pass.unwrap_or(match reason {
+                    NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => {
+                        "too-large"
+                    }
+                    NoCacheReason::UpstreamError => "upstream-error",
+                    _ => "uncacheable",
+                });
+                (
+                    Lookup::Miss,
+                    format!("switchyard; fwd=miss; detail={detail}"),
+                )
+            }
+            _ => (
+                Lookup::Bypass,
+                format!(
+                    "switchyard; fwd=bypass; detail={}",
+                    state.bypass.unwrap_or("uncacheable")
+                ),
+            ),
+        };
+        let counter = match lookup {
+            Lookup::Hit => &self.counters.hits,
+            Lookup::Miss => &self.counters.misses,
+            Lookup::Stale => &self.counters.stale_served,
+            Lookup::Expired => &self.counters.expired,
+            Lookup::Revalidated => &self.counters.revalidated,
+            Lookup::Bypass => &self.counters.bypass,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let _ = resp.insert_header("Cache-Status", status);
+        Some(lookup)
+    }
+
+    /// The `cache` section of `/stats`.
+    pub fn stats(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let served = get(&c.hits) + get(&c.stale_served) + get(&c.revalidated);
+        let lookups = served + get(&c.misses) + get(&c.expired);
+        let s = &self.storage.stats;
+        serde_json::json!({
+            "entries": get(&s.entries),
+            "bytes": get(&s.bytes),
+            "max_bytes": self.storage.max_bytes(),
+            "hits": get(&c.hits),
+            "misses": get(&c.misses),
+            "stale_served": get(&c.stale_served),
+            "expired": get(&c.expired),
+            "revalidated": get(&c.revalidated),
+            "bypass": get(&c.bypass),
+            "coalesced": get(&c.coalesced),
+            "evictions": get(&s.evictions),
+            "hit_ratio": if lookups == 0 { 0.0 } else { served as f64 / lookups as f64 },
+        })
+    }
+}
+
+fn stored_or(state: &CacheState) -> String {
+    match state.pass {
+        None => "; stored".to_string(),
+        Some(detail) => format!("; detail={detail}"),
+    }
+}
+
+fn remaining_ttl(meta: &CacheMeta) -> u64 {
+    meta.fresh_until()
+        .duration_since(SystemTime::now())
+        .map_or(0, |d| d.as_secs())
+}

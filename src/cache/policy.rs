@@ -1,0 +1,218 @@
+//! What may be stored and for how long (RFC 9111), and what a request allows. RFC 9111 is the
+//! default; a route's options only widen it (a default TTL, default stale windows) or cap it.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{AUTHORIZATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::StatusCode;
+use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
+use pingora_cache::CacheMeta;
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use crate::config::RouteCache;
+use crate::etag::GENERATED;
+
+/// Longest freshness the Last-Modified heuristic gives.
+const HEURISTIC_CAP: Duration = Duration::from_secs(86400);
+
+/// Whether and how a response is stored.
+#[derive(Debug)]
+pub enum Decision {
+    Store(CacheMeta),
+    /// Not stored, with the `detail` shown in `Cache-Status`.
+    Pass(&'static str),
+}
+
+/// Statuses a cache may store without explicit freshness (RFC 9110 §15.1).
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Statuses stored at all (with explicit freshness, also redirects).
+fn storable(status: StatusCode) -> bool {
+    heuristically_cacheable(status) || matches!(status.as_u16(), 302 | 307)
+}
+
+fn http_date(resp: &ResponseHeader, name: http::HeaderName) -> Option<SystemTime> {
+    let mut values = resp.headers.get_all(name).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    httpdate::parse_http_date(first.to_str().ok()?).ok()
+}
+
+/// The freshness lifetime the origin gave, if any: `s-maxage`, `max-age`, then `Expires`.
+fn origin_lifetime(cc: Option<&CacheControl>, resp: &ResponseHeader) -> Option<Duration> {
+    if let Some(cc) = cc {
+        if let Ok(Some(s)) = cc.s_maxage() {
+            return Some(Duration::from_secs(s.into()));
+        }
+        if let Ok(Some(m)) = cc.max_age() {
+            return Some(Duration::from_secs(m.into()));
+        }
+    }
+    if resp.headers.contains_key(EXPIRES) {
+        // An invalid Expires means "already expired" (RFC 9111 §5.3).
+        let Some(expires) = http_date(resp, EXPIRES) else {
+            return Some(Duration::ZERO);
+        };
+        let date = http_date(resp, DATE).unwrap_or_else(SystemTime::now);
+        return Some(expires.duration_since(date).unwrap_or(Duration::ZERO));
+    }
+    None
+}
+
+/// RFC 9111 §4.2.2: 10% of the time since Last-Modified, capped.
+fn heuristic_lifetime(resp: &ResponseHeader, now: SystemTime) -> Option<Duration> {
+    let modified = http_date(resp, LAST_MODIFIED)?;
+    let date = http_date(resp, DATE).unwrap_or(now);
+    let since = date.duration_since(modified).ok()?;
+    Some((since / 10).min(HEURISTIC_CAP))
+}
+
+/// The `Age` the origin (or a cache before us) reported.
+pub fn initial_age(resp: &ResponseHeader) -> Duration {
+    let age = resp
+        .headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_secs(age)
+}
+
+/// Decides whether `resp` to `req` is stored under `route`'s policy, and for how long.
+pub fn decide(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    route: &RouteCache,
+    now: SystemTime,
+) -> Decision {
+    if !storable(resp.status) {
+        return Decision::Pass("status");
+    }
+    let vary_star = resp
+        .headers
+        .get_all(VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim() == "*");
+    if vary_star {
+        return Decision::Pass("vary-star");
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    if cc.as_ref().is_some_and(|c| c.no_store()) {
+        return Decision::Pass("no-store");
+    }
+    if cc.as_ref().is_some_and(|c| c.private()) {
+        return Decision::Pass("private");
+    }
+    if resp.headers.contains_key(SET_COOKIE) {
+        return Decision::Pass("set-cookie");
+    }
+    if req.headers.contains_key(AUTHORIZATION) {
+        let allowed = cc
+            .as_ref()
+            .is_some_and(|c| c.public() || matches!(c.s_maxage(), Ok(Some(_))));
+        if !allowed {
+            return Decision::Pass("authorization");
+        }
+    }
+    let has_validator = resp.headers.contains_key(ETAG) || resp.headers.contains_key(LAST_MODIFIED);
+    let no_cache = cc.as_ref().is_some_and(|c| c.no_cache());
+    let lifetime = match origin_lifetime(cc.as_ref(), resp) {
+        Some(origin) => Some(route.max_ttl.map_or(origin, |cap| origin.min(cap))),
+        None if !heuristically_cacheable(resp.status) => return Decision::Pass("status"),
+        None => route
+            .default_ttl
+            .or_else(|| heuristic_lifetime(resp, now))
+            .map(|ttl| route.max_ttl.map_or(ttl, |cap| ttl.min(cap))),
+    };
+    // `no-cache`: may be stored, but every use must be validated first.
+    let lifetime = if no_cache {
+        Some(Duration::ZERO)
+    } else {
+        lifetime
+    };
+    let lifetime = match lifetime {
+        Some(l) if !l.is_zero() => l,
+        // Stored only to be revalidated: worth it only with a validator.
+        _ if has_validator => Duration::ZERO,
+        _ => return Decision::Pass("no-freshness"),
+    };
+    let age = initial_age(resp);
+    let fresh_until = match lifetime.checked_sub(age) {
+        Some(left) if !left.is_zero() => now + left,
+        _ => now - Duration::from_secs(1),
+    };
+    let no_stale = no_cache
+        || cc
+            .as_ref()
+            .is_some_and(|c| c.must_revalidate() || c.proxy_revalidate());
+    let (swr, sie) = if no_stale {
+        (0, 0)
+    } else {
+        let secs = |origin: Option<u32>, default: Duration| {
+            origin.unwrap_or_else(|| u32::try_from(default.as_secs()).unwrap_or(u32::MAX))
+        };
+        (
+            secs(
+                cc.as_ref()
+                    .and_then(|c| c.stale_while_revalidate().ok().flatten()),
+                route.stale_while_revalidate,
+            ),
+            secs(
+                cc.as_ref().and_then(|c| c.stale_if_error().ok().flatten()),
+                route.stale_if_error,
+            ),
+        )
+    };
+    let mut header = resp.clone();
+    if let Some(cc) = &cc {
+        cc.strip_private_headers(&mut header);
+    }
+    // Never store an internal header an origin might have sent.
+    header.remove_header(GENERATED);
+    Decision::Store(CacheMeta::new(fresh_until, now, swr, sie, header))
+}
+
+/// What the request's own `Cache-Control` (or `Pragma`) asks of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestDirective {
+    /// Use the cache normally.
+    Normal,
+    /// `no-cache` or `max-age=0`: a stored response must be validated first.
+    Revalidate,
+    /// `no-store`: leave the cache out.
+    Bypass,
+}
+
+pub fn request_directive(req: &RequestHeader) -> RequestDirective {
+    match CacheControl::from_req_headers(req) {
+        Some(cc) if cc.no_store() => RequestDirective::Bypass,
+        Some(cc) if cc.no_cache() || matches!(cc.max_age(), Ok(Some(0))) => {
+            RequestDirective::Revalidate
+        }
+        Some(_) => RequestDirective::Normal,
+        None => {
+            let pragma_no_cache = req
+                .headers
+                .get(http::header::PRAGMA)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache"));
+            if pragma_no_cache {
+                RequestDirective::Revalidate
+            } else {
+                RequestDirective::Normal
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+//! RFC 9111 decisions, one rule at a time.
+
+use super::*;
+
+fn route() -> RouteCache {
+    RouteCache {
+        default_ttl: None,
+        max_ttl: None,
+        stale_while_revalidate: Duration::ZERO,
+        stale_if_error: Duration::ZERO,
+    }
+}
+
+fn req(headers: &[(&str, &str)]) -> RequestHeader {
+    let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+    for (k, v) in headers {
+        r.append_header(k.to_string(), *v).unwrap();
+    }
+    r
+}
+
+fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+    let mut r = ResponseHeader::build(status, None).unwrap();
+    for (k, v) in headers {
+        r.append_header(k.to_string(), *v).unwrap();
+    }
+    r
+}
+
+/// Seconds of freshness left, or the reason it is not stored.
+fn ttl(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    route: &RouteCache,
+) -> Result<i64, &'static str> {
+    let now = SystemTime::now();
+    match decide(req, resp, route, now) {
+        Decision::Store(meta) => Ok(match meta.fresh_until().duration_since(now) {
+            Ok(d) => d.as_secs_f64().round() as i64,
+            Err(_) => 0,
+        }),
+        Decision::Pass(reason) => Err(reason),
+    }
+}
+
+#[test]
+fn max_age_and_s_maxage() {
+    let r = route();
+    assert_eq!(
+        ttl(
+            &req(&[]),
+            &resp(200, &[("Cache-Control", "max-age=60")]),
+            &r
+        ),
+        Ok(60)
+    );
+    assert_eq!(
+        ttl(
+            &req(&[]),
+            &resp(200, &[("Cache-Control", "max-age=1, s-maxage=90")]),
+            &r
+        ),
+        Ok(90)
+    );
+}
+
+#[test]
+fn age_counts_against_freshness() {
+    let r = route();
+    let aged = resp(200, &[("Cache-Control", "max-age=60"), ("Age", "50")]);
+    assert_eq!(ttl(&req(&[]), &aged, &r), Ok(10));
+    let too_old = resp(
+        200,
+        &[
+            ("Cache-Control", "max-age=60"),
+            ("Age", "90"),
+            ("ETag", "\"a\""),
+        ],
+    );
+    assert_eq!(ttl(&req(&[]), &too_old, &r), Ok(0));
+}
+
+#[test]
+fn expires_relative_to_date() {
+    let r = route();
+    let e = resp(
+        200,
+        &[
+            ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("Expires", "Sun, 06 Nov 1994 08:51:37 GMT"),
+        ],
+    );
+    assert_eq!(ttl(&req(&[]), &e, &r), Ok(120));
+    let invalid = resp(200, &[("Expires", "0"), ("ETag", "\"x\"")]);
+    assert_eq!(
+        ttl(&req(&[]), &invalid, &r),
+        Ok(0),
+        "invalid Expires is already expired"
+    );
+}
+
+#[test]
+fn never_stored() {
+    let r = route();
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("Cache-Control", "no-store, max-age=60")], "no-store"),
+        (&[("Cache-Control", "private, max-age=60")], "private"),
+        (
+            &[("Cache-Control", "max-age=60"), ("Set-Cookie", "a=1")],
+            "set-cookie",
+        ),
+        (
+            &[("Cache-Control", "max-age=60"), ("Vary", "*")],
+            "vary-star",
+        ),
+        (
+            &[("Cache-Control", "max-age=60"), ("Vary", "Accept, *")],
+            "vary-star",
+        ),
+    ];
+    for (headers, reason) in cases {
+        assert_eq!(ttl(&req(&[]), &resp(200, headers), &r), Err(reason));
+    }
+    assert_eq!(
+        ttl(
+            &req(&[]),
+            &resp(206, &[("Cache-Control", "max-age=60")]),
+            &r
+        ),
+        Err("status")
+    );
+    assert_eq!(
+        ttl(
+            &req(&[]),
+            &resp(500, &[("Cache-Control", "max-age=60")]),
+            &r
+        ),
+        Err("status")
+    );
+}
+
+#[test]
+fn authorization_needs_public_or_s_maxage() {
+    let r = route();
+    let auth = req(&[("Authorization", "Bearer x")]);
+    assert_eq!(
+        ttl(&auth, &resp(200, &[("Cache-Control", "max-age=60")]), &r),
+        Err("authorization")
+    );
+    assert_eq!(
+        ttl(
+            &auth,
+            &resp(200, &[("Cache-Control", "public, max-age=60")]),
+            &r
+        ),
+        Ok(60)
+    );
+    assert_eq!(
+        ttl(&auth, &resp(200, &[("Cache-Control", "s-maxage=30")]), &r),
+        Ok(30)
+    );
+}
+
+#[test]
+fn no_explicit_freshness() {
+    let r = route();
+    assert_eq!(ttl(&req(&[]), &resp(200, &[]), &r), Err("no-freshness"));
+    // With a validator it is stored to be revalidated.
+    assert_eq!(ttl(&req(&[]), &resp(200, &[("ETag", "\"a\"")]), &r), Ok(0));
+    // The Last-Modified heuristic: 10% of the age, capped at a day.
+    let lm = resp(
+        200,
+        &[
+            ("Date", "Sun, 06 Nov 1994 10:00:00 GMT"),
+            ("Last-Modified", "Sun, 06 Nov 1994 00:00:00 GMT"),
+        ],
+    );
+    assert_eq!(ttl(&req(&[]), &lm, &r), Ok(3600));
+    let ancient = resp(200, &[("Last-Modified", "Sun, 06 Nov 1994 00:00:00 GMT")]);
+    assert_eq!(ttl(&req(&[]), &ancient, &r), Ok(86400));
+    // Not heuristically cacheable without explicit freshness.
+    assert_eq!(
+        ttl(&req(&[]), &resp(302, &[("ETag", "\"a\"")]), &r),
+        Err("status")
+    );
+    assert_eq!(
+        ttl(&req(&[]), &resp(302, &[("Cache-Control", "max-age=5")]), &r),
+        Ok(5)
+    );
+}
+
+#[test]
+fn route_default_and_cap() {
+    let mut r = route();
+    r.default_ttl = Some(Duration::from_secs(60));
+    r.max_ttl = Some(Duration::from_secs(100));
+    assert_eq!(ttl(&req(&[]), &resp(200, &[]), &r), Ok(60));
+    assert_eq!(
+        ttl(
+            &req(&[]),
+            &resp(200, &[("Cache-Control", "max-age=1000")]),
+            &r
+        ),
+        Ok(100)
+    );
+    assert_eq!(
+        ttl(
+            &req(&[]),
+            &resp(200, &[("Cache-Control", "max-age=10")]),
+            &r
+        ),
+        Ok(10)
+    );
+}
+
+#[test]
+fn no_cache_stores_for_revalidation_only() {
+    let r = route();
+    assert_eq!(
+        ttl(
+            &req(&[]),
+            &resp(
+                200,
+                &[("Cache-Control", "no-cache, max-age=60"), ("ETag", "\"a\"")]
+            ),
+            &r
+        ),
+        Ok(0)
+    );
+    assert_eq!(
+        ttl(&req(&[]), &resp(200, &[("Cache-Control", "no-cache")]), &r),
+        Err("no-freshness")
+    );
+}
+
+#[test]
+fn stale_windows() {
+    let mut r = route();
+    r.stale_while_revalidate = Duration::from_secs(10);
+    r.stale_if_error = Duration::from_secs(300);
+    let now = SystemTime::now();
+    let windows = |headers: &[(&str, &str)]| match decide(&req(&[]), &resp(200, headers), &r, now) {
+        Decision::Store(m) => (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+        Decision::Pass(p) => panic!("{p}"),
+    };
+    assert_eq!(windows(&[("Cache-Control", "max-age=5")]), (10, 300));
+    assert_eq!(
+        windows(&[(
+            "Cache-Control",
+            "max-age=5, stale-while-revalidate=2, stale-if-error=3"
+        )]),
+        (2, 3)
+    );
+    assert_eq!(
+        windows(&[("Cache-Control", "max-age=5, must-revalidate")]),
+        (0, 0)
+    );
+    assert_eq!(
+        windows(&[("Cache-Control", "max-age=5, proxy-revalidate")]),
+        (0, 0)
+    );
+}
+
+#[test]
+fn internal_headers_from_the_origin_are_not_stored() {
+    let r = route();
+    let now = SystemTime::now();
+    let forged = resp(
+        200,
+        &[("Cache-Control", "max-age=5"), (GENERATED, "\"sy-fake\"")],
+    );
+    match decide(&req(&[]), &forged, &r, now) {
+        Decision::Store(m) => assert!(m.headers().get(GENERATED).is_none()),
+        Decision::Pass(p) => panic!("{p}"),
+    }
+}
+
+#[test]
+fn request_directives() {
+    assert_eq!(request_directive(&req(&[])), RequestDirective::Normal);
+    assert_eq!(
+        request_directive(&req(&[("Cache-Control", "no-store")])),
+        RequestDirective::Bypass
+    );
+    assert_eq!(
+        request_directive(&req(&[("Cache-Control", "no-cache")])),
+        RequestDirective::Revalidate
+    );
+    assert_eq!(
+        request_directive(&req(&[("Cache-Control", "max-age=0")])),
+        RequestDirective::Revalidate
+    );
+    assert_eq!(
+        request_directive(&req(&[("Pragma", "no-cache")])),
+        RequestDirective::Revalidate
+    );
+    assert_eq!(
+        request_directive(&req(&[("Cache-Control", "max-age=60")])),
+        RequestDirective::Normal
+    );
+}

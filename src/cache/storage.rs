@@ -1,0 +1,463 @@
+//! The memory tier: Pingora's `Storage` on TinyUFO (TinyLFU admission, S3-FIFO eviction),
+//! bounded in bytes, with an index by primary key and tag for purges.
+//!
+//! Lookups touch only the TinyUFO map (lock free). Inserts, evictions and purges keep the
+//! index under one mutex. A body is buffered by its miss handler and stored only when the
+//! response finished, so a partial write of an aborted response is never served.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora_cache::key::{CacheHashKey, CacheKey, HashBinary};
+use pingora_cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
+};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::CacheMeta;
+use pingora_error::{Error, ErrorType, Result};
+use tinyufo::TinyUfo;
+
+use crate::etag;
+
+/// Bytes an entry is charged for besides its body and header fields.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// A purge that a fill started before it must respect.
+#[derive(Debug, Clone)]
+pub enum PurgeMatch {
+    Key(String),
+    Prefix(String),
+    Tag(String),
+}
+
+impl PurgeMatch {
+    fn matches(&self, primary: &str, tags: &[String]) -> bool {
+        match self {
+            PurgeMatch::Key(k) => primary == k,
+            PurgeMatch::Prefix(p) => primary.starts_with(p.as_str()),
+            PurgeMatch::Tag(t) => tags.iter().any(|tag| tag == t),
+        }
+    }
+}
+
+/// One stored response.
+#[derive(Debug)]
+struct Entry {
+    key: HashBinary,
+    primary: Arc<str>,
+    tags: Vec<String>,
+    meta: CacheMeta,
+    body: Bytes,
+    /// Bytes charged (body, header fields, overhead).
+    size: usize,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    by_key: HashMap<HashBinary, (Arc<str>, Vec<String>, usize)>,
+    by_primary: BTreeMap<Arc<str>, HashSet<HashBinary>>,
+    by_tag: HashMap<String, HashSet<HashBinary>>,
+    /// Recent purges with their sequence numbers, for fills that started before them.
+    recent_purges: VecDeque<(u64, PurgeMatch)>,
+}
+
+/// Counters for `/stats` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct StorageStats {
+    pub entries: AtomicU64,
+    pub bytes: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+/// The memory cache storage. Lives for the whole process (`Storage` needs `'static`).
+pub struct MemoryStorage {
+    map: TinyUfo<HashBinary, Arc<Entry>>,
+    /// Bytes per unit of TinyUFO weight (its weights are 16-bit).
+    unit: usize,
+    max_bytes: u64,
+    max_object_size: usize,
+    index: Mutex<Index>,
+    purge_seq: AtomicU64,
+    pub stats: StorageStats,
+}
+
+impl std::fmt::Debug for MemoryStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStorage")
+            .field("max_bytes", &self.max_bytes)
+            .field("unit", &self.unit)
+            .finish()
+    }
+}
+
+impl MemoryStorage {
+    /// A storage bounded to `max_bytes`, storing objects of up to `max_object_size` bytes.
+    pub fn new(max_bytes: u64, max_object_size: u64) -> MemoryStorage {
+        let largest = max_object_size as usize + (64 << 10);
+        let unit = largest
+            .div_ceil(u16::MAX as usize)
+            .next_power_of_two()
+            .max(64);
+        let units = (max_bytes as usize / unit).max(1);
+        // TinyLFU's frequency sketch is sized for the number of entries expected.
+        let estimated_entries = (max_bytes as usize / 4096).clamp(1024, 4 << 20);
+        MemoryStorage {
+            map: TinyUfo::new(units, estimated_entries),
+            unit,
+            max_bytes,
+            max_object_size: max_object_size as usize,
+            index: Mutex::new(Index::default()),
+            purge_seq: AtomicU64::new(0),
+            stats: StorageStats::default(),
+        }
+    }
+
+    /// Leaks a storage for the rest of the process.
+    pub fn leak(max_bytes: u64, max_object_size: u64) -> &'static MemoryStorage {
+        Box::leak(Box::new(MemoryStorage::new(max_bytes, max_object_size)))
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn weight(&self, size: usize) -> u16 {
+        size.div_ceil(self.unit).clamp(1, u16::MAX as usize) as u16
+    }
+
+    /// Forgets an entry in the index and counters (it already left the map).
+    fn unindex(&self, index: &mut Index, key: &HashBinary) {
+        let Some((primary, tags, size)) = index.by_key.remove(key) else {
+            return;
+        };
+        if let Some(set) = index.by_primary.get_mut(&primary) {
+            set.remove(key);
+            if set.is_empty() {
+                index.by_primary.remove(&primary);
+            }
+        }
+        for tag in tags {
+            if let Some(set) = index.by_tag.get_mut(&tag) {
+                set.remove(key);
+                if set.is_empty() {
+                    index.by_tag.remove(&tag);
+                }
+            }
+        }
+        self.stats.entries.fetch_sub(1, Ordering::Relaxed);
+        self.stats.bytes.fetch_sub(size as u64, Ordering::Relaxed);
+    }
+
+    /// Stores `entry`, replacing any entry under its key, unless a purge since `started`
+    /// covers it. Returns whether it was stored.
+    fn insert(&self, entry: Entry, started: u64) -> bool {
+        let mut index = self.index();
+        if index
+            .recent_purges
+            .iter()
+            .any(|(seq, m)| *seq > started && m.matches(&entry.primary, &entry.tags))
+        {
+            return false;
+        }
+        if self.map.remove(&entry.key).is_some() {
+            self.unindex(&mut index, &entry.key);
+        }
+        let key = entry.key;
+        let weight = self.weight(entry.size);
+        index
+            .by_key
+            .insert(key, (entry.primary.clone(), entry.tags.clone(), entry.size));
+        index
+            .by_primary
+            .entry(entry.primary.clone())
+            .or_default()
+            .insert(key);
+        for tag in &entry.tags {
+            index.by_tag.entry(tag.clone()).or_default().insert(key);
+        }
+        self.stats.entries.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(entry.size as u64, Ordering::Relaxed);
+        // Forced admission: requests coalesced on this fill are about to read it.
+        let evicted = self.map.force_put(key, Arc::new(entry), weight);
+        for kv in evicted {
+            self.unindex(&mut index, &kv.data.key);
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Removes every entry `target` matches; returns how many.
+    pub fn purge(&self, target: PurgeMatch) -> usize {
+        let mut index = self.index();
+        let keys: Vec<HashBinary> = match &target {
+            PurgeMatch::Key(k) => index
+                .by_primary
+                .get(k.as_str())
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
+            PurgeMatch::Prefix(p) => index
+                .by_primary
+                .range::<str, _>((
+                    std::ops::Bound::Included(p.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(primary, _)| primary.starts_with(p.as_str()))
+                .flat_map(|(_, set)| set.iter().copied())
+                .collect(),
+            PurgeMatch::Tag(t) => index
+                .by_tag
+                .get(t)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
+        };
+        for key in &keys {
+            self.map.remove(key);
+            self.unindex(&mut index, key);
+        }
+        let seq = self.purge_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        index.recent_purges.push_back((seq, target));
+        while index.recent_purges.len() > 4096 {
+            index.recent_purges.pop_front();
+        }
+        keys.len()
+    }
+
+    /// The charge for an entry with this body and header.
+    fn size_of(meta: &CacheMeta, body_len: usize) -> usize {
+        let headers: usize = meta
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        body_len + headers + ENTRY_OVERHEAD
+    }
+}
+
+/// A copy of `meta` (Pingora's `CacheMeta` is not `Clone`): same freshness, stale windows,
+/// variance, header, and age reference.
+pub fn clone_meta(meta: &CacheMeta) -> CacheMeta {
+    let mut copy = CacheMeta::new(
+        meta.fresh_until(),
+        meta.created(),
+        meta.stale_while_revalidate_sec(),
+        meta.stale_if_error_sec(),
+        meta.response_header_copy(),
+    );
+    if let Some(variance) = meta.variance() {
+        copy.set_variance_key(variance);
+    }
+    // Age counts from the last revalidation.
+    copy.set_epoch_override(meta.epoch());
+    copy
+}
+
+/// Tags from `Surrogate-Key` and `Cache-Tag` (space- or comma-separated).
+pub fn tags_of(meta: &CacheMeta) -> Vec<String> {
+    let mut tags: Vec<String> = ["surrogate-key", "cache-tag"]
+        .iter()
+        .flat_map(|name| meta.headers().get_all(*name).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([' ', ',']))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(entry) = self.map.get(&key.combined_bin()) else {
+            return Ok(None);
+        };
+        let hit = Hit {
+            body: entry.body.clone(),
+            done: false,
+            range: None,
+        };
+        Ok(Some((clone_meta(&entry.meta), Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let primary: Arc<str> = key
+            .primary_key_str()
+            .map(Arc::from)
+            .unwrap_or_else(|| Arc::from(""));
+        Ok(Box::new(Miss {
+            storage: self,
+            key: key.combined_bin(),
+            primary,
+            meta: clone_meta(meta),
+            body: BytesMut::new(),
+            too_large: false,
+            started: self.purge_seq.load(Ordering::Acquire),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let key = target.key().combined_bin();
+        let mut index = self.index();
+        if self.map.remove(&key).is_some() {
+            self.unindex(&mut index, &key);
+            Ok(PurgeOutcome::Purged(None))
+        } else {
+            Ok(PurgeOutcome::NotFound)
+        }
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let key = key.combined_bin();
+        let started = self.purge_seq.load(Ordering::Acquire);
+        let Some(old) = self.map.get(&key) else {
+            return Ok(false);
+        };
+        let mut meta = clone_meta(meta);
+        etag::keep_generated(&old.meta, &mut meta);
+        let entry = Entry {
+            key,
+            primary: old.primary.clone(),
+            tags: tags_of(&meta),
+            size: Self::size_of(&meta, old.body.len()),
+            meta,
+            body: old.body.clone(),
+        };
+        Ok(self.insert(entry, started))
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Reads a stored body (whole, or the part a range asked for).
+struct Hit {
+    body: Bytes,
+    done: bool,
+    range: Option<(usize, usize)>,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(match self.range {
+            Some((start, end)) => self.body.slice(start..end),
+            None => self.body.clone(),
+        }))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        let end = end.unwrap_or(len).min(len);
+        if start > end {
+            return Error::e_explain(ErrorType::InternalError, "seek past the end of the body");
+        }
+        self.range = Some((start, end));
+        self.done = false;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Buffers a body being fetched; stores it when the response finished.
+struct Miss {
+    storage: &'static MemoryStorage,
+    key: HashBinary,
+    primary: Arc<str>,
+    meta: CacheMeta,
+    body: BytesMut,
+    too_large: bool,
+    started: u64,
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.too_large || self.body.len() + data.len() > self.storage.max_object_size {
+            self.too_large = true;
+            self.body = BytesMut::new();
+            return Ok(());
+        }
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        if self.too_large {
+            return Ok(MissFinishType::Created(0));
+        }
+        let body = self.body.freeze();
+        let mut meta = self.meta;
+        etag::attach_generated(&mut meta, &body);
+        let size = MemoryStorage::size_of(&meta, body.len());
+        let entry = Entry {
+            key: self.key,
+            primary: self.primary,
+            tags: tags_of(&meta),
+            meta,
+            body,
+            size,
+        };
+        self.storage.insert(entry, self.started);
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+//! The memory storage: round trips, byte bound under pressure, purges, unfinished writes.
+
+use std::time::{Duration, SystemTime};
+
+use pingora_http::ResponseHeader;
+
+use super::*;
+use pingora_cache::trace::Span;
+
+fn meta(headers: &[(&str, &str)]) -> CacheMeta {
+    let mut h = ResponseHeader::build(200, None).unwrap();
+    for (k, v) in headers {
+        h.append_header(k.to_string(), *v).unwrap();
+    }
+    let now = SystemTime::now();
+    CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
+}
+
+fn storage(max: u64, max_object: u64) -> &'static MemoryStorage {
+    MemoryStorage::leak(max, max_object)
+}
+
+async fn fill(s: &'static MemoryStorage, primary: &str, headers: &[(&str, &str)], body: &[u8]) {
+    let key = CacheKey::new(primary, "");
+    let trace = Span::inactive().handle();
+    let mut miss = s
+        .get_miss_handler(&key, &meta(headers), &trace)
+        .await
+        .unwrap();
+    miss.write_body(Bytes::copy_from_slice(body), true)
+        .await
+        .unwrap();
+    miss.finish().await.unwrap();
+}
+
+async fn read(s: &'static MemoryStorage, primary: &str) -> Option<(CacheMeta, Bytes)> {
+    let trace = Span::inactive().handle();
+    let (meta, mut hit) = s
+        .lookup(&CacheKey::new(primary, ""), &trace)
+        .await
+        .unwrap()?;
+    let mut body = BytesMut::new();
+    while let Some(chunk) = hit.read_body().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    Some((meta, body.freeze()))
+}
+
+#[tokio::test]
+async fn round_trip_with_a_generated_etag() {
+    let s = storage(1 << 20, 1 << 16);
+    fill(s, "h/a", &[("Content-Type", "text/plain")], b"hello").await;
+    let (meta, body) = read(s, "h/a").await.unwrap();
+    assert_eq!(&body[..], b"hello");
+    assert_eq!(
+        meta.headers()[etag::GENERATED],
+        etag::generate(b"hello").as_str()
+    );
+    assert!(read(s, "h/b").await.is_none());
+    assert_eq!(s.stats.entries.load(Ordering::Relaxed), 1);
+    // An origin ETag is kept as is and no tag is generated.
+    fill(s, "h/c", &[("ETag", "\"o\"")], b"x").await;
+    let (meta, _) = read(s, "h/c").await.unwrap();
+    assert!(meta.headers().get(etag::GENERATED).is_none());
+}
+
+#[tokio::test]
+async fn unfinished_and_oversized_writes_are_never_stored() {
+    let s = storage(1 << 20, 1000);
+    let key = CacheKey::new("h/partial", "");
+    let trace = Span::inactive().handle();
+    let mut miss = s.get_miss_handler(&key, &meta(&[]), &trace).await.unwrap();
+    miss.write_body(Bytes::from_static(b"half of it"), false)
+        .await
+        .unwrap();
+    drop(miss);
+    assert!(read(s, "h/partial").await.is_none());
+
+    fill(s, "h/big", &[], &[b'x'; 1001]).await;
+    assert!(read(s, "h/big").await.is_none());
+}
+
+#[tokio::test]
+async fn bytes_stay_under_the_bound_while_filling_four_times_over() {
+    let max = 1 << 20;
+    let s = storage(max, 64 << 10);
+    let body = vec![b'x'; 16 << 10];
+    for i in 0..256 {
+        fill(s, &format!("h/{i}"), &[], &body).await;
+        assert!(s.stats.bytes.load(Ordering::Relaxed) <= max);
+    }
+    let entries = s.stats.entries.load(Ordering::Relaxed);
+    let bytes = s.stats.bytes.load(Ordering::Relaxed);
+    assert!(s.stats.evictions.load(Ordering::Relaxed) >= 190);
+    assert!((50..64).contains(&entries), "{entries} entries");
+    // Full means full: within 10% of the bound.
+    assert!(bytes as f64 >= max as f64 * 0.9, "{bytes} bytes");
+    let index = s.index();
+    assert_eq!(index.by_key.len() as u64, entries);
+}
+
+#[tokio::test]
+async fn purges_by_key_prefix_and_tag() {
+    let s = storage(1 << 20, 1 << 16);
+    fill(s, "h/a?x=1", &[("Surrogate-Key", "t1 t2")], b"1").await;
+    fill(s, "h/a?x=2", &[("Cache-Tag", "t2,t3")], b"2").await;
+    fill(s, "h/b/1", &[], b"3").await;
+    fill(s, "h/b/2", &[], b"4").await;
+    fill(s, "other/b/1", &[], b"5").await;
+    assert_eq!(s.purge(PurgeMatch::Key("h/a?x=1".into())), 1);
+    assert!(read(s, "h/a?x=1").await.is_none());
+    assert_eq!(s.purge(PurgeMatch::Tag("t3".into())), 1);
+    assert!(read(s, "h/a?x=2").await.is_none());
+    assert_eq!(s.purge(PurgeMatch::Prefix("h/b/".into())), 2);
+    assert!(read(s, "h/b/1").await.is_none());
+    assert!(read(s, "other/b/1").await.is_some());
+    assert_eq!(s.purge(PurgeMatch::Tag("t1".into())), 0);
+    assert_eq!(s.stats.entries.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_purge_during_a_fill_wins() {
+    let s = storage(1 << 20, 1 << 16);
+    let key = CacheKey::new("h/racing", "");
+    let trace = Span::inactive().handle();
+    let mut miss = s
+        .get_miss_handler(&key, &meta(&[("Surrogate-Key", "t")]), &trace)
+        .await
+        .unwrap();
+    miss.write_body(Bytes::from_static(b"old"), true)
+        .await
+        .unwrap();
+    s.purge(PurgeMatch::Tag("t".into()));
+    miss.finish().await.unwrap();
+    assert!(read(s, "h/racing").await.is_none());
+}
+
+#[test]
+fn tags_split_on_spaces_and_commas() {
+    let m = meta(&[("Surrogate-Key", "a b  c"), ("Cache-Tag", "c,d")]);
+    assert_eq!(tags_of(&m), vec!["a", "b", "c", "d"]);
+}
+
+#[test]
+fn cloned_meta_keeps_freshness_and_variance() {
+    let mut m = meta(&[("X", "1")]);
+    m.set_variance_key([7; 16]);
+    let c = clone_meta(&m);
+    assert_eq!(c.fresh_until(), m.fresh_until());
+    assert_eq!(c.variance(), Some([7; 16]));
+    assert_eq!(c.headers()["x"], "1");
+}
