@@ -83,6 +83,18 @@ impl Admin {
             "upstreams": upstreams,
             "draining": draining,
             "cache": self.shared.cache.stats(),
+            "compression": self
+                .shared
+                .compression
+                .snapshot()
+                .into_iter()
+                .map(|(name, responses, bytes_in, bytes_out)| {
+                    (
+                        name.to_string(),
+                        json!({"responses": responses, "bytes_in": bytes_in, "bytes_out": bytes_out}),
+                    )
+                })
+                .collect::<serde_json::Map<String, Value>>(),
         })
     }
 
@@ -175,10 +187,7 @@ impl ServeHttp for Admin {
             _ => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.shared
-                    .metrics
-                    .render(&self.shared.runtime(), &self.shared.cache)
-                    .into_bytes(),
+                self.shared.metrics.render(&self.shared).into_bytes(),
             ),
         }
     }

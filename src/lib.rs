@@ -8,6 +8,7 @@
 //! - [`state`]: the running config as an atomically swapped runtime, shared by all parts.
 //! - [`proxy`]: the `ProxyHttp` phases; [`proxy::route`] picks the route.
 //! - [`cache`]: the response cache (RFC 9111) on a TinyUFO memory storage.
+//! - [`compress`]: gzip, brotli and zstd, negotiated per request.
 //! - [`etag`]: ETags and conditional requests.
 //! - [`upstream`]: pools, backend selection and active health checks.
 //! - [`metrics`]: Prometheus series.
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod app;
 pub mod cache;
+pub mod compress;
 pub mod config;
 pub mod demo;
 pub mod etag;

@@ -7,8 +7,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::cache::Cache;
-use crate::state::Runtime;
+use crate::state::{Runtime, Shared};
 
 /// The registry and the series updated per request.
 #[derive(Debug)]
@@ -107,7 +106,9 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything, for `GET /metrics`.
-    pub fn render(&self, runtime: &Runtime, cache: &Cache) -> String {
+    pub fn render(&self, shared: &Shared) -> String {
+        let runtime = &shared.runtime();
+        let cache = &shared.cache;
         let mut out = Vec::with_capacity(8192);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("cannot encode metrics: {e}");
@@ -132,6 +133,29 @@ impl Metrics {
             s.entries.load(std::sync::atomic::Ordering::Relaxed),
             s.evictions.load(std::sync::atomic::Ordering::Relaxed),
         );
+        for (family, help, pick) in [
+            (
+                "switchyard_compression_bytes_in_total",
+                "Body bytes given to the compressor",
+                2usize,
+            ),
+            (
+                "switchyard_compression_bytes_out_total",
+                "Compressed bytes produced",
+                3,
+            ),
+            (
+                "switchyard_compression_responses_total",
+                "Responses compressed",
+                1,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} counter");
+            for row in shared.compression.snapshot() {
+                let value = [0, row.1, row.2, row.3][pick];
+                let _ = writeln!(out, "{family}{{algorithm=\"{}\"}} {value}", row.0);
+            }
+        }
         render_backends(&mut out, runtime);
         out
     }

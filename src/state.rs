@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::cache::Cache;
+use crate::compress::CompressionStats;
 use crate::config::{Config, HostMatch, Route};
 use crate::metrics::Metrics;
 use crate::proxy::route::Router;
@@ -102,6 +103,7 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The response cache; made once, from the config at start.
     pub cache: Cache,
+    pub compression: CompressionStats,
     pub started: Instant,
     /// The config file, when Switchyard was started from one (reloads read it again).
     pub config_path: Option<PathBuf>,
@@ -117,6 +119,7 @@ impl Shared {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
         Arc::new(Shared {
             cache: Cache::new(&config.cache),
+            compression: CompressionStats::default(),
             runtime: ArcSwap::from_pointee(Runtime::new(1, config)),
             versions: watch::channel(1).0,
             metrics: Metrics::new(),

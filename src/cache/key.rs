@@ -5,6 +5,9 @@ use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheMeta, VarianceBuilder};
 use pingora_http::RequestHeader;
 
+use crate::compress::negotiate::negotiate;
+use crate::compress::Algorithm;
+
 /// Encodings `Accept-Encoding` is reduced to, in a fixed order.
 const KNOWN_ENCODINGS: [&str; 3] = ["br", "gzip", "zstd"];
 
@@ -61,7 +64,13 @@ pub fn normalize_accept_encoding(value: Option<&str>) -> String {
 }
 
 /// The variance hash of `req` for a stored response that varies; `None` when it does not.
-pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+/// On a route that compresses with `algorithms`, `Accept-Encoding` counts only through the
+/// encoding it negotiates, so every client that gets `br` shares one variant.
+pub fn variance(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    algorithms: Option<&[Algorithm]>,
+) -> Option<HashBinary> {
     let mut names: Vec<String> = meta
         .headers()
         .get_all(http::header::VARY)
@@ -83,7 +92,13 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
                 .headers
                 .get(http::header::ACCEPT_ENCODING)
                 .and_then(|v| v.to_str().ok());
-            normalize_accept_encoding(raw).into_bytes()
+            match algorithms {
+                Some(algorithms) => negotiate(raw, algorithms)
+                    .map_or("identity", Algorithm::name)
+                    .as_bytes()
+                    .to_vec(),
+                None => normalize_accept_encoding(raw).into_bytes(),
+            }
         } else {
             let values: Vec<&[u8]> = req
                 .headers
@@ -147,21 +162,21 @@ mod tests {
 
     #[test]
     fn variance_follows_vary() {
-        assert_eq!(variance(&meta(None), &req("/", &[])), None);
+        assert_eq!(variance(&meta(None), &req("/", &[]), None), None);
         let m = meta(Some("X-Lang"));
-        let en = variance(&m, &req("/", &[("X-Lang", "en")]));
-        let fr = variance(&m, &req("/", &[("X-Lang", "fr")]));
+        let en = variance(&m, &req("/", &[("X-Lang", "en")]), None);
+        let fr = variance(&m, &req("/", &[("X-Lang", "fr")]), None);
         assert!(en.is_some());
         assert_ne!(en, fr);
-        assert_eq!(en, variance(&m, &req("/", &[("x-lang", "en")])));
+        assert_eq!(en, variance(&m, &req("/", &[("x-lang", "en")]), None));
         let ae = meta(Some("Accept-Encoding"));
-        assert_eq!(
-            variance(&ae, &req("/", &[("Accept-Encoding", "gzip, deflate, br")])),
-            variance(&ae, &req("/", &[("Accept-Encoding", "br,gzip")]))
-        );
-        assert_ne!(
-            variance(&ae, &req("/", &[("Accept-Encoding", "gzip")])),
-            variance(&ae, &req("/", &[]))
-        );
+        let v = |h: &str, algs| variance(&ae, &req("/", &[("Accept-Encoding", h)]), algs);
+        assert_eq!(v("gzip, deflate, br", None), v("br,gzip", None));
+        assert_ne!(v("gzip", None), variance(&ae, &req("/", &[]), None));
+        // With compression on, only the negotiated encoding matters.
+        let all = Some(&Algorithm::ALL[..]);
+        assert_eq!(v("br", all), v("gzip, br;q=1, zstd;q=0.5", all));
+        assert_ne!(v("br", all), v("gzip", all));
+        assert_eq!(v("deflate", all), variance(&ae, &req("/", &[]), all));
     }
 }

@@ -31,6 +31,7 @@ pub struct FileConfig {
     pub admin: FileAdmin,
     #[serde(default)]
     pub cache: FileCache,
+    pub compression: Option<FileCompression>,
     pub upstreams: BTreeMap<String, FileUpstream>,
     pub routes: Vec<FileRoute>,
 }
@@ -142,6 +143,26 @@ pub struct FileRoute {
     pub matcher: FileMatch,
     pub upstream: String,
     pub cache: Option<FileRouteCache>,
+    /// `false`, `true`, or a block overriding the global `compression`.
+    pub compression: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCompression {
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "text")]
+    pub min_size: Option<String>,
+    pub level: Option<FileLevels>,
+    pub types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLevels {
+    pub gzip: Option<i64>,
+    pub br: Option<i64>,
+    pub zstd: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

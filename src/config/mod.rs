@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::compress::{self, Algorithm};
 use file::{
-    FileCache, FileConfig, FileHealthCheck, FilePassiveHealth, FileRouteCache, FileSticky,
-    FileUpstream,
+    FileCache, FileCompression, FileConfig, FileHealthCheck, FilePassiveHealth, FileRouteCache,
+    FileSticky, FileUpstream,
 };
 use units::{expand_env, parse_duration, parse_size};
 
@@ -203,6 +204,8 @@ pub struct Route {
     pub upstream: String,
     /// `None`: responses on this route are not cached.
     pub cache: Option<RouteCache>,
+    /// `None`: responses on this route are not compressed.
+    pub compression: Option<compress::Settings>,
 }
 
 /// Highest weight accepted; the round-robin schedule holds one slot per unit of weight.
@@ -387,6 +390,11 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     if raw.routes.is_empty() {
         return Err(invalid("routes", "needs at least one route"));
     }
+    let global_compression = raw.compression.clone();
+    if let Some(global) = &global_compression {
+        // Validate the global block on its own, so errors name its path.
+        compression("compression", None, global)?;
+    }
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
         let path = format!("routes[{i}]");
@@ -425,11 +433,41 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
             Some(c) => validate_route_cache(&format!("{path}.cache"), c)?,
             None => None,
         };
+        let cpath = format!("{path}.compression");
+        let compression = match (r.compression, &global_compression) {
+            (None, None) | (Some(serde_yaml::Value::Bool(false)), _) => None,
+            (None, Some(global)) => Some(compression("compression", None, global)?),
+            (Some(serde_yaml::Value::Bool(true)), global) => Some(compression(
+                "compression",
+                None,
+                &global.clone().unwrap_or_default(),
+            )?),
+            (Some(block @ serde_yaml::Value::Mapping(_)), global) => {
+                let own: FileCompression =
+                    serde_path_to_error::deserialize(block).map_err(|e| {
+                        let inner = e.path().to_string();
+                        let at = if inner == "." {
+                            cpath.clone()
+                        } else {
+                            format!("{cpath}.{inner}")
+                        };
+                        invalid(at, e.into_inner())
+                    })?;
+                Some(compression(&cpath, global.as_ref(), &own)?)
+            }
+            (Some(_), _) => {
+                return Err(invalid(
+                    cpath,
+                    "expected false, true or a compression block",
+                ))
+            }
+        };
         routes.push(Route {
             host,
             path_prefix,
             upstream: r.upstream,
             cache,
+            compression,
         });
     }
 
@@ -520,6 +558,71 @@ fn validate_route_cache(path: &str, c: FileRouteCache) -> Result<Option<RouteCac
         )?,
         stale_if_error: window("stale_if_error", c.stale_if_error.as_deref())?,
     }))
+}
+
+/// Compression settings: built-in defaults, then `base` (the global block), then `own`.
+fn compression(
+    path: &str,
+    base: Option<&FileCompression>,
+    own: &FileCompression,
+) -> Result<compress::Settings, Invalid> {
+    let mut settings = compress::Settings::default();
+    for (layer, layer_path) in [(base, "compression"), (Some(own), path)] {
+        let Some(layer) = layer else { continue };
+        if let Some(names) = &layer.algorithms {
+            let mut algorithms = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                let alg = Algorithm::from_name(&name.to_ascii_lowercase()).ok_or_else(|| {
+                    invalid(
+                        format!("{layer_path}.algorithms[{i}]"),
+                        format!("unknown algorithm `{name}`; expected br, zstd or gzip"),
+                    )
+                })?;
+                if !algorithms.contains(&alg) {
+                    algorithms.push(alg);
+                }
+            }
+            settings.algorithms = algorithms;
+        }
+        if let Some(min) = layer.min_size.as_deref() {
+            settings.min_size =
+                parse_size(min).map_err(|e| invalid(format!("{layer_path}.min_size"), e))?;
+        }
+        if let Some(level) = &layer.level {
+            let check =
+                |key: &str, value: Option<i64>, range: std::ops::RangeInclusive<i64>| match value {
+                    Some(v) if !range.contains(&v) => Err(invalid(
+                        format!("{layer_path}.level.{key}"),
+                        format!("{v} is out of range {}..={}", range.start(), range.end()),
+                    )),
+                    other => Ok(other),
+                };
+            if let Some(v) = check("gzip", level.gzip, 1..=9)? {
+                settings.levels.gzip = v as u32;
+            }
+            if let Some(v) = check("br", level.br, 0..=11)? {
+                settings.levels.br = v as u32;
+            }
+            if let Some(v) = check("zstd", level.zstd, 1..=22)? {
+                settings.levels.zstd = v as i32;
+            }
+        }
+        if let Some(types) = &layer.types {
+            for (i, t) in types.iter().enumerate() {
+                let valid = t
+                    .split_once('/')
+                    .is_some_and(|(a, b)| is_token(a) && (b == "*" || is_token(b)));
+                if !valid {
+                    return Err(invalid(
+                        format!("{layer_path}.types[{i}]"),
+                        format!("`{t}` is not a media type like text/html or text/*"),
+                    ));
+                }
+            }
+            settings.types = types.iter().map(|t| t.to_ascii_lowercase()).collect();
+        }
+    }
+    Ok(settings)
 }
 
 fn host_match(path: &str, host: &str) -> Result<HostMatch, Invalid> {

@@ -413,3 +413,74 @@ fn rejects_bad_cache_values() {
         "not a duration",
     );
 }
+
+#[test]
+fn compression_layers() {
+    use crate::compress::Algorithm;
+    let routes = "routes:\n  - match: { path_prefix: /a/ }\n    upstream: assessments\n  - match: { path_prefix: /b/ }\n    upstream: assessments\n    compression: false\n  - match: { path_prefix: /c/ }\n    upstream: assessments\n    compression: { algorithms: [gzip], level: { gzip: 9 } }\n";
+    let base = BASE.split("routes:").next().unwrap();
+    let text = format!(
+        "compression:\n  algorithms: [br, zstd, gzip]\n  min_size: 2KiB\n  level: {{ gzip: 5, br: 3, zstd: 2 }}\n  types: [text/*, application/json]\n{base}{routes}"
+    );
+    let c = parse(&text).unwrap();
+    let a = c.routes[0].compression.as_ref().unwrap();
+    assert_eq!(
+        a.algorithms,
+        vec![Algorithm::Brotli, Algorithm::Zstd, Algorithm::Gzip]
+    );
+    assert_eq!(a.min_size, 2048);
+    assert_eq!(a.levels.br, 3);
+    assert_eq!(c.routes[1].compression, None);
+    let cr = c.routes[2].compression.as_ref().unwrap();
+    assert_eq!(cr.algorithms, vec![Algorithm::Gzip]);
+    assert_eq!(cr.levels.gzip, 9);
+    assert_eq!(cr.min_size, 2048, "the rest comes from the global block");
+    // Without a global block, routes do not compress unless they ask.
+    assert_eq!(parse(BASE).unwrap().routes[0].compression, None);
+    let on = BASE.replace(
+        "    upstream: assessments\n",
+        "    upstream: assessments\n    compression: true\n",
+    );
+    assert_eq!(
+        parse(&on).unwrap().routes[0].compression,
+        Some(Default::default())
+    );
+}
+
+#[test]
+fn rejects_bad_compression() {
+    rejects(
+        &format!("compression:\n  algorithms: [br, deflate]\n{BASE}"),
+        "compression.algorithms[1]",
+        "unknown algorithm",
+    );
+    rejects(
+        &format!("compression:\n  level: {{ br: 12 }}\n{BASE}"),
+        "compression.level.br",
+        "out of range",
+    );
+    rejects(
+        &BASE.replace(
+            "    upstream: assessments\n",
+            "    upstream: assessments\n    compression: { types: [html] }\n",
+        ),
+        "routes[0].compression.types[0]",
+        "not a media type",
+    );
+    rejects(
+        &BASE.replace(
+            "    upstream: assessments\n",
+            "    upstream: assessments\n    compression: { levels: {} }\n",
+        ),
+        "routes[0].compression.levels",
+        "unknown field",
+    );
+    rejects(
+        &BASE.replace(
+            "    upstream: assessments\n",
+            "    upstream: assessments\n    compression: yes please\n",
+        ),
+        "routes[0].compression",
+        "expected false, true",
+    );
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cache::CacheState;
+use crate::compress;
 use crate::config::RouteCache;
 use crate::state::{ActiveRequest, Runtime};
 use crate::upstream::{InFlight, Pool};
@@ -37,6 +38,12 @@ pub struct RequestCtx {
     pub reconnect: Option<usize>,
     pub reconnected: bool,
     pub cache: CacheState,
+    /// The encoder of the response body, when it is being compressed.
+    pub compress: Option<compress::Stream>,
+    /// The request went upstream as HEAD (so the response has no body).
+    pub upstream_head: bool,
+    /// A variant suffix stripped from `If-None-Match` going upstream.
+    pub etag_suffix: Option<compress::Algorithm>,
     pub _active: ActiveRequest,
 }
 
@@ -57,6 +64,9 @@ impl RequestCtx {
             reconnect: None,
             reconnected: false,
             cache: CacheState::default(),
+            compress: None,
+            upstream_head: false,
+            etag_suffix: None,
             _active: active,
         }
     }
@@ -78,6 +88,12 @@ impl RequestCtx {
     pub fn route_cache(&self) -> Option<&RouteCache> {
         let runtime = self.runtime.as_ref()?;
         runtime.config.routes.get(self.route?)?.cache.as_ref()
+    }
+
+    /// The compression settings of the matched route, when it compresses.
+    pub fn route_compression(&self) -> Option<&compress::Settings> {
+        let runtime = self.runtime.as_ref()?;
+        runtime.config.routes.get(self.route?)?.compression.as_ref()
     }
 
     /// The pool and backend index of the current attempt.

@@ -4,6 +4,7 @@
 pub mod balance;
 pub mod client;
 pub mod ctx;
+pub mod encoding;
 pub mod errors;
 pub mod headers;
 pub mod retry;
@@ -119,10 +120,11 @@ impl ProxyHttp for Proxy {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        cache::key::variance(meta, req)
+        let algorithms = ctx.route_compression().map(|s| s.algorithms.as_slice());
+        cache::key::variance(meta, req, algorithms)
     }
 
     fn cache_not_modified_filter(
@@ -157,6 +159,7 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        encoding::on_upstream_request(upstream_request, ctx);
         let host = request_host(session.req_header()).map(str::to_string);
         let peer = session
             .client_addr()
@@ -167,17 +170,18 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        balance::on_upstream_status(ctx, upstream_response.status.as_u16())
+        balance::on_upstream_status(ctx, upstream_response.status.as_u16())?;
+        encoding::on_upstream_response(session, upstream_response, ctx, &self.shared.compression)
     }
 
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<bytes::Bytes>,
+        body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
@@ -185,6 +189,7 @@ impl ProxyHttp for Proxy {
             // The backend is done with this request, even if the client is still reading.
             ctx.attempt = None;
         }
+        encoding::on_upstream_body(body, end_of_stream, ctx, &self.shared.compression)?;
         Ok(None)
     }
 

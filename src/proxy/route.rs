@@ -71,6 +71,7 @@ mod tests {
             path_prefix: prefix.into(),
             upstream: upstream.into(),
             cache: None,
+            compression: None,
         }
     }
 

@@ -86,7 +86,9 @@ impl Drop for Origin {
 /// Query parameters shape the answer: `cc` (Cache-Control), `etag` / `wetag` (strong / weak
 /// ETag), `lm=1` (a fixed Last-Modified), `expires` (Expires), `vary` (Vary; the body also
 /// names the varied header's value), `cookie=1` (Set-Cookie), `tag` (Surrogate-Key),
-/// `size=N` (an N-byte body), `type` (Content-Type), `cond=1` (answer If-None-Match with 304).
+/// `size=N` (an N-byte body), `page=N` (an N-byte HTML page), `type` (Content-Type), `ce`
+/// (Content-Encoding), `status=N`, `range=1` (a 206 with Content-Range), `cond=1` (answer
+/// If-None-Match with 304).
 pub async fn spawn_origin(name: &str) -> Origin {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
     let addr = listener.local_addr().expect("origin address");
@@ -170,7 +172,10 @@ async fn handle(
     let mut resp = Response::builder()
         .status(state.status.load(Ordering::SeqCst))
         .header("x-origin", state.name.as_str())
-        .header("content-type", "text/plain");
+        .header(
+            "content-type",
+            param("type").unwrap_or("text/plain").to_string(),
+        );
     for (seen, header) in [
         ("x-seen-forwarded-for", "x-forwarded-for"),
         ("x-seen-forwarded-proto", "x-forwarded-proto"),
@@ -198,8 +203,14 @@ async fn handle(
         ("expires", "expires"),
         ("vary", "vary"),
         ("tag", "surrogate-key"),
-        ("type", "content-type"),
+        ("ce", "content-encoding"),
     ];
+    if let Some(status) = param("status").and_then(|s| s.parse::<u16>().ok()) {
+        resp = resp.status(status);
+    }
+    if param("range") == Some("1") {
+        resp = resp.status(206).header("content-range", "bytes 0-99/1000");
+    }
     for (name, header) in headers {
         if let Some(v) = param(name) {
             resp = resp.header(header, v);
@@ -225,6 +236,13 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
+    if let Some(n) = param("page").and_then(|n| n.parse::<usize>().ok()) {
+        let body = switchyard::compress::encoder::sample_html(n);
+        return Ok(resp.body(Full::new(Bytes::from(body))).expect("response"));
+    }
+    if param("status") == Some("204") {
+        return Ok(resp.body(Full::new(Bytes::new())).expect("response"));
+    }
     let body = match param("size").and_then(|n| n.parse::<usize>().ok()) {
         Some(n) => {
             let line = format!("{} {hit} {varied} ", state.name);

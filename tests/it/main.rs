@@ -6,6 +6,7 @@ mod admin;
 mod balancing;
 mod cache;
 mod cli;
+mod compress;
 mod health;
 mod ip_hash;
 mod least_conn;

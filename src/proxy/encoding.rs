@@ -1,0 +1,78 @@
+//! Response compression in the proxy phases: headers on the upstream response (before the
+//! cache stores it), then the body, chunk by chunk.
+
+use bytes::Bytes;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+
+use super::ctx::RequestCtx;
+use crate::compress::{self, negotiate::negotiate, CompressionStats, Stream};
+
+/// Going upstream: note a HEAD, and undo variant suffixes in `If-None-Match`.
+pub fn on_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) {
+    ctx.upstream_head = req.method == http::Method::HEAD;
+    if ctx.route_compression().is_some() {
+        ctx.etag_suffix = compress::strip_variant_suffixes(req);
+    }
+}
+
+/// The upstream's response header: decide whether to encode, and rewrite the headers.
+pub fn on_upstream_response(
+    session: &Session,
+    resp: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+    stats: &CompressionStats,
+) -> Result<()> {
+    let Some(settings) = ctx.route_compression().cloned() else {
+        return Ok(());
+    };
+    if resp.status == http::StatusCode::NOT_MODIFIED {
+        // The origin validated the identity tag; the client (or cache) holds a variant.
+        if let Some(alg) = ctx.etag_suffix {
+            if let Some(tag) = resp
+                .headers
+                .get(http::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| compress::variant_etag(v, alg))
+            {
+                resp.insert_header(http::header::ETAG, tag)?;
+            }
+        }
+        return Ok(());
+    }
+    if compress::eligible(&settings, resp).is_err() {
+        return Ok(());
+    }
+    compress::merge_vary(resp, "Accept-Encoding");
+    let accept = session
+        .req_header()
+        .headers
+        .get(http::header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let Some(alg) = negotiate(accept, &settings.algorithms) else {
+        return Ok(());
+    };
+    compress::encode_headers(resp, alg);
+    if !ctx.upstream_head {
+        let stream = Stream::start(alg, &settings.levels, stats)
+            .map_err(|e| Error::because(ErrorType::InternalError, "starting the encoder", e))?;
+        ctx.compress = Some(stream);
+    }
+    Ok(())
+}
+
+/// A chunk of the upstream body.
+pub fn on_upstream_body(
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    ctx: &mut RequestCtx,
+    stats: &CompressionStats,
+) -> Result<()> {
+    if let Some(stream) = ctx.compress.as_mut() {
+        stream
+            .filter(body, end_of_stream, stats)
+            .map_err(|e| Error::because(ErrorType::InternalError, "compressing the body", e))?;
+    }
+    Ok(())
+}
