@@ -20,15 +20,22 @@ fn meta() -> CacheMeta {
 }
 
 fn hits(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let storage = MemoryStorage::leak(256 << 20, 8 << 20);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let storage = MemoryStorage::leak(256 << 20, 8 << 20, None);
     let trace = Span::inactive().handle();
     let mut group = c.benchmark_group("cache_hit");
     for size in [1usize << 10, 100 << 10] {
         let key = CacheKey::new(format!("bench.example.com/item/{size}"), "");
         rt.block_on(async {
-            let mut miss = storage.get_miss_handler(&key, &meta(), &trace).await.unwrap();
-            miss.write_body(Bytes::from(vec![b'x'; size]), true).await.unwrap();
+            let mut miss = storage
+                .get_miss_handler(&key, &meta(), &trace)
+                .await
+                .unwrap();
+            miss.write_body(Bytes::from(vec![b'x'; size]), true)
+                .await
+                .unwrap();
             miss.finish().await.unwrap();
         });
         group.bench_with_input(BenchmarkId::new("lookup_and_read", size), &key, |b, key| {

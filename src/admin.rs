@@ -243,9 +243,13 @@ impl Admin {
             Ok(t) => t,
             Err(e) => return json_reply(StatusCode::BAD_REQUEST, &json!({ "error": e })),
         };
-        let purged = self.shared.cache.storage.purge(target.clone());
-        log::info!("cache purge {target:?}: {purged} entries");
-        json_reply(StatusCode::OK, &json!({ "purged": purged }))
+        let (purged, shared) = self.shared.cache.purge(target.clone()).await;
+        log::info!("cache purge {target:?}: {purged} entries in memory, {shared} in redis");
+        let mut body = json!({ "purged": purged });
+        if self.shared.cache.storage.redis.is_some() {
+            body["redis_deleted"] = json!(shared);
+        }
+        json_reply(StatusCode::OK, &body)
     }
 
     /// `POST /reload`: 200 with the new version and what changed, or 422 with the error.

@@ -114,6 +114,17 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     server.add_service(triggers);
     reload::watch_file(Arc::clone(&shared));
 
+    if shared.cache.storage.redis.is_some() {
+        let mut tier = background_service(
+            "redis cache tier",
+            SharedTier {
+                shared: Arc::clone(&shared),
+            },
+        );
+        tier.threads = Some(1);
+        server.add_service(tier);
+    }
+
     for addr in &demo_origins {
         let mut origin = Service::new(
             format!("demo origin {addr}"),
@@ -266,6 +277,29 @@ impl BackgroundService for HealthChecks {
                 _ = shutdown.changed() => return,
                 changed = versions.changed() => if changed.is_err() { return },
             }
+        }
+    }
+}
+
+/// Keeps the Redis tier connected and applies purges other instances publish.
+struct SharedTier {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for SharedTier {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(redis) = self.shared.cache.storage.redis.clone() else {
+            return;
+        };
+        let storage = self.shared.cache.storage;
+        let apply = move |target| {
+            let n = storage.purge(target);
+            log::debug!("purge from another instance removed {n} entries");
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = redis.run(apply) => {}
         }
     }
 }

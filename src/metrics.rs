@@ -156,6 +156,42 @@ impl Metrics {
                 let _ = writeln!(out, "{family}{{algorithm=\"{}\"}} {value}", row.0);
             }
         }
+        if let Some(redis) = &cache.storage.redis {
+            let rs = &redis.stats;
+            let _ = writeln!(
+                out,
+                "# HELP switchyard_cache_redis_errors_total Redis tier operations that failed or timed out\n\
+                 # TYPE switchyard_cache_redis_errors_total counter"
+            );
+            for (op, count) in crate::cache::redis::OPS.iter().zip(&rs.errors) {
+                let _ = writeln!(
+                    out,
+                    "switchyard_cache_redis_errors_total{{op=\"{op}\"}} {}",
+                    count.load(std::sync::atomic::Ordering::Relaxed)
+                );
+            }
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "# HELP switchyard_cache_redis_lookups_total Redis tier lookups by result\n\
+                 # TYPE switchyard_cache_redis_lookups_total counter\n\
+                 switchyard_cache_redis_lookups_total{{result=\"hit\"}} {}\n\
+                 switchyard_cache_redis_lookups_total{{result=\"miss\"}} {}\n\
+                 # HELP switchyard_cache_redis_connected 1 while the Redis tier is connected\n\
+                 # TYPE switchyard_cache_redis_connected gauge\n\
+                 switchyard_cache_redis_connected {}\n\
+                 # HELP switchyard_cache_redis_purges_total Purges published to and received from other instances\n\
+                 # TYPE switchyard_cache_redis_purges_total counter\n\
+                 switchyard_cache_redis_purges_total{{direction=\"published\"}} {}\n\
+                 switchyard_cache_redis_purges_total{{direction=\"received\"}} {}",
+                load(&rs.hits),
+                load(&rs.misses),
+                u8::from(rs.connected.load(std::sync::atomic::Ordering::Relaxed)),
+                load(&rs.purges_published),
+                load(&rs.purges_received),
+            );
+        }
         render_backends(&mut out, runtime);
         out
     }

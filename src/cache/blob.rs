@@ -23,7 +23,8 @@ pub struct Blob {
 /// Encodes an entry; `None` when the meta cannot be serialized.
 pub fn encode(primary: &str, tags: &[String], meta: &CacheMeta, body: &[u8]) -> Option<Vec<u8>> {
     let (internal, header) = meta.serialize().ok()?;
-    let mut out = Vec::with_capacity(32 + primary.len() + internal.len() + header.len() + body.len());
+    let mut out =
+        Vec::with_capacity(32 + primary.len() + internal.len() + header.len() + body.len());
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&u32::try_from(primary.len()).ok()?.to_be_bytes());
@@ -104,7 +105,9 @@ pub fn decode(data: &Bytes) -> Result<Blob, DecodeError> {
     let n = r.u32()?;
     let header = r.take(n)?;
     let len = r.take(8)?;
-    let len = u64::from_be_bytes([len[0], len[1], len[2], len[3], len[4], len[5], len[6], len[7]]);
+    let len = u64::from_be_bytes([
+        len[0], len[1], len[2], len[3], len[4], len[5], len[6], len[7],
+    ]);
     if r.data.len() as u64 != len {
         return Err(DecodeError::Truncated);
     }
@@ -146,18 +149,34 @@ mod tests {
     #[test]
     fn garbage_and_other_versions_are_refused() {
         let good = encode("h/a", &[], &meta(), b"x").unwrap();
-        assert_eq!(decode(&Bytes::from_static(b"")).err(), Some(DecodeError::Truncated));
-        assert_eq!(decode(&Bytes::from_static(b"GARBAGE!")).err(), Some(DecodeError::Magic));
+        assert_eq!(
+            decode(&Bytes::from_static(b"")).err(),
+            Some(DecodeError::Truncated)
+        );
+        assert_eq!(
+            decode(&Bytes::from_static(b"GARBAGE!")).err(),
+            Some(DecodeError::Magic)
+        );
         let mut v2 = good.clone();
         v2[3] = 2;
-        assert_eq!(decode(&Bytes::from(v2)).err(), Some(DecodeError::Version(2)));
+        assert_eq!(
+            decode(&Bytes::from(v2)).err(),
+            Some(DecodeError::Version(2))
+        );
         for cut in [5, 10, 20, good.len() - 1] {
             let truncated = Bytes::from(good[..cut].to_vec());
-            assert_eq!(decode(&truncated).err(), Some(DecodeError::Truncated), "cut at {cut}");
+            assert_eq!(
+                decode(&truncated).err(),
+                Some(DecodeError::Truncated),
+                "cut at {cut}"
+            );
         }
         let mut longer = good.clone();
         longer.push(b'!');
-        assert_eq!(decode(&Bytes::from(longer)).err(), Some(DecodeError::Truncated));
+        assert_eq!(
+            decode(&Bytes::from(longer)).err(),
+            Some(DecodeError::Truncated)
+        );
         let mut bad_meta = good.clone();
         let meta_start = 4 + 4 + 3 + 2 + 4;
         bad_meta[meta_start] ^= 0xff;

@@ -2,11 +2,14 @@
 //! and the `Cache-Status` (RFC 9211) every response on a cache-enabled route carries.
 //! Pingora runs the cache state machine; this module answers its questions.
 
+pub mod blob;
 pub mod key;
 pub mod policy;
+pub mod redis;
 pub mod storage;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -20,7 +23,8 @@ use pingora_proxy::Session;
 use crate::config::{self, RouteCache};
 use crate::etag;
 use policy::{Decision, RequestDirective};
-use storage::MemoryStorage;
+use redis::{FromRedis, RedisTier};
+use storage::{MemoryStorage, PurgeMatch};
 
 /// Per-request cache state, in the request context.
 #[derive(Debug, Default)]
@@ -90,11 +94,32 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     pub fn new(conf: &config::Cache) -> Cache {
         let lock: &'static CacheLock = Box::leak(Box::new(CacheLock::new(conf.lock_timeout)));
+        let redis = conf
+            .redis
+            .as_ref()
+            .and_then(|r| match RedisTier::new(r.clone()) {
+                Ok(tier) => Some(Arc::new(tier)),
+                Err(e) => {
+                    log::error!("redis cache tier disabled: {e}");
+                    None
+                }
+            });
         Cache {
-            storage: MemoryStorage::leak(conf.max_size, conf.max_object_size),
+            storage: MemoryStorage::leak(conf.max_size, conf.max_object_size, redis),
             lock,
             counters: CacheCounters::default(),
         }
+    }
+
+    /// Removes what `target` names from memory and, with a shared tier, from Redis and the
+    /// other instances' memory. Returns `(memory entries, redis entries)`.
+    pub async fn purge(&self, target: PurgeMatch) -> (usize, u64) {
+        let memory = self.storage.purge(target.clone());
+        let shared = match &self.storage.redis {
+            Some(redis) => redis.purge(&target).await,
+            None => 0,
+        };
+        (memory, shared)
     }
 
     /// `request_cache_filter`: turns the cache on for this request when the route caches and
@@ -220,7 +245,9 @@ impl Cache {
                     self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
                 }
                 let ttl = meta.map_or(0, remaining_ttl);
-                (Lookup::Hit, format!("switchyard; hit; ttl={ttl}"))
+                let from_redis = meta.is_some_and(|m| m.extensions().get::<FromRedis>().is_some());
+                let detail = if from_redis { "; detail=redis" } else { "" };
+                (Lookup::Hit, format!("switchyard; hit; ttl={ttl}{detail}"))
             }
             CachePhase::Stale | CachePhase::StaleUpdating => {
                 (Lookup::Stale, "switchyard; hit; detail=stale".to_string())
@@ -286,7 +313,19 @@ impl Cache {
         let served = get(&c.hits) + get(&c.stale_served) + get(&c.revalidated);
         let lookups = served + get(&c.misses) + get(&c.expired);
         let s = &self.storage.stats;
+        let redis = self.storage.redis.as_ref().map(|r| {
+            let rs = &r.stats;
+            serde_json::json!({
+                "connected": rs.connected.load(Ordering::Relaxed),
+                "hits": get(&rs.hits),
+                "misses": get(&rs.misses),
+                "errors": rs.errors_total(),
+                "purges_published": get(&rs.purges_published),
+                "purges_received": get(&rs.purges_received),
+            })
+        });
         serde_json::json!({
+            "redis": redis,
             "entries": get(&s.entries),
             "bytes": get(&s.bytes),
             "max_bytes": self.storage.max_bytes(),

@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 use super::storage::PurgeMatch;
 use crate::config::RedisTier as RedisConf;
 
+/// Marks a cached response that came from the Redis tier (in `CacheMeta` extensions).
+#[derive(Debug, Clone, Copy)]
+pub struct FromRedis;
+
 /// Operations counted in `switchyard_cache_redis_errors_total{op}`.
 pub const OPS: [&str; 6] = ["connect", "get", "set", "purge", "publish", "decode"];
 
@@ -75,8 +79,8 @@ impl std::fmt::Debug for RedisTier {
 impl RedisTier {
     /// Prepares the tier; connections are made by [`RedisTier::run`].
     pub fn new(conf: RedisConf) -> Result<RedisTier, String> {
-        let client = redis::Client::open(conf.url.as_str())
-            .map_err(|e| format!("cache.redis.url: {e}"))?;
+        let client =
+            redis::Client::open(conf.url.as_str()).map_err(|e| format!("cache.redis.url: {e}"))?;
         Ok(RedisTier {
             conf,
             client,
@@ -175,7 +179,12 @@ impl RedisTier {
         let key = self.object_key(primary, variance);
         let ms = ttl.as_millis().max(1) as u64;
         let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(&key).arg(value).arg("PX").arg(ms).ignore();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(value)
+            .arg("PX")
+            .arg(ms)
+            .ignore();
         for tag in tags {
             let set = format!("{}tag:{tag}", self.conf.key_prefix);
             pipe.cmd("SADD").arg(&set).arg(&key).ignore();
@@ -298,14 +307,15 @@ impl RedisTier {
 
     async fn connect(&self) -> Result<Vec<ConnectionManager>, String> {
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.conf.timeout.max(Duration::from_millis(500)))
-            .set_response_timeout(self.conf.timeout)
+            .set_connection_timeout(Some(self.conf.timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(Some(self.conf.timeout))
             .set_number_of_retries(1);
         let mut pool = Vec::with_capacity(self.conf.pool_size);
         for _ in 0..self.conf.pool_size {
             let conn = tokio::time::timeout(
                 Duration::from_secs(2),
-                self.client.get_connection_manager_with_config(config.clone()),
+                self.client
+                    .get_connection_manager_with_config(config.clone()),
             )
             .await
             .map_err(|_| "connect timed out".to_string())?
@@ -316,12 +326,16 @@ impl RedisTier {
     }
 
     async fn subscribe(&self, apply: &(impl Fn(PurgeMatch) + Send + Sync)) -> Result<(), String> {
-        let mut pubsub = tokio::time::timeout(Duration::from_secs(2), self.client.get_async_pubsub())
-            .await
-            .map_err(|_| "subscribe timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let mut pubsub =
+            tokio::time::timeout(Duration::from_secs(2), self.client.get_async_pubsub())
+                .await
+                .map_err(|_| "subscribe timed out".to_string())?
+                .map_err(|e| e.to_string())?;
         let channel = format!("{}purge", self.conf.key_prefix);
-        pubsub.subscribe(&channel).await.map_err(|e| e.to_string())?;
+        pubsub
+            .subscribe(&channel)
+            .await
+            .map_err(|e| e.to_string())?;
         self.stats.connected.store(true, Ordering::Relaxed);
         let mut messages = pubsub.on_message();
         while let Some(msg) = messages.next().await {

@@ -9,6 +9,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -22,6 +23,8 @@ use pingora_cache::CacheMeta;
 use pingora_error::{Error, ErrorType, Result};
 use tinyufo::TinyUfo;
 
+use super::blob;
+use super::redis::{FromRedis, RedisTier};
 use crate::etag;
 
 /// Bytes an entry is charged for besides its body and header fields.
@@ -84,6 +87,8 @@ pub struct MemoryStorage {
     index: Mutex<Index>,
     purge_seq: AtomicU64,
     pub stats: StorageStats,
+    /// The shared tier behind this one, when configured.
+    pub redis: Option<Arc<RedisTier>>,
 }
 
 impl std::fmt::Debug for MemoryStorage {
@@ -96,8 +101,13 @@ impl std::fmt::Debug for MemoryStorage {
 }
 
 impl MemoryStorage {
-    /// A storage bounded to `max_bytes`, storing objects of up to `max_object_size` bytes.
-    pub fn new(max_bytes: u64, max_object_size: u64) -> MemoryStorage {
+    /// A storage bounded to `max_bytes`, storing objects of up to `max_object_size` bytes,
+    /// in front of an optional Redis tier.
+    pub fn new(
+        max_bytes: u64,
+        max_object_size: u64,
+        redis: Option<Arc<RedisTier>>,
+    ) -> MemoryStorage {
         let largest = max_object_size as usize + (64 << 10);
         let unit = largest
             .div_ceil(u16::MAX as usize)
@@ -114,12 +124,94 @@ impl MemoryStorage {
             index: Mutex::new(Index::default()),
             purge_seq: AtomicU64::new(0),
             stats: StorageStats::default(),
+            redis,
         }
     }
 
     /// Leaks a storage for the rest of the process.
-    pub fn leak(max_bytes: u64, max_object_size: u64) -> &'static MemoryStorage {
-        Box::leak(Box::new(MemoryStorage::new(max_bytes, max_object_size)))
+    pub fn leak(
+        max_bytes: u64,
+        max_object_size: u64,
+        redis: Option<Arc<RedisTier>>,
+    ) -> &'static MemoryStorage {
+        Box::leak(Box::new(MemoryStorage::new(
+            max_bytes,
+            max_object_size,
+            redis,
+        )))
+    }
+
+    /// Copies an entry to the Redis tier in the background, for as long as it may be used
+    /// (freshness plus the longer stale window).
+    fn share(&self, entry: &Entry, variance: Option<HashBinary>) {
+        let Some(redis) = self.redis.clone() else {
+            return;
+        };
+        if entry.body.len() as u64 > redis.max_object_size() {
+            return;
+        }
+        let meta = &entry.meta;
+        let fresh = meta
+            .fresh_until()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let windows = meta
+            .stale_while_revalidate_sec()
+            .max(meta.stale_if_error_sec());
+        let ttl = fresh + Duration::from_secs(windows.into());
+        if ttl.is_zero() {
+            return;
+        }
+        let Some(value) = blob::encode(&entry.primary, &entry.tags, meta, &entry.body) else {
+            return;
+        };
+        let primary = entry.primary.to_string();
+        let tags = entry.tags.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                redis
+                    .set(&primary, variance.as_ref(), &tags, value, ttl)
+                    .await;
+            });
+        }
+    }
+
+    /// Looks a key up in the Redis tier; a hit is copied into memory.
+    async fn lookup_shared(&self, key: &CacheKey) -> Option<(CacheMeta, HitHandler)> {
+        let redis = self.redis.as_ref()?;
+        let primary = key.primary_key_str()?;
+        let started = self.purge_seq.load(Ordering::Acquire);
+        let data = redis.get(primary, key.get_variance_key()).await?;
+        let decoded = match blob::decode(&data) {
+            Ok(b) if b.primary == primary => b,
+            Ok(_) => {
+                redis.corrupt(primary, "stored under another key");
+                return None;
+            }
+            Err(e) => {
+                redis.corrupt(primary, e);
+                return None;
+            }
+        };
+        redis.hit();
+        let size = Self::size_of(&decoded.meta, decoded.body.len());
+        let mut meta = clone_meta(&decoded.meta);
+        meta.extensions_mut().insert(FromRedis);
+        let hit = Hit {
+            body: decoded.body.clone(),
+            done: false,
+            range: None,
+        };
+        let entry = Entry {
+            key: key.combined_bin(),
+            primary: Arc::from(decoded.primary.as_str()),
+            tags: decoded.tags,
+            meta: decoded.meta,
+            body: decoded.body,
+            size,
+        };
+        self.insert(entry, started);
+        Some((meta, Box::new(hit)))
     }
 
     pub fn max_bytes(&self) -> u64 {
@@ -158,15 +250,15 @@ impl MemoryStorage {
     }
 
     /// Stores `entry`, replacing any entry under its key, unless a purge since `started`
-    /// covers it. Returns whether it was stored.
-    fn insert(&self, entry: Entry, started: u64) -> bool {
+    /// covers it. Returns the stored entry.
+    fn insert(&self, entry: Entry, started: u64) -> Option<Arc<Entry>> {
         let mut index = self.index();
         if index
             .recent_purges
             .iter()
             .any(|(seq, m)| *seq > started && m.matches(&entry.primary, &entry.tags))
         {
-            return false;
+            return None;
         }
         if self.map.remove(&entry.key).is_some() {
             self.unindex(&mut index, &entry.key);
@@ -189,12 +281,13 @@ impl MemoryStorage {
             .bytes
             .fetch_add(entry.size as u64, Ordering::Relaxed);
         // Forced admission: requests coalesced on this fill are about to read it.
-        let evicted = self.map.force_put(key, Arc::new(entry), weight);
+        let entry = Arc::new(entry);
+        let evicted = self.map.force_put(key, Arc::clone(&entry), weight);
         for kv in evicted {
             self.unindex(&mut index, &kv.data.key);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
-        true
+        Some(entry)
     }
 
     /// Removes every entry `target` matches; returns how many.
@@ -286,7 +379,7 @@ impl Storage for MemoryStorage {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let Some(entry) = self.map.get(&key.combined_bin()) else {
-            return Ok(None);
+            return Ok(self.lookup_shared(key).await);
         };
         let hit = Hit {
             body: entry.body.clone(),
@@ -309,6 +402,7 @@ impl Storage for MemoryStorage {
         Ok(Box::new(Miss {
             storage: self,
             key: key.combined_bin(),
+            variance: key.get_variance_key().copied(),
             primary,
             meta: clone_meta(meta),
             body: BytesMut::new(),
@@ -339,6 +433,7 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
+        let key_variance = key.get_variance_key().copied();
         let key = key.combined_bin();
         let started = self.purge_seq.load(Ordering::Acquire);
         let Some(old) = self.map.get(&key) else {
@@ -354,7 +449,14 @@ impl Storage for MemoryStorage {
             meta,
             body: old.body.clone(),
         };
-        Ok(self.insert(entry, started))
+        let variance = key_variance;
+        match self.insert(entry, started) {
+            Some(stored) => {
+                self.share(&stored, variance);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
@@ -419,6 +521,7 @@ impl HandleHit for Hit {
 struct Miss {
     storage: &'static MemoryStorage,
     key: HashBinary,
+    variance: Option<HashBinary>,
     primary: Arc<str>,
     meta: CacheMeta,
     body: BytesMut,
@@ -454,7 +557,9 @@ impl HandleMiss for Miss {
             body,
             size,
         };
-        self.storage.insert(entry, self.started);
+        if let Some(stored) = self.storage.insert(entry, self.started) {
+            self.storage.share(&stored, self.variance);
+        }
         Ok(MissFinishType::Created(size))
     }
 }

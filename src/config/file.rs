@@ -45,6 +45,19 @@ pub struct FileCache {
     pub max_object_size: Option<String>,
     #[serde(default, deserialize_with = "text")]
     pub lock_timeout: Option<String>,
+    pub redis: Option<FileRedis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedis {
+    pub url: String,
+    pub key_prefix: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub max_object_size: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub timeout: Option<String>,
+    pub pool_size: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

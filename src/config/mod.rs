@@ -58,6 +58,32 @@ pub struct Cache {
     pub max_object_size: u64,
     /// How long concurrent misses wait for the one request filling the cache.
     pub lock_timeout: Duration,
+    /// The shared tier, when configured.
+    pub redis: Option<RedisTier>,
+}
+
+/// The shared Redis tier of the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTier {
+    pub url: String,
+    pub key_prefix: String,
+    /// Larger objects stay in memory only.
+    pub max_object_size: u64,
+    /// Deadline of every Redis operation; past it the operation counts as a miss.
+    pub timeout: Duration,
+    pub pool_size: usize,
+}
+
+impl RedisTier {
+    /// The URL without its password, for logs.
+    pub fn url_redacted(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &self.url[..scheme], &self.url[at + 1..])
+            }
+            _ => self.url.clone(),
+        }
+    }
 }
 
 /// A route's cache policy. RFC 9111 decides; these only widen it where set.
@@ -523,6 +549,7 @@ fn validate_cache(c: FileCache) -> Result<Cache, Invalid> {
             "must not be larger than cache.max_size",
         ));
     }
+    let redis = c.redis.map(validate_redis).transpose()?;
     Ok(Cache {
         max_size,
         max_object_size,
@@ -531,6 +558,48 @@ fn validate_cache(c: FileCache) -> Result<Cache, Invalid> {
             c.lock_timeout.as_deref(),
             Duration::from_secs(2),
         )?,
+        redis,
+    })
+}
+
+fn validate_redis(r: file::FileRedis) -> Result<RedisTier, Invalid> {
+    let url = r.url.trim().to_string();
+    let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| url.starts_with(s));
+    if !scheme_ok {
+        return Err(invalid(
+            "cache.redis.url",
+            format!("`{url}` is not a redis:// or rediss:// URL"),
+        ));
+    }
+    if let Err(e) = redis::Client::open(url.as_str()) {
+        return Err(invalid("cache.redis.url", e));
+    }
+    let pool_size = match r.pool_size {
+        None => 16,
+        Some(n) if (1..=256).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(invalid(
+                "cache.redis.pool_size",
+                format!("{n} is out of range 1..=256"),
+            ))
+        }
+    };
+    Ok(RedisTier {
+        url,
+        key_prefix: r.key_prefix.unwrap_or_else(|| "switchyard:".into()),
+        max_object_size: size(
+            "cache.redis.max_object_size",
+            r.max_object_size.as_deref(),
+            1 << 20,
+        )?,
+        timeout: duration(
+            "cache.redis.timeout",
+            r.timeout.as_deref(),
+            Duration::from_millis(50),
+        )?,
+        pool_size,
     })
 }
 

@@ -371,7 +371,8 @@ fn cache_blocks_parse() {
         Cache {
             max_size: 64 << 20,
             max_object_size: 1 << 20,
-            lock_timeout: Duration::from_millis(500)
+            lock_timeout: Duration::from_millis(500),
+            redis: None,
         }
     );
     assert_eq!(
@@ -482,5 +483,36 @@ fn rejects_bad_compression() {
         ),
         "routes[0].compression",
         "expected false, true",
+    );
+}
+
+#[test]
+fn redis_tier_parses_and_validates() {
+    let text = format!(
+        "cache:\n  redis:\n    url: redis://:pw@127.0.0.1:6379/0\n    key_prefix: \"sy:\"\n    max_object_size: 1MiB\n    timeout: 50ms\n    pool_size: 4\n{BASE}"
+    );
+    let redis = parse(&text).unwrap().cache.redis.unwrap();
+    assert_eq!(redis.key_prefix, "sy:");
+    assert_eq!(redis.timeout, Duration::from_millis(50));
+    assert_eq!(redis.pool_size, 4);
+    assert_eq!(redis.url_redacted(), "redis://***@127.0.0.1:6379/0");
+    let defaults = parse(&format!(
+        "cache:\n  redis: {{ url: \"redis://127.0.0.1\" }}\n{BASE}"
+    ))
+    .unwrap()
+    .cache
+    .redis
+    .unwrap();
+    assert_eq!(defaults.key_prefix, "switchyard:");
+    assert_eq!(defaults.max_object_size, 1 << 20);
+    rejects(
+        &format!("cache:\n  redis: {{ url: \"http://x\" }}\n{BASE}"),
+        "cache.redis.url",
+        "not a redis://",
+    );
+    rejects(
+        &format!("cache:\n  redis: {{ url: \"redis://x\", pool_size: 0 }}\n{BASE}"),
+        "cache.redis.pool_size",
+        "out of range",
     );
 }

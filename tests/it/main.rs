@@ -11,6 +11,7 @@ mod health;
 mod ip_hash;
 mod least_conn;
 mod lifecycle;
+mod redis;
 mod reload;
 mod retries;
 mod routing;

@@ -17,7 +17,7 @@ fn meta(headers: &[(&str, &str)]) -> CacheMeta {
 }
 
 fn storage(max: u64, max_object: u64) -> &'static MemoryStorage {
-    MemoryStorage::leak(max, max_object)
+    MemoryStorage::leak(max, max_object, None)
 }
 
 async fn fill(s: &'static MemoryStorage, primary: &str, headers: &[(&str, &str)], body: &[u8]) {

@@ -1,0 +1,338 @@
+//! The shared Redis tier with a real `redis-server`: two proxy instances, purges across them,
+//! Redis down, slow and corrupt.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{
+    client, closed_port, spawn_origin, spawn_proxy, upstream, wait_until, Origin, Proxy,
+};
+
+/// A `redis-server` of the test's own on a free loopback port.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts one, or returns `None` (loudly) when `redis-server` is not installed; with `CI`
+    /// or `SWITCHYARD_REQUIRE_REDIS` set a missing server fails the test instead.
+    fn start() -> Option<RedisServer> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            let required = std::env::var_os("CI").is_some()
+                || std::env::var_os("SWITCHYARD_REQUIRE_REDIS").is_some();
+            assert!(!required, "redis-server is required (CI or SWITCHYARD_REQUIRE_REDIS is set) but not installed");
+            eprintln!("\n!!! SKIPPING Redis tier test: redis-server is not installed (apt-get install redis-server) !!!\n");
+            return None;
+        }
+        let port = closed_port().port();
+        let mut server = RedisServer {
+            child: Self::spawn(port),
+            port,
+        };
+        server.wait_ready();
+        Some(server)
+    }
+
+    fn spawn(port: u16) -> Child {
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server")
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while self.connection().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn connection(&self) -> Option<redis::Connection> {
+        redis::Client::open(self.url()).ok()?.get_connection().ok()
+    }
+
+    fn command(&self, cmd: &mut redis::Cmd) -> redis::Value {
+        let mut conn = self.connection().expect("redis connection");
+        cmd.query(&mut conn).expect("redis command")
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.port);
+        self.wait_ready();
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.signal_quietly();
+        self.stop();
+    }
+}
+
+impl RedisServer {
+    fn signal_quietly(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+async fn instance(origin: &Origin, redis: &RedisServer) -> Proxy {
+    spawn_proxy(&format!(
+        "cache:\n  redis:\n    url: {}\n    key_prefix: \"sy:\"\n    timeout: 50ms\n    pool_size: 2\nupstreams:\n{}routes:\n  - match: {{ path_prefix: / }}\n    upstream: pool\n    cache: {{ enabled: true }}\n",
+        redis.url(),
+        upstream("pool", &[(origin.addr, 1)], "")
+    ))
+    .await
+}
+
+async fn cache_status(proxy: &Proxy, path: &str) -> (u16, String, String) {
+    let resp = client().get(proxy.url(path)).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let cs = resp.headers()["cache-status"].to_str().unwrap().to_string();
+    (status, cs, resp.text().await.unwrap())
+}
+
+async fn redis_stats(proxy: &Proxy) -> serde_json::Value {
+    proxy.stats().await["cache"]["redis"].clone()
+}
+
+async fn connected(proxy: &Proxy) {
+    wait_until(Duration::from_secs(10), || async {
+        redis_stats(proxy).await["connected"] == true
+    })
+    .await;
+}
+
+fn redis_has(redis: &RedisServer, key: &str) -> bool {
+    redis.command(redis::cmd("EXISTS").arg(key)) == redis::Value::Int(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_on_one_instance_is_a_redis_hit_on_the_other() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let o = spawn_origin("o").await;
+    let a = instance(&o, &redis).await;
+    let b = instance(&o, &redis).await;
+    connected(&a).await;
+    connected(&b).await;
+    let path = "/shared?cc=max-age=60";
+    let (_, cs, body_a) = cache_status(&a, path).await;
+    assert_eq!(cs, "switchyard; fwd=miss; stored");
+    let key = "sy:obj:127.0.0.1/shared?cc=max-age=60#-";
+    wait_until(Duration::from_secs(2), || async { redis_has(&redis, key) }).await;
+    let ttl = redis.command(redis::cmd("PTTL").arg(key));
+    assert!(
+        matches!(ttl, redis::Value::Int(ms) if ms > 50_000 && ms <= 60_000),
+        "{ttl:?}"
+    );
+    let (_, cs, body_b) = cache_status(&b, path).await;
+    assert!(cs.ends_with("detail=redis"), "{cs}");
+    assert_eq!(body_b, body_a);
+    assert_eq!(o.hits(), 1);
+    // Now in B's memory.
+    let (_, cs, _) = cache_status(&b, path).await;
+    assert!(
+        cs.starts_with("switchyard; hit") && !cs.contains("redis"),
+        "{cs}"
+    );
+    assert_eq!(redis_stats(&b).await["hits"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_reach_every_instance() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let o = spawn_origin("o").await;
+    let a = instance(&o, &redis).await;
+    let b = instance(&o, &redis).await;
+    connected(&a).await;
+    connected(&b).await;
+    let cases = [
+        (
+            "/pk?cc=max-age=60",
+            serde_json::json!({"key": "127.0.0.1/pk?cc=max-age=60"}),
+        ),
+        (
+            "/pp/x?cc=max-age=60",
+            serde_json::json!({"prefix": "127.0.0.1/pp/"}),
+        ),
+        (
+            "/pt?cc=max-age=60&tag=red%20blue",
+            serde_json::json!({"tag": "blue"}),
+        ),
+    ];
+    for (i, (path, purge)) in cases.into_iter().enumerate() {
+        cache_status(&a, path).await;
+        let key = format!("sy:obj:127.0.0.1{path}#-");
+        wait_until(Duration::from_secs(2), || async { redis_has(&redis, &key) }).await;
+        cache_status(&b, path).await; // redis hit, now in B's memory
+        assert!(cache_status(&b, path)
+            .await
+            .1
+            .starts_with("switchyard; hit"));
+        let hits = o.hits();
+
+        let start = Instant::now();
+        let resp = client()
+            .post(a.admin_url("/cache/purge"))
+            .json(&purge)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["purged"], 1, "{body}");
+        assert!(body["redis_deleted"].as_u64().unwrap() >= 1, "{body}");
+        assert!(!redis_has(&redis, &key));
+        wait_until(Duration::from_secs(1), || async {
+            redis_stats(&b).await["purges_received"] == i as u64 + 1
+        })
+        .await;
+        println!(
+            "purge by {purge} reached the other instance in {:?}",
+            start.elapsed()
+        );
+        let (_, cs, _) = cache_status(&b, path).await;
+        assert_eq!(cs, "switchyard; fwd=miss; stored", "{purge}");
+        assert_eq!(o.hits(), hits + 1);
+    }
+    assert_eq!(redis_stats(&a).await["purges_published"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_slow_and_back() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let o = spawn_origin("o").await;
+    let a = instance(&o, &redis).await;
+    let b = instance(&o, &redis).await;
+    connected(&a).await;
+    cache_status(&a, "/warm?cc=max-age=60").await;
+
+    redis.stop();
+    for i in 0..5 {
+        let (status, cs, _) = cache_status(&a, &format!("/down/{i}?cc=max-age=60")).await;
+        assert_eq!(status, 200);
+        assert_eq!(cs, "switchyard; fwd=miss; stored");
+    }
+    assert!(cache_status(&a, "/warm?cc=max-age=60")
+        .await
+        .1
+        .starts_with("switchyard; hit"));
+    wait_until(Duration::from_secs(3), || async {
+        redis_stats(&a).await["errors"].as_u64().unwrap() > 0
+    })
+    .await;
+    let metrics = client()
+        .get(a.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("switchyard_cache_redis_errors_total{op=\"get\"}"));
+
+    redis.restart();
+    connected(&a).await;
+    connected(&b).await;
+    wait_until(Duration::from_secs(10), || async {
+        let (_, cs, _) = cache_status(&a, "/back?cc=max-age=60").await;
+        cs.contains("miss") || cs.contains("hit")
+    })
+    .await;
+    wait_until(Duration::from_secs(10), || async {
+        let path = format!("/back/{}?cc=max-age=60", rand_suffix());
+        cache_status(&a, &path).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cache_status(&b, &path).await.1.ends_with("detail=redis")
+    })
+    .await;
+
+    // A paused Redis (accepts, never answers): latency stays bounded by the timeout.
+    redis.signal("STOP");
+    let start = Instant::now();
+    let (status, _, _) = cache_status(&b, "/paused?cc=max-age=60").await;
+    let took = start.elapsed();
+    redis.signal("CONT");
+    assert_eq!(status, 200);
+    assert!(
+        took < Duration::from_millis(800),
+        "a paused Redis held a request for {took:?}"
+    );
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_value_is_a_miss() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let o = spawn_origin("o").await;
+    let a = instance(&o, &redis).await;
+    connected(&a).await;
+    redis.command(
+        redis::cmd("SET")
+            .arg("sy:obj:127.0.0.1/bad?cc=max-age=60#-")
+            .arg("this is not an entry"),
+    );
+    let (status, cs, body) = cache_status(&a, "/bad?cc=max-age=60").await;
+    assert_eq!(status, 200);
+    assert_eq!(cs, "switchyard; fwd=miss; stored");
+    assert!(body.starts_with("o 1 "), "{body}");
+    assert_eq!(o.hits(), 1);
+    let metrics = client()
+        .get(a.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_cache_redis_errors_total{op=\"decode\"} 1"),
+        "{metrics}"
+    );
+}
