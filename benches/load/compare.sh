@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# Side-by-side load comparison of Switchyard with nginx, HAProxy and Varnish on this machine.
+#
+#   benches/load/compare.sh           three interleaved repetitions of 10 s per cell
+#   benches/load/compare.sh --quick   one repetition of 5 s (smoke run)
+#
+# Everything listens on 127.0.0.1 only; configs live in a temp dir; only the processes this
+# script started are stopped (by pid). Each contender runs one worker process/thread, pinned to
+# CPU 0; wrk and the two nginx origins are pinned to CPU 1 (on a 2-core machine they would
+# otherwise steal the proxy's core). The table goes to stdout and to $OUT (default
+# target/load-report.md).
+set -euo pipefail
+
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+REPS=3; DURATION=10s; WARMUP=2s
+if [ "$QUICK" = 1 ]; then REPS=1; DURATION=5s; WARMUP=1s; fi
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/target/load-report.md}
+WORK=$(mktemp -d /tmp/switchyard-load.XXXXXX)
+PIDS=()
+PROXY_CPU=0
+LOAD_CPU=1
+[ "$(nproc)" -lt 2 ] && LOAD_CPU=0
+
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  done
+  sleep 0.5
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- tools -------------------------------------------------------------------------------
+need=()
+for tool in nginx:nginx haproxy:haproxy varnishd:varnish wrk:wrk; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}" >&2
+  # Keep the packages' own services from starting: this script starts what it needs.
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+echo "building switchyard (release)" >&2
+(cd "$ROOT" && cargo build --release --quiet --bin switchyard)
+SWITCHYARD=$ROOT/target/release/switchyard
+
+pinned() { taskset -c "$1" "${@:2}"; }
+
+# --- content -----------------------------------------------------------------------------
+mkdir -p "$WORK/www" "$WORK/logs" "$WORK/nginx-cache"
+python3 - "$WORK/www" <<'PY'
+import json, sys
+root = sys.argv[1]
+item = {"id": 1, "title": "Assessment item", "choices": ["A", "B", "C", "D"], "weight": 0.5}
+small = json.dumps({"items": [item] * 12})[:1024].ljust(1024)
+open(f"{root}/small", "w").write(small)
+parts, i = ["<!doctype html><html><head><title>Assessment</title></head><body>"], 0
+while sum(map(len, parts)) < 102400:
+    parts.append(f'<section class="question" id="q{i}"><h2>Question {i}</h2><p>Read the passage and choose the answer that best fits item {i * 7 % 13}.</p><ol><li>Alpha {i % 5}</li><li>Beta {i % 3}</li><li>Gamma</li></ol></section>\n')
+    i += 1
+open(f"{root}/page", "w").write("".join(parts)[:102400])
+PY
+
+# --- origins: two nginx, one worker each ---------------------------------------------------
+for port in 18001 18002; do
+  cat > "$WORK/origin-$port.conf" <<CONF
+worker_processes 1;
+pid $WORK/origin-$port.pid;
+error_log $WORK/logs/origin-$port.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$port;
+    root $WORK/www;
+    location = /small { default_type application/json; add_header Cache-Control "max-age=60"; }
+    location = /page { default_type text/html; add_header Cache-Control "max-age=60"; }
+  }
+}
+CONF
+  pinned $LOAD_CPU nginx -c "$WORK/origin-$port.conf" -p "$WORK" &
+  PIDS+=($!)
+done
+
+# --- contenders ----------------------------------------------------------------------------
+UPSTREAM="upstream origins { server 127.0.0.1:18001; server 127.0.0.1:18002; keepalive 64; }"
+PROXY="proxy_pass http://origins; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/logs/nginx.log warn;
+daemon off;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  $UPSTREAM
+  proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=c:10m max_size=256m inactive=10m;
+  server { listen 127.0.0.1:18201; location / { $PROXY } }
+  server { listen 127.0.0.1:18202; location / { proxy_cache c; proxy_cache_valid 200 60s; $PROXY } }
+  server { listen 127.0.0.1:18203; gzip on; gzip_comp_level 6; gzip_min_length 1024;
+           gzip_types text/html application/json; location / { $PROXY } }
+}
+CONF
+
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 40000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18301
+  default_backend be
+backend be
+  balance roundrobin
+  server o1 127.0.0.1:18001
+  server o2 127.0.0.1:18002
+CONF
+
+cat > "$WORK/default.vcl" <<'CONF'
+vcl 4.1;
+import directors;
+backend o1 { .host = "127.0.0.1"; .port = "18001"; }
+backend o2 { .host = "127.0.0.1"; .port = "18002"; }
+sub vcl_init { new rr = directors.round_robin(); rr.add_backend(o1); rr.add_backend(o2); }
+sub vcl_recv { set req.backend_hint = rr.backend(); }
+CONF
+
+switchyard_conf() { # name port admin threads route-extra
+  cat > "$WORK/$1.yaml" <<CONF
+server: { listen: ["127.0.0.1:$2"], threads: $4, grace_period: 1s }
+admin: { listen: "127.0.0.1:$3" }
+cache: { max_size: 256MiB }
+upstreams:
+  origins:
+    strategy: round_robin
+    backends: [{ address: "127.0.0.1:18001" }, { address: "127.0.0.1:18002" }]
+routes:
+  - upstream: origins
+$5
+CONF
+}
+switchyard_conf sy-pass 18101 19101 1 ""
+switchyard_conf sy-pass2 18102 19102 2 ""
+switchyard_conf sy-cache 18103 19103 1 "    cache: { enabled: true }"
+switchyard_conf sy-gzip 18104 19104 1 "    cache: { enabled: true }
+    compression: { algorithms: [gzip], level: { gzip: 6 }, types: [text/html, application/json] }"
+
+declare -A PID_OF
+start() { # name command...
+  pinned $PROXY_CPU "${@:2}" >"$WORK/logs/$1.out" 2>"$WORK/logs/$1.err" &
+  PID_OF[$1]=$!
+  PIDS+=($!)
+}
+start nginx nginx -c "$WORK/nginx.conf" -p "$WORK"
+start haproxy haproxy -f "$WORK/haproxy.cfg" -db
+start varnish varnishd -F -a 127.0.0.1:18401 -f "$WORK/default.vcl" -s malloc,256m -n "$WORK/varnish" -p thread_pools=1
+start sy-pass "$SWITCHYARD" --config "$WORK/sy-pass.yaml"
+start sy-pass2 taskset -c 0,1 "$SWITCHYARD" --config "$WORK/sy-pass2.yaml"
+start sy-cache "$SWITCHYARD" --config "$WORK/sy-cache.yaml"
+start sy-gzip "$SWITCHYARD" --config "$WORK/sy-gzip.yaml"
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 did not open" >&2
+  return 1
+}
+for port in 18001 18002 18101 18102 18103 18104 18201 18301 18401; do wait_port $port; done
+
+# RSS in KiB of a process and its children (nginx and varnish run worker children).
+rss() {
+  local pid=$1 total=0 p
+  for p in $pid $(pgrep -P "$pid" 2>/dev/null) $(for c in $(pgrep -P "$pid" 2>/dev/null); do pgrep -P "$c"; done); do
+    total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  echo $total
+}
+
+# --- the matrix ------------------------------------------------------------------------------
+# name|port|path|extra wrk args|group|process
+CELLS=(
+  "direct (origin)|18001|/small||pass|"
+  "switchyard|18101|/small||pass|sy-pass"
+  "switchyard 2 threads|18102|/small||pass|sy-pass2"
+  "nginx proxy_pass|18201|/small||pass|nginx"
+  "haproxy|18301|/small||pass|haproxy"
+  "direct (origin)|18001|/page||pass|"
+  "switchyard|18101|/page||pass|sy-pass"
+  "nginx proxy_pass|18201|/page||pass|nginx"
+  "haproxy|18301|/page||pass|haproxy"
+  "switchyard cache|18103|/small||cache|sy-cache"
+  "nginx proxy_cache|18202|/small||cache|nginx"
+  "varnish|18401|/small||cache|varnish"
+  "switchyard cache|18103|/page||cache|sy-cache"
+  "nginx proxy_cache|18202|/page||cache|nginx"
+  "varnish|18401|/page||cache|varnish"
+  "switchyard gzip+cache|18104|/page|-H Accept-Encoding:gzip|gzip|sy-gzip"
+  "nginx gzip 6|18203|/page|-H Accept-Encoding:gzip|gzip|nginx"
+)
+
+RESULTS=$WORK/results.tsv
+: > "$RESULTS"
+run_cell() { # cell rep
+  IFS='|' read -r name port path extra group proc <<<"$1"
+  local url="http://127.0.0.1:$port$path"
+  # shellcheck disable=SC2086
+  timeout 30 pinned $LOAD_CPU wrk -t1 -c50 -d"$WARMUP" $extra "$url" >/dev/null 2>&1 || true
+  # shellcheck disable=SC2086
+  local out
+  out=$(timeout 60 pinned $LOAD_CPU wrk -t1 -c50 -d"$DURATION" --latency $extra "$url" 2>&1 || true)
+  local rss_kib=""
+  [ -n "$proc" ] && [ -n "${PID_OF[$proc]:-}" ] && rss_kib=$(rss "${PID_OF[$proc]}")
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$path" "$group" "$rss_kib" "$(echo "$out" | tr '\n' '~')" >> "$RESULTS"
+  echo "  $name $path: $(echo "$out" | awk '/Requests\/sec/ {print $2}') rps" >&2
+}
+for rep in $(seq 1 "$REPS"); do
+  echo "repetition $rep/$REPS" >&2
+  for cell in "${CELLS[@]}"; do run_cell "$cell" "$rep"; done
+done
+
+# Overhead at low load: wrk -c1 direct vs through Switchyard.
+LOW=$WORK/low.tsv
+: > "$LOW"
+for rep in $(seq 1 "$REPS"); do
+  for target in "direct|18001" "switchyard|18101"; do
+    IFS='|' read -r name port <<<"$target"
+    out=$(timeout 60 pinned $LOAD_CPU wrk -t1 -c1 -d"$DURATION" --latency "http://127.0.0.1:$port/small" 2>&1 || true)
+    printf '%s\t%s\n' "$name" "$(echo "$out" | tr '\n' '~')" >> "$LOW"
+  done
+done
+
+# Memory: Switchyard idle, and with 10,000 idle keep-alive connections.
+IDLE_RSS=$(rss "${PID_OF[sy-pass]}")
+KEEPALIVE_RSS=$(python3 "$ROOT/benches/load/idle_connections.py" 127.0.0.1 18101 10000 "${PID_OF[sy-pass]}")
+
+python3 "$ROOT/benches/load/report.py" "$RESULTS" "$LOW" "$IDLE_RSS" "$KEEPALIVE_RSS" "$REPS" "$DURATION" | tee "$OUT"
+echo "report written to $OUT" >&2
