@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{
     ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
@@ -48,6 +49,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     };
     let grace = config.server.grace_period;
     let threads = config.server.threads;
+    let read_buffer = config.server.read_buffer;
     let listen = config.server.listen.clone();
     let admin_listen = config.admin.listen;
     if config.admin.token.is_none() && !config.admin.listen.ip().is_loopback() {
@@ -66,6 +68,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         grace_period_seconds: Some(grace.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 512,
+        work_stealing: false,
         ..ServerConf::default()
     };
     conf.upgrade_sock = "/tmp/switchyard_upgrade.sock".into();
@@ -83,7 +86,10 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         "switchyard proxy",
     );
     for addr in &listen {
-        proxy.add_tcp(&addr.to_string());
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .l4_buffer(L4BufferSettings::new(read_buffer, 1460)),
+        );
     }
     server.add_service(proxy);
 

@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 use switchyard::app::{self, RunOptions};
 use switchyard::config::Config;
 
+/// jemalloc: fewer cycles per allocation than glibc's malloc on Pingora's allocation-heavy
+/// request path, at a small idle footprint (measured with the load comparison script; see
+/// the README).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Edge reverse proxy, load balancer and HTTP cache.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about)]

@@ -107,6 +107,10 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         names.push("server.threads".to_string());
         new.server.threads = old.server.threads;
     }
+    if old.server.read_buffer != new.server.read_buffer {
+        names.push("server.read_buffer".to_string());
+        new.server.read_buffer = old.server.read_buffer;
+    }
     if old.server.grace_period != new.server.grace_period {
         names.push("server.grace_period".to_string());
         new.server.grace_period = old.server.grace_period;

@@ -71,8 +71,10 @@ def main() -> None:
         p50s[name].append(parse(out)[1])
     direct = statistics.median(p50s["direct"])
     through = statistics.median(p50s["switchyard"])
-    print(f"\nLow load (`wrk -c1`, /small): p50 direct {fmt_lat(direct)}, through Switchyard "
-          f"{fmt_lat(through)}: added {through - direct:.0f} µs.")
+    nginx = statistics.median(p50s["nginx"])
+    print(f"\nLow load (`wrk -c1`, /small, all on one core): p50 direct {fmt_lat(direct)}; "
+          f"through Switchyard {fmt_lat(through)} (added {through - direct:.0f} µs); "
+          f"through nginx {fmt_lat(nginx)} (added {nginx - direct:.0f} µs).")
     print(f"\nSwitchyard RSS: idle {int(idle_rss) / 1024:.1f} MiB; with 10,000 idle keep-alive "
           f"connections {int(keepalive_rss) / 1024:.1f} MiB.")
 

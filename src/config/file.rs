@@ -83,6 +83,8 @@ pub struct FileServer {
     pub grace_period: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub watch_config: Option<bool>,
+    #[serde(default, deserialize_with = "text")]
+    pub read_buffer: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
