@@ -29,6 +29,7 @@ fn pool(n: usize, strategy: Strategy) -> Pool {
             sticky: None,
             retry: RetryPolicy::default(),
             passive_health: None,
+            max_in_flight: None,
         },
     )
 }

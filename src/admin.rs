@@ -52,6 +52,8 @@ impl Admin {
                         "strategy": pool.strategy.as_str(),
                         "health_check": pool.health_check.is_some(),
                         "sticky": pool.sticky.is_some(),
+                        "max_in_flight": pool.max_in_flight,
+                        "overloaded_total": pool.overloaded(),
                         "backends": backends,
                     }),
                 )
@@ -77,6 +79,7 @@ impl Admin {
             "uptime_seconds": self.shared.started.elapsed().as_secs_f64(),
             "requests_total": self.shared.requests_total(),
             "active_requests": self.shared.active_requests(),
+            "refused_connections": self.shared.refused_connections(),
             "config_file": self.shared.config_path.as_ref().map(|p| p.display().to_string()),
             "last_reload": last_reload,
             "health_check_tasks": self.shared.health_tasks(),

@@ -21,10 +21,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::demo::DemoOrigin;
+use crate::proxy::frontend::Frontend;
 use crate::proxy::Proxy;
 use crate::reload;
 use crate::state::Shared;
 use crate::upstream::health;
+use pingora_proxy::HttpProxy;
 
 /// How to run.
 #[derive(Debug, Default, Clone)]
@@ -54,7 +56,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     let admin_listen = config.admin.listen;
     if config.admin.token.is_none() && !config.admin.listen.ip().is_loopback() {
         log::warn!(
-            "admin endpoint on {} has no token: anyone who can reach it can read stats",
+            "admin endpoint on {} has no token (admin.allow_insecure): anyone who can reach it can reload and purge",
             config.admin.listen
         );
     }
@@ -80,10 +82,14 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let mut app = HttpProxy::new(
         Proxy::new(Arc::clone(&shared)),
-        "switchyard proxy",
+        server.configuration.clone(),
+    );
+    app.handle_init_modules();
+    let mut proxy = Service::new(
+        "switchyard proxy".to_string(),
+        Frontend::new(app, Arc::clone(&shared)),
     );
     for addr in &listen {
         proxy.add_listener(

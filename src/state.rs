@@ -110,6 +110,7 @@ pub struct Shared {
     requests_total: AtomicU64,
     active_requests: AtomicU64,
     health_tasks: AtomicUsize,
+    refused_connections: AtomicU64,
     pub(crate) last_reload: Mutex<Option<LastReload>>,
     /// Held while a reload builds and swaps, so that reloads never interleave.
     pub(crate) reload_lock: Mutex<()>,
@@ -128,6 +129,7 @@ impl Shared {
             requests_total: AtomicU64::new(0),
             active_requests: AtomicU64::new(0),
             health_tasks: AtomicUsize::new(0),
+            refused_connections: AtomicU64::new(0),
             last_reload: Mutex::new(None),
             reload_lock: Mutex::new(()),
         })
@@ -157,6 +159,15 @@ impl Shared {
     /// Requests being served right now (used to end a graceful shutdown early).
     pub fn active_requests(&self) -> u64 {
         self.active_requests.load(Ordering::Acquire)
+    }
+
+    /// Counts a client connection refused over `server.max_connections`.
+    pub fn count_refused_connection(&self) {
+        self.refused_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused_connections(&self) -> u64 {
+        self.refused_connections.load(Ordering::Relaxed)
     }
 
     /// Health-check loops running now.

@@ -65,18 +65,21 @@ def main() -> None:
         err = f" ({errors} non-2xx)" if errors else ""
         print(f"| {group} | {path} | {name} | {rps:,.0f}{err} | {fmt_lat(p50)} | {fmt_lat(p99)} | {rss_text} | {vs_nginx} | {vs_direct} |")
 
+    if int(idle_rss):
+        print(f"\nSwitchyard RSS: idle {int(idle_rss) / 1024:.1f} MiB; with 10,000 idle keep-alive "
+              f"connections {int(keepalive_rss) / 1024:.1f} MiB.")
     p50s = defaultdict(list)
     for row in open(low):
         name, out = row.rstrip("\n").split("\t", 1)
         p50s[name].append(parse(out)[1])
+    if not p50s:
+        return
     direct = statistics.median(p50s["direct"])
     through = statistics.median(p50s["switchyard"])
     nginx = statistics.median(p50s["nginx"])
     print(f"\nLow load (`wrk -c1`, /small, all on one core): p50 direct {fmt_lat(direct)}; "
           f"through Switchyard {fmt_lat(through)} (added {through - direct:.0f} µs); "
           f"through nginx {fmt_lat(nginx)} (added {nginx - direct:.0f} µs).")
-    print(f"\nSwitchyard RSS: idle {int(idle_rss) / 1024:.1f} MiB; with 10,000 idle keep-alive "
-          f"connections {int(keepalive_rss) / 1024:.1f} MiB.")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,16 @@ pub struct FileServer {
     pub watch_config: Option<bool>,
     #[serde(default, deserialize_with = "text")]
     pub read_buffer: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub header_timeout: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub keepalive_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    #[serde(default, deserialize_with = "text")]
+    pub max_header_size: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub max_body_size: Option<String>,
+    pub server_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +102,7 @@ pub struct FileServer {
 pub struct FileAdmin {
     pub listen: Option<String>,
     pub token: Option<String>,
+    pub allow_insecure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +121,7 @@ pub struct FileUpstream {
     /// `connect_failure`, `timeout` or a 5xx status code.
     pub retry_on: Option<Vec<serde_yaml::Value>>,
     pub passive_health: Option<FilePassiveHealth>,
+    pub max_in_flight: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -50,6 +50,18 @@ pub struct Server {
     /// Read buffer per client connection, in bytes (Pingora's default is 64 KiB; most of it
     /// sits unused on idle keep-alive connections).
     pub read_buffer: usize,
+    /// Longest wait for each read of a request header (slow clients are closed).
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout: Duration,
+    /// Client connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Largest request header (request line and fields); larger gets 431.
+    pub max_header_size: u64,
+    /// Largest request body; larger gets 413.
+    pub max_body_size: u64,
+    /// The `Server` header on every response; `None` keeps the upstream's.
+    pub server_header: Option<String>,
 }
 
 /// The memory cache shared by every cache-enabled route.
@@ -107,6 +119,8 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// Bearer token required on every admin path but `/health`; `None` when unset or empty.
     pub token: Option<String>,
+    /// Allows a non-loopback admin address without a token.
+    pub allow_insecure: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +203,8 @@ pub struct Upstream {
     pub sticky: Option<Sticky>,
     pub retry: RetryPolicy,
     pub passive_health: Option<PassiveHealth>,
+    /// Requests in flight to this upstream at once; more get 503 with `Retry-After`.
+    pub max_in_flight: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -405,7 +421,17 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
             raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"),
         )?,
         token: raw.admin.token.filter(|t| !t.is_empty()),
+        allow_insecure: raw.admin.allow_insecure.unwrap_or(false),
     };
+    if !admin.listen.ip().is_loopback() && admin.token.is_none() && !admin.allow_insecure {
+        return Err(invalid(
+            "admin.listen",
+            format!(
+                "{} is reachable from other hosts but admin.token is not set; set a token or admin.allow_insecure: true",
+                admin.listen
+            ),
+        ));
+    }
 
     if raw.upstreams.is_empty() {
         return Err(invalid("upstreams", "needs at least one upstream"));
@@ -513,6 +539,17 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         ));
     }
     let read_buffer = read_buffer as usize;
+    let max_connections = match raw.server.max_connections {
+        None => 10_000,
+        Some(n) if n >= 1 => n as usize,
+        Some(_) => return Err(invalid("server.max_connections", "must be at least 1")),
+    };
+    let server_header = match raw.server.server_header {
+        None => Some("switchyard".to_string()),
+        Some(h) if h.is_empty() => None,
+        Some(h) if h.bytes().all(|b| (0x20..0x7f).contains(&b)) => Some(h),
+        Some(_) => return Err(invalid("server.server_header", "must be printable ASCII")),
+    };
 
     Ok(Config {
         cache,
@@ -523,6 +560,28 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
             trusted_proxies,
             watch_config: raw.server.watch_config.unwrap_or(false),
             read_buffer,
+            header_timeout: duration(
+                "server.header_timeout",
+                raw.server.header_timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            keepalive_timeout: duration(
+                "server.keepalive_timeout",
+                raw.server.keepalive_timeout.as_deref(),
+                Duration::from_secs(60),
+            )?,
+            max_connections,
+            max_header_size: size(
+                "server.max_header_size",
+                raw.server.max_header_size.as_deref(),
+                64 << 10,
+            )?,
+            max_body_size: size(
+                "server.max_body_size",
+                raw.server.max_body_size.as_deref(),
+                16 << 20,
+            )?,
+            server_header,
         },
         admin,
         upstreams,
@@ -799,6 +858,16 @@ fn validate_upstream(path: &str, up: FileUpstream) -> Result<Upstream, Invalid> 
         .passive_health
         .map(|p| validate_passive(&format!("{path}.passive_health"), p))
         .transpose()?;
+    let max_in_flight = match up.max_in_flight {
+        None => None,
+        Some(n) if n >= 1 => Some(n as u64),
+        Some(_) => {
+            return Err(invalid(
+                format!("{path}.max_in_flight"),
+                "must be at least 1",
+            ))
+        }
+    };
     Ok(Upstream {
         strategy,
         backends,
@@ -807,6 +876,7 @@ fn validate_upstream(path: &str, up: FileUpstream) -> Result<Upstream, Invalid> 
         sticky,
         retry,
         passive_health,
+        max_in_flight,
         connect_timeout: duration(
             &format!("{path}.connect_timeout"),
             up.connect_timeout.as_deref(),

@@ -516,3 +516,139 @@ fn redis_tier_parses_and_validates() {
         "out of range",
     );
 }
+
+#[test]
+fn limits_parse_with_defaults() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.server.header_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.keepalive_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.max_connections, 10_000);
+    assert_eq!(c.server.max_header_size, 64 << 10);
+    assert_eq!(c.server.max_body_size, 16 << 20);
+    assert_eq!(c.server.server_header.as_deref(), Some("switchyard"));
+    let text = format!(
+        "server:\n  max_connections: 5\n  max_header_size: 8KiB\n  max_body_size: 1MiB\n  header_timeout: 2s\n  server_header: \"\"\n{}",
+        BASE.replace("  assessments:\n", "  assessments:\n    max_in_flight: 3\n")
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.server.max_connections, 5);
+    assert_eq!(c.server.server_header, None);
+    assert_eq!(c.upstreams["assessments"].max_in_flight, Some(3));
+}
+
+#[test]
+fn admin_off_loopback_needs_a_token() {
+    rejects(
+        &format!("admin:\n  listen: 0.0.0.0:9901\n{BASE}"),
+        "admin.listen",
+        "admin.token is not set",
+    );
+    assert!(parse(&format!(
+        "admin:\n  listen: 0.0.0.0:9901\n  token: t\n{BASE}"
+    ))
+    .is_ok());
+    assert!(parse(&format!(
+        "admin:\n  listen: 0.0.0.0:9901\n  allow_insecure: true\n{BASE}"
+    ))
+    .is_ok());
+    rejects(
+        &format!("server:\n  max_connections: 0\n{BASE}"),
+        "server.max_connections",
+        "at least 1",
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+    /// Whatever the document, loading answers Ok or a ConfigError; it never panics.
+    #[test]
+    fn random_documents_never_panic(doc in yaml_strategy()) {
+        let _ = Config::parse(&doc, "fuzz.yaml");
+    }
+
+    /// Arbitrary bytes as well.
+    #[test]
+    fn random_text_never_panics(text in ".{0,400}") {
+        let _ = Config::parse(&text, "fuzz.yaml");
+    }
+}
+
+/// YAML documents built from the config's own keys and odd values, nested at random.
+fn yaml_strategy() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let keys = prop::sample::select(vec![
+        "server",
+        "admin",
+        "upstreams",
+        "routes",
+        "cache",
+        "compression",
+        "listen",
+        "backends",
+        "address",
+        "weight",
+        "health_check",
+        "match",
+        "host",
+        "path_prefix",
+        "upstream",
+        "strategy",
+        "sticky",
+        "retries",
+        "retry_on",
+        "passive_health",
+        "redis",
+        "url",
+        "level",
+        "types",
+        "algorithms",
+        "min_size",
+        "interval",
+        "timeout",
+        "max_size",
+        "token",
+    ]);
+    let scalars = prop::sample::select(vec![
+        "0",
+        "-1",
+        "1",
+        "99999999999999999999",
+        "1.5",
+        "true",
+        "null",
+        "~",
+        "\"\"",
+        "5s",
+        "250ms",
+        "1d",
+        "256MiB",
+        "127.0.0.1:0",
+        "127.0.0.1:99999",
+        "[::1]:80",
+        "round_robin",
+        "ip_hash",
+        "weighted",
+        "gzip",
+        "br",
+        "\"${UNSET_VAR}\"",
+        "'*.x'",
+        "/",
+        "{}",
+        "[]",
+        "\"\\u0000\"",
+        "!!binary aGVsbG8=",
+        "&a 1",
+        "*a",
+    ]);
+    let leaf = scalars.prop_map(|s| s.to_string());
+    leaf.prop_recursive(4, 64, 6, move |inner| {
+        let keys = keys.clone();
+        prop_oneof![
+            prop::collection::vec((keys, inner.clone()), 0..6).prop_map(|kv| {
+                let body: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                format!("{{{}}}", body.join(", "))
+            }),
+            prop::collection::vec(inner, 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
+        ]
+    })
+}

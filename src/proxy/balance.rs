@@ -84,6 +84,16 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
             }
         }
     }
+    if let Some(max) = pool.max_in_flight {
+        let in_flight: u64 = pool.backends.iter().map(|b| b.in_flight()).sum();
+        if in_flight >= max {
+            pool.count_overload();
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("upstream {}: max_in_flight ({max}) reached", pool.name),
+            ));
+        }
+    }
     let index = match index {
         Some(i) => i,
         None => {

@@ -44,6 +44,8 @@ pub struct RequestCtx {
     pub upstream_head: bool,
     /// A variant suffix stripped from `If-None-Match` going upstream.
     pub etag_suffix: Option<compress::Algorithm>,
+    /// Request body bytes read so far.
+    pub body_bytes: u64,
     pub _active: ActiveRequest,
 }
 
@@ -67,6 +69,7 @@ impl RequestCtx {
             compress: None,
             upstream_head: false,
             etag_suffix: None,
+            body_bytes: 0,
             _active: active,
         }
     }

@@ -39,7 +39,8 @@ pub async fn respond(session: &mut Session, code: u16, detail: &str) -> Result<(
     } else {
         format!("{code} {reason}: {detail}\n")
     };
-    let mut resp = ResponseHeader::build(code, Some(4))?;
+    let mut resp = ResponseHeader::build(code, Some(5))?;
+    resp.insert_header(http::header::SERVER, "switchyard")?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
@@ -62,6 +63,7 @@ pub async fn respond(session: &mut Session, code: u16, detail: &str) -> Result<(
 pub fn detail_for(code: u16) -> &'static str {
     match code {
         404 => "no route for this host and path",
+        413 => "request body too large",
         502 => "the upstream failed",
         503 => "no healthy backend",
         504 => "the upstream timed out",

@@ -6,7 +6,9 @@ pub mod client;
 pub mod ctx;
 pub mod encoding;
 pub mod errors;
+pub mod frontend;
 pub mod headers;
+pub mod limits;
 pub mod retry;
 pub mod route;
 
@@ -16,7 +18,7 @@ use async_trait::async_trait;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, Result};
+use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -24,6 +26,9 @@ use crate::cache::{self, Cache};
 use crate::etag;
 use crate::state::Shared;
 use ctx::RequestCtx;
+
+/// How long a request body may pause between reads.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The proxy: routes a request, picks a backend and forwards to it.
 pub struct Proxy {
@@ -54,6 +59,21 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let runtime = self.shared.runtime();
+        let raw = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        if let Err((code, reason)) =
+            limits::check(session.req_header(), raw.as_deref(), &runtime.config.server)
+        {
+            ctx.runtime = Some(runtime);
+            // The request may be framed ambiguously: never read another from this connection.
+            session.set_keepalive(None);
+            errors::respond(session, code, reason).await?;
+            return Ok(true);
+        }
+        // After the header, reads wait as long as a slow upload may pause.
+        session.set_read_timeout(Some(BODY_READ_TIMEOUT));
         let req = session.req_header();
         let found = runtime
             .router
@@ -72,6 +92,29 @@ impl ProxyHttp for Proxy {
                 Ok(true)
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            let limit = ctx
+                .runtime
+                .as_ref()
+                .map_or(u64::MAX, |rt| rt.config.server.max_body_size);
+            if ctx.body_bytes > limit {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than server.max_body_size",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
@@ -200,6 +243,13 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         headers::strip_hop_by_hop(upstream_response);
+        if let Some(server) = ctx
+            .runtime
+            .as_ref()
+            .and_then(|rt| rt.config.server.server_header.as_deref())
+        {
+            upstream_response.insert_header(http::header::SERVER, server)?;
+        }
         let route_caches = ctx.route_cache().is_some();
         let lookup = self.shared.cache.finish_response(
             session,

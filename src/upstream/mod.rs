@@ -141,6 +141,10 @@ pub struct Pool {
     pub retry: RetryPolicy,
     pub passive_health: Option<PassiveHealth>,
     pub sticky: Option<StickyPool>,
+    /// Requests in flight to this upstream at once.
+    pub max_in_flight: Option<u64>,
+    /// Requests refused because `max_in_flight` was reached.
+    overloaded: AtomicU64,
     rr: RoundRobin,
     ring: Option<Ring>,
 }
@@ -198,6 +202,8 @@ impl Pool {
             retry: conf.retry.clone(),
             passive_health: conf.passive_health.clone(),
             sticky,
+            max_in_flight: conf.max_in_flight,
+            overloaded: AtomicU64::new(0),
             rr: RoundRobin::default(),
             ring,
         };
@@ -222,6 +228,15 @@ impl Pool {
             _ => self.rr.peek(skip),
         }?;
         Some((index, &self.backends[index]))
+    }
+
+    pub fn count_overload(&self) {
+        self.overloaded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests refused because `max_in_flight` was reached.
+    pub fn overloaded(&self) -> u64 {
+        self.overloaded.load(Ordering::Relaxed)
     }
 
     /// Whether a backend is left for a retry.

@@ -90,7 +90,12 @@ impl Drop for Origin {
 /// (Content-Encoding), `status=N`, `range=1` (a 206 with Content-Range), `cond=1` (answer
 /// If-None-Match with 304).
 pub async fn spawn_origin(name: &str) -> Origin {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    spawn_origin_at(name, "127.0.0.1:0".parse().expect("address")).await
+}
+
+/// Like [`spawn_origin`] on a given address (to bring an origin back on its old port).
+pub async fn spawn_origin_at(name: &str, addr: SocketAddr) -> Origin {
+    let listener = TcpListener::bind(addr).await.expect("bind origin");
     let addr = listener.local_addr().expect("origin address");
     let state = Arc::new(OriginState {
         name: name.to_string(),
