@@ -5,11 +5,11 @@ use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheMeta, VarianceBuilder};
 use pingora_http::RequestHeader;
 
-use crate::compress::negotiate::negotiate;
+use crate::compress::negotiate::{accepts, negotiate};
 use crate::compress::Algorithm;
 
 /// Encodings `Accept-Encoding` is reduced to, in a fixed order.
-const KNOWN_ENCODINGS: [&str; 3] = ["br", "gzip", "zstd"];
+const KNOWN_ENCODINGS: [Algorithm; 3] = [Algorithm::Brotli, Algorithm::Gzip, Algorithm::Zstd];
 
 /// `api.example.com/items?page=2`: the host in lower case without its port, then the path and
 /// query as sent.
@@ -25,36 +25,10 @@ pub fn normalize_accept_encoding(value: Option<&str>) -> String {
     let Some(value) = value else {
         return "identity".into();
     };
-    let mut star = None;
-    let mut named: Vec<(String, bool)> = Vec::new();
-    for item in value.split(',') {
-        let mut parts = item.split(';');
-        let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        if coding.is_empty() {
-            continue;
-        }
-        let accepted = parts
-            .filter_map(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .or_else(|| p.trim().strip_prefix("Q="))
-            })
-            .filter_map(|q| q.trim().parse::<f32>().ok())
-            .next_back()
-            .is_none_or(|q| q > 0.0);
-        if coding == "*" {
-            star = Some(accepted);
-        } else {
-            named.push((coding, accepted));
-        }
-    }
     let accepted: Vec<&str> = KNOWN_ENCODINGS
         .iter()
-        .copied()
-        .filter(|enc| match named.iter().find(|(c, _)| c == enc) {
-            Some((_, ok)) => *ok,
-            None => star.unwrap_or(false),
-        })
+        .filter(|alg| accepts(value, **alg))
+        .map(|alg| alg.name())
         .collect();
     if accepted.is_empty() {
         "identity".into()
@@ -156,6 +130,8 @@ mod tests {
         assert_eq!(n("GZIP"), "gzip");
         assert_eq!(n("*"), "br,gzip,zstd");
         assert_eq!(n("*;q=0, gzip"), "gzip");
+        assert_eq!(n("identity;q=0, x-gzip"), "gzip");
+        assert_eq!(n("br;q=abc"), "identity", "an invalid q-value is q=0");
         assert_eq!(normalize_accept_encoding(None), "identity");
         assert_eq!(n("gzip, deflate, br"), n("br, gzip"));
     }

@@ -48,6 +48,14 @@ fn q_of(prefs: &[Preference], coding: &str) -> Option<f32> {
         .reduce(f32::max)
 }
 
+/// Whether a client with this `Accept-Encoding` accepts `alg` (its q, or `*`'s, above 0).
+pub fn accepts(accept_encoding: &str, alg: Algorithm) -> bool {
+    let prefs = parse(accept_encoding);
+    q_of(&prefs, alg.name())
+        .or_else(|| q_of(&prefs, "*"))
+        .is_some_and(|q| q > 0.0)
+}
+
 /// Picks the encoding for a response: the highest q among `enabled` (ties go to the order of
 /// `enabled`), unless identity is preferred. `None` means identity. Without an
 /// `Accept-Encoding` header nothing is encoded.

@@ -450,14 +450,7 @@ async fn eviction_keeps_bytes_under_max_size() {
     assert!(bytes <= 1 << 20, "{cache}");
     assert!(bytes as f64 >= 0.9 * (1 << 20) as f64, "{cache}");
     assert!(cache["evictions"].as_u64().unwrap() >= 190, "{cache}");
-    let metrics = client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.metrics().await;
     for name in [
         "switchyard_cache_bytes ",
         "switchyard_cache_entries ",

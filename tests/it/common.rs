@@ -418,6 +418,18 @@ impl Proxy {
         (resp.status().as_u16(), origin)
     }
 
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn stats(&self) -> serde_json::Value {
         client()
             .get(self.admin_url("/stats"))

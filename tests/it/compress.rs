@@ -252,14 +252,7 @@ async fn cached_route_compresses_once() {
     )
     .await;
     assert_eq!(hit_304.status, 304);
-    let metrics = client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.metrics().await;
     assert!(metrics.contains("switchyard_compression_bytes_in_total{algorithm=\"br\"} 102400"));
     assert!(metrics.contains("switchyard_compression_bytes_out_total{algorithm=\"br\"}"));
 }

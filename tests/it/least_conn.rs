@@ -102,14 +102,7 @@ async fn in_flight_returns_to_zero_after_a_burst() {
         in_flight(&proxy.stats().await) == vec![0, 0]
     })
     .await;
-    let metrics = c
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.metrics().await;
     let gauges: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("switchyard_upstream_backend_in_flight{"))

@@ -259,14 +259,7 @@ async fn redis_down_slow_and_back() {
         redis_stats(&a).await["errors"].as_u64().unwrap() > 0
     })
     .await;
-    let metrics = client()
-        .get(a.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.metrics().await;
     assert!(metrics.contains("switchyard_cache_redis_errors_total{op=\"get\"}"));
 
     redis.restart();
@@ -323,14 +316,7 @@ async fn a_corrupt_value_is_a_miss() {
     assert_eq!(cs, "switchyard; fwd=miss; stored");
     assert!(body.starts_with("o 1 "), "{body}");
     assert_eq!(o.hits(), 1);
-    let metrics = client()
-        .get(a.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.metrics().await;
     assert!(
         metrics.contains("switchyard_cache_redis_errors_total{op=\"decode\"} 1"),
         "{metrics}"

@@ -124,14 +124,7 @@ async fn broken_files_change_nothing() {
     assert_eq!(stats["last_reload"]["error"], error);
     assert!(stats["last_reload"]["at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(proxy.get("/").await, (200, "a".to_string()));
-    let metrics = client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.metrics().await;
     assert!(metrics.contains("switchyard_config_reloads_total{result=\"error\"} 2"));
 }
 

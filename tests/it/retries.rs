@@ -150,14 +150,7 @@ async fn passive_health_ejects_a_failing_backend_and_readmits_it() {
         assert_eq!(proxy.get("/").await, (200, "steady".to_string()));
     }
     assert_eq!(flaky.hits(), 3, "an ejected backend received traffic");
-    let metrics = client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.metrics().await;
     assert!(metrics.contains(&format!(
         "switchyard_upstream_backend_ejections_total{{upstream=\"pool\",backend=\"{}\"}} 1",
         flaky.addr
