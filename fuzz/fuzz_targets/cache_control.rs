@@ -7,7 +7,9 @@ use switchyard::cache::{key, policy};
 use switchyard::config::RouteCache;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let mut parts = text.splitn(4, '\n');
     let (cc, expires, age, path) = (
         parts.next().unwrap_or(""),

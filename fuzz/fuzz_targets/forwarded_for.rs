@@ -6,10 +6,18 @@ use std::net::IpAddr;
 use switchyard::proxy::client::{client_ip, parse_forwarded_ip};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let peer: IpAddr = "127.0.0.1".parse().unwrap();
-    let trusted = vec!["127.0.0.0/8".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+    let trusted = vec![
+        "127.0.0.0/8".parse().unwrap(),
+        "10.0.0.0/8".parse().unwrap(),
+    ];
     let client = client_ip(peer, &[text], &trusted);
-    let from_header = text.split(',').filter_map(parse_forwarded_ip).any(|ip| ip == client);
+    let from_header = text
+        .split(',')
+        .filter_map(parse_forwarded_ip)
+        .any(|ip| ip == client);
     assert!(client == peer || from_header, "{text:?} gave {client}");
 });

@@ -6,7 +6,9 @@ use switchyard::config::Sticky;
 use switchyard::upstream::sticky::{cookie_value, StickyCodec};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let codec = StickyCodec::new(&Sticky {
         cookie: "SID".into(),
         ttl: Duration::from_secs(3600),
