@@ -1,26 +1,17 @@
 //! Round-robin and smooth weighted round-robin over real origins.
 
-use crate::common::{spawn_origin, spawn_proxy, upstream};
-
-fn route_all(to: &str) -> String {
-    format!("routes:\n  - match: {{ path_prefix: / }}\n    upstream: {to}\n")
-}
+use crate::common::{spawn_origin, spawn_pool};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly_over_three_backends() {
     let a = spawn_origin("a").await;
     let b = spawn_origin("b").await;
     let c = spawn_origin("c").await;
-    let config = format!(
-        "upstreams:\n{}{}",
-        upstream(
-            "pool",
-            &[(a.addr, 1), (b.addr, 1), (c.addr, 1)],
-            "    strategy: round_robin\n"
-        ),
-        route_all("pool")
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(
+        &[(a.addr, 1), (b.addr, 1), (c.addr, 1)],
+        "    strategy: round_robin\n",
+    )
+    .await;
     for _ in 0..100 {
         let (status, _) = proxy.get("/").await;
         assert_eq!(status, 200);
@@ -36,16 +27,11 @@ async fn round_robin_spreads_evenly_over_three_backends() {
 async fn weights_three_to_one_interleave_smoothly() {
     let heavy = spawn_origin("heavy").await;
     let light = spawn_origin("light").await;
-    let config = format!(
-        "upstreams:\n{}{}",
-        upstream(
-            "pool",
-            &[(heavy.addr, 3), (light.addr, 1)],
-            "    strategy: weighted\n"
-        ),
-        route_all("pool")
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(
+        &[(heavy.addr, 3), (light.addr, 1)],
+        "    strategy: weighted\n",
+    )
+    .await;
     let mut sequence = Vec::new();
     for _ in 0..100 {
         let (status, origin) = proxy.get("/").await;

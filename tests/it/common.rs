@@ -483,3 +483,20 @@ pub fn upstream(name: &str, backends: &[(SocketAddr, u32)], extra: &str) -> Stri
     s.push_str(extra);
     s
 }
+
+/// The route most tests use: everything to the upstream `pool`.
+pub const POOL_ROUTE: &str = "routes:\n  - match: { path_prefix: / }\n    upstream: pool\n";
+
+/// A config with one upstream `pool` over `backends` (`extra`: more upstream keys, indented
+/// 4) and [`POOL_ROUTE`].
+pub fn pool_config(backends: &[(SocketAddr, u32)], extra: &str) -> String {
+    format!(
+        "upstreams:\n{}{POOL_ROUTE}",
+        upstream("pool", backends, extra)
+    )
+}
+
+/// Starts the proxy with [`pool_config`].
+pub async fn spawn_pool(backends: &[(SocketAddr, u32)], extra: &str) -> Proxy {
+    spawn_proxy(&pool_config(backends, extra)).await
+}

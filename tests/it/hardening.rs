@@ -7,10 +7,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{
-    client, spawn_origin, spawn_origin_at, spawn_proxy, upstream, wait_until, Proxy,
+    client, pool_config, spawn_origin, spawn_origin_at, spawn_pool, spawn_proxy, upstream,
+    wait_until, Proxy,
 };
-
-const ROUTES: &str = "routes:\n  - match: { path_prefix: / }\n    upstream: pool\n";
 
 /// Sends raw bytes and returns the status of the answer (0 when the connection closed
 /// without one) and the head of the answer.
@@ -44,8 +43,8 @@ async fn raw(proxy: &Proxy, bytes: &[u8]) -> (u16, String) {
 
 async fn proxy_with(origin: &crate::common::Origin, server: &str, extra: &str) -> Proxy {
     spawn_proxy(&format!(
-        "server:\n  listen: [\"127.0.0.1:0\"]\n  threads: 2\n{server}upstreams:\n{}{ROUTES}",
-        upstream("pool", &[(origin.addr, 1)], extra)
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  threads: 2\n{server}{}",
+        pool_config(&[(origin.addr, 1)], extra)
     ))
     .await
 }
@@ -279,14 +278,10 @@ async fn a_flapping_backend_costs_almost_no_errors() {
     let flapping = spawn_origin("flap").await;
     let flap_addr = flapping.addr;
     let proxy = std::sync::Arc::new(
-        spawn_proxy(&format!(
-            "upstreams:\n{}{ROUTES}",
-            upstream(
-                "pool",
-                &[(steady.addr, 1), (flap_addr, 1)],
-                "    retries: 2\n    retry_on: [connect_failure, timeout, 502, 503, 504]\n    health_check: { type: tcp, interval: 200ms, timeout: 200ms, unhealthy_threshold: 1, healthy_threshold: 1 }\n    passive_health: { consecutive_failures: 1, ejection_time: 1s }\n"
-            )
-        ))
+        spawn_pool(
+            &[(steady.addr, 1), (flap_addr, 1)],
+            "    retries: 2\n    retry_on: [connect_failure, timeout, 502, 503, 504]\n    health_check: { type: tcp, interval: 200ms, timeout: 200ms, unhealthy_threshold: 1, healthy_threshold: 1 }\n    passive_health: { consecutive_failures: 1, ejection_time: 1s }\n",
+        )
         .await,
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

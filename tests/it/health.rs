@@ -2,24 +2,15 @@
 
 use std::time::Duration;
 
-use crate::common::{closed_port, spawn_origin, spawn_proxy, upstream, wait_until};
+use crate::common::{closed_port, spawn_origin, spawn_pool, wait_until};
 
 const CHECK: &str = "    health_check:\n      type: http\n      path: /health\n      expect_status: 200\n      interval: 100ms\n      timeout: 500ms\n      unhealthy_threshold: 3\n      healthy_threshold: 2\n";
-
-fn routes(to: &str) -> String {
-    format!("routes:\n  - match: {{ path_prefix: / }}\n    upstream: {to}\n")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_health_check_removes_and_restores_a_backend() {
     let a = spawn_origin("a").await;
     let b = spawn_origin("b").await;
-    let config = format!(
-        "upstreams:\n{}{}",
-        upstream("pool", &[(a.addr, 1), (b.addr, 1)], CHECK),
-        routes("pool")
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(&[(a.addr, 1), (b.addr, 1)], CHECK).await;
     // Both start healthy and take traffic.
     for _ in 0..4 {
         assert_eq!(proxy.get("/").await.0, 200);
@@ -65,18 +56,13 @@ async fn failing_health_check_removes_and_restores_a_backend() {
 async fn dead_backend_is_detected_and_no_request_fails_after() {
     let a = spawn_origin("a").await;
     let dead = closed_port();
-    let config = format!(
-        "upstreams:\n{}{}",
-        upstream(
-            "pool",
-            &[(a.addr, 1), (dead, 1)],
-            &CHECK
-                .replace("type: http", "type: tcp")
-                .replace("      path: /health\n      expect_status: 200\n", "")
-        ),
-        routes("pool")
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(
+        &[(a.addr, 1), (dead, 1)],
+        &CHECK
+            .replace("type: http", "type: tcp")
+            .replace("      path: /health\n      expect_status: 200\n", ""),
+    )
+    .await;
     wait_until(Duration::from_secs(5), || async {
         !proxy.backend_healthy("pool", dead).await
     })

@@ -3,9 +3,8 @@
 
 use std::collections::HashMap;
 
-use crate::common::{client, spawn_origin, spawn_proxy, upstream, Origin, Proxy};
+use crate::common::{client, pool_config, spawn_origin, spawn_proxy, Origin, Proxy};
 
-const ROUTES: &str = "routes:\n  - match: { path_prefix: / }\n    upstream: pool\n";
 const TRUSTED: &str =
     "server:\n  listen: [\"127.0.0.1:0\"]\n  trusted_proxies: [\"127.0.0.1/32\"]\n";
 
@@ -13,8 +12,8 @@ async fn proxy_over(origins: &[&Origin], trusted: bool) -> Proxy {
     let backends: Vec<_> = origins.iter().map(|o| (o.addr, 1)).collect();
     let server = if trusted { TRUSTED } else { "" };
     spawn_proxy(&format!(
-        "{server}upstreams:\n{}{ROUTES}",
-        upstream("pool", &backends, "    strategy: ip_hash\n")
+        "{server}{}",
+        pool_config(&backends, "    strategy: ip_hash\n")
     ))
     .await
 }

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{client, spawn_origin, spawn_proxy, upstream, wait_until, Proxy};
-
-const ROUTES: &str = "routes:\n  - match: { path_prefix: / }\n    upstream: pool\n";
+use crate::common::{client, spawn_origin, spawn_pool, wait_until, Proxy};
 
 /// The sticky cookie the proxy sets for `/`, and the backend it names.
 async fn cookie_for_a_backend(proxy: &Proxy) -> (String, String) {
@@ -30,15 +28,11 @@ async fn busy_backend_is_avoided_and_ties_alternate() {
     let a = spawn_origin("a").await;
     let b = spawn_origin("b").await;
     let c = spawn_origin("c").await;
-    let config = format!(
-        "upstreams:\n{}{ROUTES}",
-        upstream(
-            "pool",
-            &[(a.addr, 1), (b.addr, 1), (c.addr, 1)],
-            "    strategy: least_connections\n    sticky: { cookie: PIN, secret: test }\n"
-        )
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(
+        &[(a.addr, 1), (b.addr, 1), (c.addr, 1)],
+        "    strategy: least_connections\n    sticky: { cookie: PIN, secret: test }\n",
+    )
+    .await;
     // Pin three slow requests to one backend with its sticky cookie.
     let (cookie, busy) = cookie_for_a_backend(&proxy).await;
     let slow: Vec<_> = (0..3)
@@ -76,15 +70,11 @@ async fn busy_backend_is_avoided_and_ties_alternate() {
 async fn in_flight_returns_to_zero_after_a_burst() {
     let a = spawn_origin("a").await;
     let b = spawn_origin("b").await;
-    let config = format!(
-        "upstreams:\n{}{ROUTES}",
-        upstream(
-            "pool",
-            &[(a.addr, 1), (b.addr, 1)],
-            "    strategy: least_connections\n"
-        )
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(
+        &[(a.addr, 1), (b.addr, 1)],
+        "    strategy: least_connections\n",
+    )
+    .await;
     let c = client();
     let burst: Vec<_> = (0..200)
         .map(|_| tokio::spawn(c.get(proxy.url("/slow/50")).send()))
@@ -115,15 +105,13 @@ async fn in_flight_returns_to_zero_after_a_burst() {
 async fn weights_two_to_one_share_about_two_to_one_under_load() {
     let heavy = spawn_origin("heavy").await;
     let light = spawn_origin("light").await;
-    let config = format!(
-        "upstreams:\n{}{ROUTES}",
-        upstream(
-            "pool",
+    let proxy = std::sync::Arc::new(
+        spawn_pool(
             &[(heavy.addr, 2), (light.addr, 1)],
-            "    strategy: least_connections\n"
+            "    strategy: least_connections\n",
         )
+        .await,
     );
-    let proxy = std::sync::Arc::new(spawn_proxy(&config).await);
     let workers: Vec<_> = (0..6)
         .map(|_| {
             let proxy = std::sync::Arc::clone(&proxy);

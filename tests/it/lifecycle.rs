@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{client, spawn_origin, spawn_proxy, upstream};
+use crate::common::{client, spawn_origin, spawn_pool};
 
 fn signal(pid: u32, sig: &str) {
     let status = std::process::Command::new("kill")
@@ -15,11 +15,7 @@ fn signal(pid: u32, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let a = spawn_origin("a").await;
-    let config = format!(
-        "upstreams:\n{}routes:\n  - match: {{ path_prefix: / }}\n    upstream: pool\n",
-        upstream("pool", &[(a.addr, 1)], "")
-    );
-    let mut proxy = spawn_proxy(&config).await;
+    let mut proxy = spawn_pool(&[(a.addr, 1)], "").await;
     let slow = tokio::spawn(client().get(proxy.url("/slow/800")).send());
     // Let the slow request reach the origin.
     let start = Instant::now();

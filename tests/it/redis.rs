@@ -117,6 +117,15 @@ async fn instance(origin: &Origin, redis: &RedisServer) -> Proxy {
     .await
 }
 
+/// Two instances on one Redis, both subscribed.
+async fn two_instances(origin: &Origin, redis: &RedisServer) -> (Proxy, Proxy) {
+    let a = instance(origin, redis).await;
+    let b = instance(origin, redis).await;
+    connected(&a).await;
+    connected(&b).await;
+    (a, b)
+}
+
 async fn cache_status(proxy: &Proxy, path: &str) -> (u16, String, String) {
     let resp = client().get(proxy.url(path)).send().await.unwrap();
     let status = resp.status().as_u16();
@@ -145,10 +154,7 @@ async fn a_miss_on_one_instance_is_a_redis_hit_on_the_other() {
         return;
     };
     let o = spawn_origin("o").await;
-    let a = instance(&o, &redis).await;
-    let b = instance(&o, &redis).await;
-    connected(&a).await;
-    connected(&b).await;
+    let (a, b) = two_instances(&o, &redis).await;
     let path = "/shared?cc=max-age=60";
     let (_, cs, body_a) = cache_status(&a, path).await;
     assert_eq!(cs, "switchyard; fwd=miss; stored");
@@ -178,10 +184,7 @@ async fn purges_reach_every_instance() {
         return;
     };
     let o = spawn_origin("o").await;
-    let a = instance(&o, &redis).await;
-    let b = instance(&o, &redis).await;
-    connected(&a).await;
-    connected(&b).await;
+    let (a, b) = two_instances(&o, &redis).await;
     let cases = [
         (
             "/pk?cc=max-age=60",

@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::{client, spawn_origin, spawn_proxy, upstream, wait_until, Origin, Proxy};
 
-const ROUTES: &str = "routes:\n  - match: { path_prefix: / }\n    upstream: pool\n";
-
 fn pool_config(backends: &[(&Origin, u32)], extra: &str) -> String {
     let list: Vec<_> = backends.iter().map(|(o, w)| (o.addr, *w)).collect();
-    format!("upstreams:\n{}{ROUTES}", upstream("pool", &list, extra))
+    crate::common::pool_config(&list, extra)
 }
 
 async fn origins_seen(proxy: &Proxy, n: usize) -> Vec<String> {
@@ -255,7 +253,7 @@ async fn a_thousand_reloads_leak_no_tasks_or_memory() {
     let configs: Vec<String> = (1..=2)
         .map(|w| {
             let list: Vec<_> = backends.iter().map(|(addr, _)| (*addr, w)).collect();
-            format!("upstreams:\n{}{ROUTES}", upstream("pool", &list, check))
+            crate::common::pool_config(&list, check)
         })
         .collect();
     let proxy = spawn_proxy(&configs[0]).await;

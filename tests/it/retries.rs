@@ -2,22 +2,12 @@
 
 use std::time::Duration;
 
-use crate::common::{client, closed_port, spawn_origin, spawn_proxy, upstream, wait_until};
-
-const ROUTES: &str = "routes:\n  - match: { path_prefix: / }\n    upstream: pool\n";
+use crate::common::{client, closed_port, spawn_origin, spawn_pool, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_fail_over_to_the_other_backend() {
     let live = spawn_origin("live").await;
-    let config = format!(
-        "upstreams:\n{}{ROUTES}",
-        upstream(
-            "pool",
-            &[(closed_port(), 1), (live.addr, 1)],
-            "    retries: 2\n"
-        )
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(&[(closed_port(), 1), (live.addr, 1)], "    retries: 2\n").await;
     for _ in 0..100 {
         assert_eq!(proxy.get("/").await, (200, "live".to_string()));
     }
@@ -37,15 +27,11 @@ async fn listed_statuses_retry_idempotent_requests_only() {
     let bad = spawn_origin("bad").await;
     let good = spawn_origin("good").await;
     bad.set_status(502);
-    let config = format!(
-        "upstreams:\n{}{ROUTES}",
-        upstream(
-            "pool",
-            &[(bad.addr, 1), (good.addr, 1)],
-            "    retries: 1\n    retry_on: [connect_failure, 502]\n"
-        )
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(
+        &[(bad.addr, 1), (good.addr, 1)],
+        "    retries: 1\n    retry_on: [connect_failure, 502]\n",
+    )
+    .await;
     for _ in 0..10 {
         assert_eq!(proxy.get("/").await, (200, "good".to_string()));
     }
@@ -76,15 +62,11 @@ async fn unlisted_statuses_pass_through() {
     let bad = spawn_origin("bad").await;
     let good = spawn_origin("good").await;
     bad.set_status(503);
-    let config = format!(
-        "upstreams:\n{}{ROUTES}",
-        upstream(
-            "pool",
-            &[(bad.addr, 1), (good.addr, 1)],
-            "    retries: 1\n    retry_on: [502]\n"
-        )
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(
+        &[(bad.addr, 1), (good.addr, 1)],
+        "    retries: 1\n    retry_on: [502]\n",
+    )
+    .await;
     let statuses: Vec<u16> = {
         let mut v = Vec::new();
         for _ in 0..4 {
@@ -104,15 +86,11 @@ async fn timeouts_retry_when_listed() {
     let slow = spawn_origin("slow").await;
     let fast = spawn_origin("fast").await;
     slow.set_delay(Duration::from_secs(3));
-    let config = format!(
-        "upstreams:\n{}{ROUTES}",
-        upstream(
-            "pool",
-            &[(slow.addr, 1), (fast.addr, 1)],
-            "    read_timeout: 300ms\n    retries: 1\n    retry_on: [timeout]\n"
-        )
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(
+        &[(slow.addr, 1), (fast.addr, 1)],
+        "    read_timeout: 300ms\n    retries: 1\n    retry_on: [timeout]\n",
+    )
+    .await;
     for _ in 0..4 {
         assert_eq!(proxy.get("/").await, (200, "fast".to_string()));
     }
@@ -124,15 +102,11 @@ async fn passive_health_ejects_a_failing_backend_and_readmits_it() {
     let flaky = spawn_origin("flaky").await;
     let steady = spawn_origin("steady").await;
     flaky.set_status(502);
-    let config = format!(
-        "upstreams:\n{}{ROUTES}",
-        upstream(
-            "pool",
-            &[(flaky.addr, 1), (steady.addr, 1)],
-            "    retries: 0\n    passive_health: { consecutive_failures: 3, ejection_time: 1s }\n"
-        )
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(
+        &[(flaky.addr, 1), (steady.addr, 1)],
+        "    retries: 0\n    passive_health: { consecutive_failures: 3, ejection_time: 1s }\n",
+    )
+    .await;
     let mut failures = 0;
     while flaky.hits() < 3 {
         if proxy.get("/").await.0 == 502 {

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use crate::common::{client, spawn_origin, spawn_proxy, upstream, wait_until, Proxy};
+use crate::common::{client, spawn_origin, spawn_pool, wait_until, Proxy};
 
-const ROUTES: &str = "routes:\n  - match: { path_prefix: / }\n    upstream: pool\n";
 const CHECK: &str = "    health_check: { path: /health, interval: 100ms, timeout: 500ms, unhealthy_threshold: 2, healthy_threshold: 2 }\n";
 
 /// GET `/` with an optional cookie: (origin, Set-Cookie).
@@ -35,15 +34,7 @@ async fn cookie_pins_then_repins_when_the_backend_goes_down() {
     let a = spawn_origin("a").await;
     let b = spawn_origin("b").await;
     let c = spawn_origin("c").await;
-    let config = format!(
-        "upstreams:\n{}{ROUTES}",
-        upstream(
-            "pool",
-            &[(a.addr, 1), (b.addr, 1), (c.addr, 1)],
-            &format!("    sticky:\n      cookie: SWITCHYARD_STICKY\n      ttl: 1h\n      secret: \"${{STICKY_SECRET:-s3cret}}\"\n{CHECK}")
-        )
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(&[(a.addr, 1), (b.addr, 1), (c.addr, 1)], &format!("    sticky:\n      cookie: SWITCHYARD_STICKY\n      ttl: 1h\n      secret: \"${{STICKY_SECRET:-s3cret}}\"\n{CHECK}")).await;
     let (first, set) = get(&proxy, None).await;
     let set = set.expect("first response sets the cookie");
     assert!(set.starts_with("SWITCHYARD_STICKY="), "{set}");
@@ -87,15 +78,11 @@ async fn cookie_pins_then_repins_when_the_backend_goes_down() {
 async fn tampered_cookie_is_ignored() {
     let a = spawn_origin("a").await;
     let b = spawn_origin("b").await;
-    let config = format!(
-        "upstreams:\n{}{ROUTES}",
-        upstream(
-            "pool",
-            &[(a.addr, 1), (b.addr, 1)],
-            "    sticky: { cookie: SID, secret: k }\n"
-        )
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = spawn_pool(
+        &[(a.addr, 1), (b.addr, 1)],
+        "    sticky: { cookie: SID, secret: k }\n",
+    )
+    .await;
     let (_, set) = get(&proxy, None).await;
     let cookie = pair(&set.unwrap());
     // Flip one character of the backend id.
