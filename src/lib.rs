@@ -16,6 +16,7 @@
 //! - [`reload`]: live config reload (SIGHUP, admin, file watch).
 //! - [`app`]: builds the Pingora server from a config and runs it.
 //! - [`demo`]: built-in origins for `switchyard demo`.
+//! - [`digest`]: hex and constant-time comparison for hashes, MACs and tokens.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod compress;
 pub mod config;
 pub mod demo;
+pub mod digest;
 pub mod etag;
 pub mod metrics;
 pub mod proxy;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::storage::PurgeMatch;
 use crate::config::RedisTier as RedisConf;
+use crate::digest::hex;
 
 /// Marks a cached response that came from the Redis tier (in `CacheMeta` extensions).
 #[derive(Debug, Clone, Copy)]
@@ -140,7 +141,7 @@ impl RedisTier {
     }
 
     fn object_key(&self, primary: &str, variance: Option<&[u8; 16]>) -> String {
-        let variance = variance.map_or_else(|| "-".to_string(), hex);
+        let variance = variance.map_or_else(|| "-".to_string(), |v| hex(v));
         format!("{}obj:{primary}#{variance}", self.conf.key_prefix)
     }
 
@@ -360,10 +361,6 @@ impl RedisTier {
         }
         Err("subscription closed".into())
     }
-}
-
-fn hex(bytes: &[u8; 16]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Escapes `*`, `?`, `[`, `]` and `\` for `SCAN MATCH`.
