@@ -24,7 +24,16 @@ pub fn on_upstream_response(
     ctx: &mut RequestCtx,
     stats: &CompressionStats,
 ) -> Result<()> {
-    let Some(settings) = ctx.route_compression().cloned() else {
+    // Hold the runtime (one reference count) so the settings are borrowed, not copied, on
+    // every response.
+    let Some(runtime) = ctx.runtime.clone() else {
+        return Ok(());
+    };
+    let Some(settings) = ctx
+        .route
+        .and_then(|i| runtime.config.routes.get(i))
+        .and_then(|r| r.compression.as_ref())
+    else {
         return Ok(());
     };
     if resp.status == http::StatusCode::NOT_MODIFIED {
@@ -41,7 +50,7 @@ pub fn on_upstream_response(
         }
         return Ok(());
     }
-    if compress::eligible(&settings, resp).is_err() {
+    if compress::eligible(settings, resp).is_err() {
         return Ok(());
     }
     compress::merge_vary(resp, "Accept-Encoding");
