@@ -87,6 +87,16 @@ impl RequestCtx {
 }
 
 impl RequestCtx {
+    /// The `Server` header the config asks for (`None`: keep the upstream's).
+    pub fn server_header(&self) -> Option<&str> {
+        self.runtime
+            .as_ref()?
+            .config
+            .server
+            .server_header
+            .as_deref()
+    }
+
     /// The cache policy of the matched route, when it caches.
     pub fn route_cache(&self) -> Option<&RouteCache> {
         let runtime = self.runtime.as_ref()?;

@@ -28,8 +28,14 @@ pub fn status_for(e: &Error) -> Option<u16> {
     }
 }
 
-/// Sends `code` with a one-line text body such as `503 Service Unavailable: no healthy backend`.
-pub async fn respond(session: &mut Session, code: u16, detail: &str) -> Result<()> {
+/// Sends `code` with a one-line text body such as `503 Service Unavailable: no healthy backend`,
+/// with `server` as the `Server` header.
+pub async fn respond(
+    session: &mut Session,
+    code: u16,
+    detail: &str,
+    server: Option<&str>,
+) -> Result<()> {
     let reason = http::StatusCode::from_u16(code)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -40,7 +46,9 @@ pub async fn respond(session: &mut Session, code: u16, detail: &str) -> Result<(
         format!("{code} {reason}: {detail}\n")
     };
     let mut resp = ResponseHeader::build(code, Some(5))?;
-    resp.insert_header(http::header::SERVER, "switchyard")?;
+    if let Some(server) = server {
+        resp.insert_header(http::header::SERVER, server)?;
+    }
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;

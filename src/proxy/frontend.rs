@@ -66,6 +66,9 @@ impl Frontend {
             let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len());
             let _ = resp.insert_header(http::header::RETRY_AFTER, "1");
             let _ = resp.insert_header(http::header::CONNECTION, "close");
+            if let Some(server) = &self.shared.runtime().config.server.server_header {
+                let _ = resp.insert_header(http::header::SERVER, server.as_str());
+            }
             let _ = session.write_error_response(resp, body).await;
         }
         session.shutdown().await;

@@ -69,7 +69,7 @@ impl ProxyHttp for Proxy {
             ctx.runtime = Some(runtime);
             // The request may be framed ambiguously: never read another from this connection.
             session.set_keepalive(None);
-            errors::respond(session, code, reason).await?;
+            errors::respond(session, code, reason, ctx.server_header()).await?;
             return Ok(true);
         }
         // After the header, reads wait as long as a slow upload may pause.
@@ -88,7 +88,7 @@ impl ProxyHttp for Proxy {
                 Ok(false)
             }
             None => {
-                errors::respond(session, 404, errors::detail_for(404)).await?;
+                errors::respond(session, 404, errors::detail_for(404), ctx.server_header()).await?;
                 Ok(true)
             }
         }
@@ -243,11 +243,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         headers::strip_hop_by_hop(upstream_response);
-        if let Some(server) = ctx
-            .runtime
-            .as_ref()
-            .and_then(|rt| rt.config.server.server_header.as_deref())
-        {
+        if let Some(server) = ctx.server_header() {
             upstream_response.insert_header(http::header::SERVER, server)?;
         }
         let route_caches = ctx.route_cache().is_some();
@@ -306,11 +302,14 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = errors::status_for(e);
         if let Some(code) = code {
-            if let Err(write_err) = errors::respond(session, code, errors::detail_for(code)).await {
+            let detail = errors::detail_for(code);
+            if let Err(write_err) =
+                errors::respond(session, code, detail, ctx.server_header()).await
+            {
                 log::debug!("cannot send {code} to the client: {write_err}");
             }
         }
