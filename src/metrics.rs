@@ -269,10 +269,15 @@ mod tests {
         m.observe_request("r", "u", 499, 0.1);
         m.observe_request("r", "u", 0, 0.1);
         let mut out = Vec::new();
-        TextEncoder::new().encode(&m.registry.gather(), &mut out).unwrap();
+        TextEncoder::new()
+            .encode(&m.registry.gather(), &mut out)
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         for code in ["200", "499", "000"] {
-            assert!(text.contains(&format!("code=\"{code}\"")), "{code} in {text}");
+            assert!(
+                text.contains(&format!("code=\"{code}\"")),
+                "{code} in {text}"
+            );
         }
     }
 

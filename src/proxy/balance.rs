@@ -36,9 +36,9 @@ pub fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
     let req = session.req_header();
     if let Some(peer) = peer {
         ctx.peer_trusted = client::is_trusted(peer, trusted);
-        let client = client::client_ip(peer, &client::forwarded_for(req), trusted);
-        ctx.client = Some(client);
+        // Only ip_hash needs the client behind the proxies; others skip the header walk.
         if pool.strategy == Strategy::IpHash {
+            let client = client::client_ip(peer, &client::forwarded_for(req), trusted);
             ctx.hash = Some(hash_key(&client::hash_input(&pool.hash_key, req, client)));
         }
     }

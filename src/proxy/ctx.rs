@@ -1,6 +1,5 @@
 //! Per-request state carried through the proxy phases.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,8 +25,6 @@ pub struct RequestCtx {
     pub attempt: Option<(usize, InFlight)>,
     /// The `ip_hash` key hash of this request.
     pub hash: Option<u64>,
-    /// The client as `ip_hash` and logs see it.
-    pub client: Option<IpAddr>,
     /// Whether the TCP peer is a trusted proxy.
     pub peer_trusted: bool,
     /// Whether the request may be sent again (idempotent, or no body).
@@ -59,7 +56,6 @@ impl RequestCtx {
             tried: Vec::new(),
             attempt: None,
             hash: None,
-            client: None,
             peer_trusted: false,
             resendable: true,
             set_cookie: None,
