@@ -51,6 +51,10 @@ pub fn effective(resp: &ResponseHeader) -> Option<&HeaderValue> {
 
 /// Moves a generated ETag into `ETag` for the client and drops the internal header.
 pub fn expose(resp: &mut ResponseHeader) {
+    // A scan of the few names is cheaper than removing a custom name that is rarely there.
+    if !resp.headers.keys().any(|n| n.as_str() == GENERATED) {
+        return;
+    }
     if let Some(tag) = resp.remove_header(GENERATED) {
         if !resp.headers.contains_key(ETAG) {
             let _ = resp.insert_header(ETAG, tag);

@@ -212,8 +212,11 @@ impl Cache {
         state: &mut CacheState,
     ) -> Option<Lookup> {
         etag::expose(resp);
-        for internal in ["surrogate-key", "cache-tag"] {
-            resp.remove_header(internal);
+        const INTERNAL: [&str; 2] = ["surrogate-key", "cache-tag"];
+        if resp.headers.keys().any(|n| INTERNAL.contains(&n.as_str())) {
+            for internal in INTERNAL {
+                resp.remove_header(internal);
+            }
         }
         let phase = session.cache.phase();
         let served_from_cache = matches!(

@@ -530,7 +530,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     let read_buffer = size(
         "server.read_buffer",
         raw.server.read_buffer.as_deref(),
-        8 << 10,
+        4 << 10,
     )?;
     if !(1024..=(1 << 20)).contains(&read_buffer) {
         return Err(invalid(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
@@ -53,6 +53,41 @@ impl Frontend {
         session.set_read_timeout(Some(server.header_timeout));
     }
 
+    /// Waits for the first byte of the client's next request, for `server.header_timeout` on
+    /// a new connection and `server.keepalive_timeout` between requests. `false` when the
+    /// client closed, the wait timed out or the server began shutting down: close then.
+    async fn wait_for_request(
+        &self,
+        stream: &mut Stream,
+        first: bool,
+        shutdown: &ShutdownWatch,
+    ) -> bool {
+        let wait = {
+            let runtime = self.shared.runtime();
+            let server = &runtime.config.server;
+            if first {
+                server.header_timeout
+            } else {
+                server.keepalive_timeout
+            }
+        };
+        let mut shutdown = shutdown.clone();
+        let stopping = async move {
+            // A dropped sender means no shutdown will be announced: wait on the peek alone.
+            if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            biased;
+            peeked = tokio::time::timeout(wait, stream.try_peek(&mut byte)) => {
+                matches!(peeked, Ok(Ok(true)))
+            }
+            () = stopping => false,
+        }
+    }
+
     /// Answers 503 on a connection over `server.max_connections`, then closes it.
     async fn refuse(&self, stream: Stream) {
         let mut session = ServerSession::new_http1(stream);
@@ -96,21 +131,34 @@ impl ServerApp for Frontend {
         let _slot = Slot(&self.connections);
         if open > limit {
             self.shared.count_refused_connection();
-            self.refuse(stream).await;
+            // Boxed: its session and reads would otherwise size every connection's future.
+            Box::pin(self.refuse(stream)).await;
             return None;
         }
-        let mut session = ServerSession::new_http1(stream);
-        self.configure(&mut session, true, shutdown);
-        let mut result = self.proxy.process_new_http(session, shutdown).await;
-        while let Some((stream, persistent)) = result.map(|r| r.consume()) {
+        let mut stream = stream;
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            // Wait for the next request's first byte here, holding only the stream: the
+            // proxy's per-request state (tens of KiB) exists only while a request is handled,
+            // so idle keep-alive connections stay small.
+            if !self.wait_for_request(&mut stream, first, shutdown).await {
+                return None;
+            }
             let mut session = ServerSession::new_http1(stream);
-            if let Some(persistent) = persistent {
+            if let Some(persistent) = persistent.take() {
                 persistent.apply_to_session(&mut session);
             }
-            self.configure(&mut session, false, shutdown);
-            result = self.proxy.process_new_http(session, shutdown).await;
+            self.configure(&mut session, first, shutdown);
+            let (next, settings) = self
+                .proxy
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            stream = next;
+            persistent = settings;
+            first = false;
         }
-        None
     }
 
     async fn cleanup(&self) {

@@ -61,23 +61,32 @@ pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    let nominated: Vec<HeaderName> = resp
+    // Most responses carry none: one pass over the names is cheaper than a removal per field.
+    if !resp.headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = resp
         .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .filter(|name| !is_protected(name))
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
         .collect();
-    for name in nominated {
+    doomed.extend(
+        resp.headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| !is_protected(name)),
+    );
+    for name in doomed {
         resp.remove_header(&name);
     }
-    for name in HOP_BY_HOP {
-        resp.remove_header(name);
-    }
-    resp.remove_header(&header::CONNECTION);
-    resp.remove_header(&header::UPGRADE);
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION || name == header::UPGRADE || HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// Fields a `Connection` token must not make us drop: framing and the headers we set.

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -56,6 +57,10 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new(self.shared.begin_request())
     }
+
+    /// No Pingora modules: compression is our own (`compress`), so Pingora's disabled
+    /// compression module would only cost an allocation and a call per phase per request.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let runtime = self.shared.runtime();

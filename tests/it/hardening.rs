@@ -272,6 +272,45 @@ async fn slow_clients_are_closed_and_do_not_block_others() {
     assert!(start.elapsed() < Duration::from_secs(4));
 }
 
+/// Reads until the peer closes (`true`) or `within` passes (`false`), discarding data.
+async fn closes_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_their_timeouts() {
+    let o = spawn_origin("o").await;
+    let proxy = proxy_with(&o, "  header_timeout: 1s\n  keepalive_timeout: 2s\n", "").await;
+    // A connection that never sends a byte waits header_timeout, not longer.
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(!closes_within(&mut silent, Duration::from_millis(500)).await);
+    assert!(closes_within(&mut silent, Duration::from_secs(3)).await);
+
+    // A keep-alive connection serves its next request while idle less than keepalive_timeout,
+    // and is closed once idle longer.
+    let mut kept = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    for _ in 0..2 {
+        kept.write_all(request).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = kept.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    assert!(!closes_within(&mut kept, Duration::from_millis(300)).await);
+    assert!(closes_within(&mut kept, Duration::from_secs(3)).await);
+    assert_eq!(proxy.get("/").await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_backend_costs_almost_no_errors() {
     let steady = spawn_origin("steady").await;

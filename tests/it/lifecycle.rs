@@ -1,6 +1,10 @@
-//! Process lifecycle: SIGTERM lets in-flight requests finish, then exits 0.
+//! Process lifecycle: SIGTERM closes idle connections, lets in-flight requests finish, then
+//! exits 0.
 
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::common::{client, spawn_origin, spawn_pool};
 
@@ -16,14 +20,29 @@ fn signal(pid: u32, sig: &str) {
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let a = spawn_origin("a").await;
     let mut proxy = spawn_pool(&[(a.addr, 1)], "").await;
-    let slow = tokio::spawn(client().get(proxy.url("/slow/800")).send());
+    // A keep-alive connection that has finished its request and sits idle.
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    idle.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let slow = tokio::spawn(client().get(proxy.url("/slow/2000")).send());
     // Let the slow request reach the origin.
     let start = Instant::now();
-    while a.hits() == 0 {
+    while a.hits() < 2 {
         assert!(start.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     signal(proxy.child.id(), "TERM");
+    // The idle connection is closed at once, while the slow request is still in flight.
+    let closed = tokio::time::timeout(Duration::from_millis(1500), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "idle keep-alive connection not closed on SIGTERM: {closed:?}"
+    );
+    assert!(!slow.is_finished());
     let resp = slow.await.unwrap().expect("in-flight request completes");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "a");
