@@ -222,6 +222,8 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Before the cache sees the response: hop-by-hop fields are never stored (RFC 9111 §3.1).
+        headers::strip_hop_by_hop(upstream_response);
         balance::on_upstream_status(ctx, upstream_response.status.as_u16())?;
         encoding::on_upstream_response(session, upstream_response, ctx, &self.shared.compression)
     }
@@ -247,7 +249,6 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        headers::strip_hop_by_hop(upstream_response);
         if let Some(server) = ctx.server_header() {
             upstream_response.insert_header(http::header::SERVER, server)?;
         }

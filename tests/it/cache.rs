@@ -42,6 +42,28 @@ async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Answer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_fields_are_not_stored() {
+    let o = spawn_origin("o").await;
+    let proxy = cached_proxy(&o, "{ enabled: true }", "").await;
+    for expect in ["fwd=miss", "hit"] {
+        let answer = get(&proxy, "/hop?cc=max-age=60", &[]).await;
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.cache_status.contains(expect),
+            "{}",
+            answer.cache_status
+        );
+        for field in ["x-internal", "keep-alive", "proxy-authenticate"] {
+            assert!(
+                !answer.headers.contains_key(field),
+                "{field} on the {expect} answer"
+            );
+        }
+    }
+    assert_eq!(o.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn miss_then_hit_and_expiry() {
     let o = spawn_origin("o").await;
     let proxy = cached_proxy(&o, "{ enabled: true }", "").await;
