@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
 use pingora_cache::key::{CacheHashKey, CacheKey, HashBinary};
 use pingora_cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
@@ -21,14 +22,25 @@ use pingora_cache::storage::{
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::CacheMeta;
 use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
 use tinyufo::TinyUfo;
 
 use super::blob;
 use super::redis::{FromRedis, RedisTier};
 use crate::etag;
 
-/// Bytes an entry is charged for besides its body and header fields.
-const ENTRY_OVERHEAD: usize = 256;
+/// Bytes an entry is charged for besides its body and header fields: its metadata, the header
+/// map, the eviction and purge indexes. With `PER_FIELD` and `LARGE_BODY_PAD`, measured so that
+/// the process's resident memory grows by about what is charged (1 KiB and 16 KiB objects with
+/// nginx's nine header fields: 3.5 KiB and 22 KiB each).
+const ENTRY_OVERHEAD: usize = 1536;
+
+/// Bytes charged per header field besides its name and value.
+const PER_FIELD: usize = 96;
+
+/// The allocator places a large body (16 KiB and up) at a random offset within one extra page.
+const LARGE_BODY_PAD: usize = 4096;
+const LARGE_BODY: usize = 16 << 10;
 
 /// A purge that a fill started before it must respect.
 #[derive(Debug, Clone)]
@@ -331,21 +343,35 @@ impl MemoryStorage {
         let headers: usize = meta
             .headers()
             .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .map(|(k, v)| k.as_str().len() + v.len() + PER_FIELD)
             .sum();
-        body_len + headers + ENTRY_OVERHEAD
+        let pad = if body_len >= LARGE_BODY {
+            LARGE_BODY_PAD
+        } else {
+            0
+        };
+        body_len + pad + headers + ENTRY_OVERHEAD
     }
 }
 
 /// A copy of `meta` (Pingora's `CacheMeta` is not `Clone`): same freshness, stale windows,
-/// variance, header, and age reference.
+/// variance, header, and age reference. The header shares its bytes with the original.
 pub fn clone_meta(meta: &CacheMeta) -> CacheMeta {
+    meta_with_header(meta, meta.response_header_copy())
+}
+
+/// Like [`clone_meta`], with the compact header an entry keeps: see [`owned_header`].
+fn stored_meta(meta: &CacheMeta) -> CacheMeta {
+    meta_with_header(meta, owned_header(meta.response_header()))
+}
+
+fn meta_with_header(meta: &CacheMeta, header: ResponseHeader) -> CacheMeta {
     let mut copy = CacheMeta::new(
         meta.fresh_until(),
         meta.created(),
         meta.stale_while_revalidate_sec(),
         meta.stale_if_error_sec(),
-        meta.response_header_copy(),
+        header,
     );
     if let Some(variance) = meta.variance() {
         copy.set_variance_key(variance);
@@ -353,6 +379,31 @@ pub fn clone_meta(meta: &CacheMeta) -> CacheMeta {
     // Age counts from the last revalidation.
     copy.set_epoch_override(meta.epoch());
     copy
+}
+
+/// The header an entry keeps: the same fields in the same order, owning their bytes, without
+/// the original spelling of names. Pingora parses a response header into slices of its read
+/// buffer (4 KiB or more, often with the start of the body), which a stored header would keep
+/// alive; and the spelling is a second map per header. Hits are written with standard names in
+/// their usual case (`Content-Type`) and others in lower case, as HAProxy does.
+pub fn owned_header(header: &ResponseHeader) -> ResponseHeader {
+    let Ok(mut copy) = ResponseHeader::build_no_case(header.status, Some(header.headers.len()))
+    else {
+        return header.clone();
+    };
+    copy.set_version(header.version);
+    let mut ok = copy.set_reason_phrase(header.get_reason_phrase()).is_ok();
+    for (name, value) in header.headers.iter() {
+        ok &= HeaderValue::from_bytes(value.as_bytes())
+            .ok()
+            .is_some_and(|value| copy.append_header(name.clone(), value).is_ok());
+    }
+    // Every field of a parsed header copies; should one not, keep the shared original.
+    if ok {
+        copy
+    } else {
+        header.clone()
+    }
 }
 
 /// Tags from `Surrogate-Key` and `Cache-Tag` (space- or comma-separated).
@@ -404,8 +455,8 @@ impl Storage for MemoryStorage {
             key: key.combined_bin(),
             variance: key.get_variance_key().copied(),
             primary,
-            meta: clone_meta(meta),
-            body: BytesMut::new(),
+            body: BytesMut::with_capacity(expected_len(meta, self.max_object_size)),
+            meta: stored_meta(meta),
             too_large: false,
             started: self.purge_seq.load(Ordering::Acquire),
         }))
@@ -439,7 +490,7 @@ impl Storage for MemoryStorage {
         let Some(old) = self.map.get(&key) else {
             return Ok(false);
         };
-        let mut meta = clone_meta(meta);
+        let mut meta = stored_meta(meta);
         etag::keep_generated(&old.meta, &mut meta);
         let entry = Entry {
             key,
@@ -517,6 +568,16 @@ impl HandleHit for Hit {
     }
 }
 
+/// The body length `meta` announces, when it is one the cache would store.
+fn expected_len(meta: &CacheMeta, max_object_size: usize) -> usize {
+    meta.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&len| len <= max_object_size)
+        .unwrap_or(0)
+}
+
 /// Buffers a body being fetched; stores it when the response finished.
 struct Miss {
     storage: &'static MemoryStorage,
@@ -545,7 +606,13 @@ impl HandleMiss for Miss {
         if self.too_large {
             return Ok(MissFinishType::Created(0));
         }
-        let body = self.body.freeze();
+        // A body that grew in chunks has spare capacity (up to half its allocation): stored
+        // bodies hold exactly their length, so that `max_size` bounds real memory.
+        let body = if self.body.capacity() > self.body.len() {
+            Bytes::copy_from_slice(&self.body)
+        } else {
+            self.body.freeze()
+        };
         let mut meta = self.meta;
         etag::attach_generated(&mut meta, &body);
         let size = MemoryStorage::size_of(&meta, body.len());
