@@ -218,7 +218,7 @@ impl MemoryStorage {
             key: key.combined_bin(),
             primary: Arc::from(decoded.primary.as_str()),
             tags: decoded.tags,
-            meta: decoded.meta,
+            meta: stored_meta(&decoded.meta),
             body: decoded.body,
             size,
         };
