@@ -102,6 +102,7 @@ http {
     root $WORK/www;
     location = /small { default_type application/json; add_header Cache-Control "max-age=60"; }
     location = /page { default_type text/html; add_header Cache-Control "max-age=60"; }
+    location /fill/ { default_type application/json; add_header Cache-Control "max-age=600"; try_files /small =404; }
   }
 }
 CONF
@@ -175,6 +176,8 @@ CONF
 switchyard_conf sy-pass 18101 19101 1 ""
 switchyard_conf sy-pass2 18102 19102 2 ""
 switchyard_conf sy-cache 18103 19103 1 "    cache: { enabled: true }"
+switchyard_conf sy-fill 18105 19105 1 "    cache: { enabled: true }"
+sed -i 's/max_size: 256MiB/max_size: 64MiB/' "$WORK/sy-fill.yaml"
 switchyard_conf sy-gzip 18104 19104 1 "    cache: { enabled: true }
     compression: { algorithms: [gzip], level: { gzip: 6 }, types: [text/html, application/json] }"
 
@@ -192,6 +195,7 @@ start sy-pass "$SWITCHYARD" --config "$WORK/sy-pass.yaml"
 start sy-pass2 taskset -c 0,1 "$SWITCHYARD" --config "$WORK/sy-pass2.yaml"
 start sy-cache "$SWITCHYARD" --config "$WORK/sy-cache.yaml"
 start sy-gzip "$SWITCHYARD" --config "$WORK/sy-gzip.yaml"
+start sy-fill "$SWITCHYARD" --config "$WORK/sy-fill.yaml"
 
 wait_port() {
   for _ in $(seq 1 100); do
@@ -201,7 +205,7 @@ wait_port() {
   echo "port $1 did not open" >&2
   return 1
 }
-for port in 18001 18002 18101 18102 18103 18104 18201 18301 18401; do wait_port $port; done
+for port in 18001 18002 18101 18102 18103 18104 18105 18201 18301 18401; do wait_port $port; done
 
 # RSS in KiB of a process and its children (nginx and varnish run worker children).
 rss() {
@@ -280,7 +284,18 @@ back "${PID_OF[sy-pass]}" $NGINX_PIDS
 # Memory: Switchyard idle, and with 10,000 idle keep-alive connections.
 IDLE_RSS=$(rss "${PID_OF[sy-pass]}")
 KEEPALIVE_RSS=$(python3 "$ROOT/benches/load/idle_connections.py" 127.0.0.1 18101 10000 "${PID_OF[sy-pass]}")
+
+# Memory: a 64 MiB cache filled three times over with 1 KiB responses (the worst case for
+# per-entry overhead): what the cache accounts against what the process really grew by.
+FILL_IDLE=$(rss "${PID_OF[sy-fill]}")
+read -r FILL_BYTES FILL_ENTRIES FILL_RSS < <(timeout 300 python3 "$ROOT/benches/load/cache_fill.py" \
+  127.0.0.1 18105 19105 "${PID_OF[sy-fill]}" 60000 /fill/)
 fi
 
 python3 "$ROOT/benches/load/report.py" "$RESULTS" "$LOW" "$IDLE_RSS" "$KEEPALIVE_RSS" "$REPS" "$DURATION" | tee "$OUT"
+if [ -n "${FILL_RSS:-}" ]; then
+  awk -v b="$FILL_BYTES" -v e="$FILL_ENTRIES" -v idle="$FILL_IDLE" -v rss="$FILL_RSS" 'BEGIN {
+    printf "\nCache full (`max_size: 64MiB`, 60,000 distinct 1 KiB responses): %d entries accounted at %.1f MiB; the process grew from %.1f to %.1f MiB (+%.1f MiB, %.2f× the accounted bytes).\n",
+      e, b / 1048576, idle / 1024, rss / 1024, (rss - idle) / 1024, (rss - idle) * 1024 / b }' | tee -a "$OUT"
+fi
 echo "report written to $OUT" >&2
