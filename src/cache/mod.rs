@@ -237,8 +237,13 @@ impl Cache {
         let meta = session.cache.maybe_cache_meta();
         if served_from_cache {
             if let Some(meta) = meta {
-                let age = policy::initial_age(meta.response_header()) + meta.age();
-                let _ = resp.insert_header(http::header::AGE, age.as_secs().to_string());
+                // On a plain hit Pingora has set `Age` from the entry's own age already; only
+                // an age the origin reported on top of it needs writing again.
+                let initial = policy::initial_age(meta.response_header());
+                if phase != CachePhase::Hit || !initial.is_zero() {
+                    let age = initial + meta.age();
+                    let _ = resp.insert_header(http::header::AGE, age.as_secs().to_string());
+                }
             }
         }
         let fwd = if state.revalidate { "request" } else { "stale" };

@@ -64,6 +64,27 @@ async fn hop_by_hop_fields_are_not_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_carry_their_age_including_what_the_origin_reported() {
+    let o = spawn_origin("o").await;
+    let proxy = cached_proxy(&o, "{ enabled: true }", "").await;
+    for (path, at_least) in [
+        ("/fresh?cc=max-age=600", 0),
+        ("/aged?cc=max-age=600&age=100", 100),
+    ] {
+        get(&proxy, path, &[]).await;
+        let hit = get(&proxy, path, &[]).await;
+        assert!(hit.cache_status.contains("hit"), "{}", hit.cache_status);
+        let age: u64 = hit.headers["age"].to_str().unwrap().parse().unwrap();
+        assert!((at_least..at_least + 5).contains(&age), "{path}: Age {age}");
+        assert_eq!(
+            hit.headers.get_all("age").iter().count(),
+            1,
+            "one Age field"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn miss_then_hit_and_expiry() {
     let o = spawn_origin("o").await;
     let proxy = cached_proxy(&o, "{ enabled: true }", "").await;

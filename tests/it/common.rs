@@ -87,7 +87,7 @@ impl Drop for Origin {
 /// ETag), `lm=1` (a fixed Last-Modified), `expires` (Expires), `vary` (Vary; the body also
 /// names the varied header's value), `cookie=1` (Set-Cookie), `tag` (Surrogate-Key),
 /// `size=N` (an N-byte body), `page=N` (an N-byte HTML page), `type` (Content-Type), `ce`
-/// (Content-Encoding), `status=N`, `range=1` (a 206 with Content-Range), `cond=1` (answer
+/// (Content-Encoding), `age` (Age), `status=N`, `range=1` (a 206 with Content-Range), `cond=1` (answer
 /// If-None-Match with 304).
 pub async fn spawn_origin(name: &str) -> Origin {
     spawn_origin_at(name, "127.0.0.1:0".parse().expect("address")).await
@@ -209,6 +209,7 @@ async fn handle(
         ("vary", "vary"),
         ("tag", "surrogate-key"),
         ("ce", "content-encoding"),
+        ("age", "age"),
     ];
     if let Some(status) = param("status").and_then(|s| s.parse::<u16>().ok()) {
         resp = resp.status(status);
