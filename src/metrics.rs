@@ -2,12 +2,44 @@
 //! rendered at scrape time from the pools' own atomics (so the hot path never touches them).
 
 use std::fmt::Write;
+use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 
+use crate::cache::Lookup;
 use crate::state::{Runtime, Shared};
+
+/// One route's series, resolved in the registry on first use and then updated with atomics
+/// alone: no label hashing or registry lock per request. Built with each config version.
+#[derive(Debug)]
+pub struct RouteSeries {
+    route: String,
+    upstream: String,
+    duration: OnceLock<Histogram>,
+    /// `code="200"`, by far the most common; other codes are looked up by label.
+    ok: OnceLock<IntCounter>,
+    lookups: [OnceLock<IntCounter>; Lookup::ALL.len()],
+}
+
+impl RouteSeries {
+    pub fn new(route: String, upstream: String) -> RouteSeries {
+        RouteSeries {
+            route,
+            upstream,
+            duration: OnceLock::new(),
+            ok: OnceLock::new(),
+            lookups: Default::default(),
+        }
+    }
+
+    /// The `route` label.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+}
 
 /// The registry and the series updated per request.
 #[derive(Debug)]
@@ -82,9 +114,14 @@ impl Metrics {
         }
     }
 
-    /// Counts one cache lookup result.
-    pub fn observe_cache(&self, route: &str, result: &str) {
-        self.cache_lookups.with_label_values(&[route, result]).inc();
+    /// Counts one cache lookup result on a route.
+    pub fn observe_cache(&self, series: &RouteSeries, lookup: Lookup) {
+        series.lookups[lookup as usize]
+            .get_or_init(|| {
+                self.cache_lookups
+                    .with_label_values(&[series.route.as_str(), lookup.as_str()])
+            })
+            .inc();
     }
 
     /// Counts one reload attempt.
@@ -94,17 +131,41 @@ impl Metrics {
             .inc();
     }
 
-    /// Records one finished client request.
+    /// Records one finished client request on a route.
+    pub fn observe_route_request(&self, series: &RouteSeries, code: u16, seconds: f64) {
+        let labels = [series.route.as_str(), series.upstream.as_str()];
+        if code == 200 {
+            series
+                .ok
+                .get_or_init(|| {
+                    self.requests_total
+                        .with_label_values(&[labels[0], labels[1], "200"])
+                })
+                .inc();
+        } else {
+            self.count_request(labels[0], labels[1], code);
+        }
+        series
+            .duration
+            .get_or_init(|| self.request_duration.with_label_values(&[labels[0]]))
+            .observe(seconds);
+    }
+
+    /// Records one finished client request by its labels (requests that matched no route).
     pub fn observe_request(&self, route: &str, upstream: &str, code: u16, seconds: f64) {
+        self.count_request(route, upstream, code);
+        self.request_duration
+            .with_label_values(&[route])
+            .observe(seconds);
+    }
+
+    fn count_request(&self, route: &str, upstream: &str, code: u16) {
         // 0 (nothing was answered) has no status code: it is counted as "000".
         let status = http::StatusCode::from_u16(code).ok();
         let code = status.as_ref().map_or("000", http::StatusCode::as_str);
         self.requests_total
             .with_label_values(&[route, upstream, code])
             .inc();
-        self.request_duration
-            .with_label_values(&[route])
-            .observe(seconds);
     }
 
     /// The Prometheus text exposition of everything, for `GET /metrics`.
@@ -279,6 +340,37 @@ mod tests {
                 "{code} in {text}"
             );
         }
+    }
+
+    #[test]
+    fn route_series_count_into_the_labelled_series() {
+        let m = Metrics::new();
+        // Two config versions of one route share the registry's series.
+        for _ in 0..2 {
+            let series = RouteSeries::new("api/".into(), "pool".into());
+            m.observe_route_request(&series, 200, 0.01);
+            m.observe_route_request(&series, 200, 0.01);
+            m.observe_route_request(&series, 503, 0.01);
+            m.observe_cache(&series, Lookup::Hit);
+            m.observe_cache(&series, Lookup::Bypass);
+        }
+        let count = |code: &str| {
+            m.requests_total
+                .with_label_values(&["api/", "pool", code])
+                .get()
+        };
+        assert_eq!((count("200"), count("503")), (4, 2));
+        let lookups = |result: &str| m.cache_lookups.with_label_values(&["api/", result]).get();
+        assert_eq!(
+            (lookups("hit"), lookups("bypass"), lookups("miss")),
+            (2, 2, 0)
+        );
+        assert_eq!(
+            m.request_duration
+                .with_label_values(&["api/"])
+                .get_sample_count(),
+            6
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::cache::Cache;
 use crate::compress::CompressionStats;
 use crate::config::{Config, HostMatch, Route};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteSeries};
 use crate::proxy::route::Router;
 use crate::upstream::{Backend, Pool};
 
@@ -25,8 +25,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub router: Router,
     pub pools: BTreeMap<String, Arc<Pool>>,
-    /// The `route` label of each route, in config order.
-    pub route_labels: Vec<String>,
+    /// The metric series of each route, in config order.
+    pub route_series: Vec<RouteSeries>,
     /// Backends no longer configured that still had requests in flight at the last reload.
     pub draining: Vec<(String, Arc<Backend>)>,
 }
@@ -70,7 +70,11 @@ impl Runtime {
         Runtime {
             version,
             router: Router::new(&config.routes),
-            route_labels: config.routes.iter().map(route_label).collect(),
+            route_series: config
+                .routes
+                .iter()
+                .map(|r| RouteSeries::new(route_label(r), r.upstream.clone()))
+                .collect(),
             pools,
             draining,
             config: Arc::new(config),

@@ -51,6 +51,15 @@ pub enum Lookup {
 }
 
 impl Lookup {
+    pub const ALL: [Lookup; 6] = [
+        Lookup::Hit,
+        Lookup::Miss,
+        Lookup::Stale,
+        Lookup::Expired,
+        Lookup::Revalidated,
+        Lookup::Bypass,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Lookup::Hit => "hit",

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::cache::CacheState;
 use crate::compress;
 use crate::config::RouteCache;
+use crate::metrics::RouteSeries;
 use crate::state::{ActiveRequest, Runtime};
 use crate::upstream::{InFlight, Pool};
 
@@ -70,15 +71,9 @@ impl RequestCtx {
         }
     }
 
-    /// `(route, upstream)` labels for metrics; `none` when no route matched.
-    pub fn labels(&self) -> (&str, &str) {
-        match (&self.runtime, self.route) {
-            (Some(rt), Some(i)) => (
-                rt.route_labels[i].as_str(),
-                rt.config.routes[i].upstream.as_str(),
-            ),
-            _ => ("none", "none"),
-        }
+    /// The matched route's metric series; `None` when no route matched.
+    pub fn series(&self) -> Option<&RouteSeries> {
+        Some(&self.runtime.as_ref()?.route_series[self.route?])
     }
 }
 

@@ -260,8 +260,9 @@ impl ProxyHttp for Proxy {
             &mut ctx.cache,
         );
         if let Some(lookup) = lookup {
-            let (route, _) = ctx.labels();
-            self.shared.metrics.observe_cache(route, lookup.as_str());
+            if let Some(series) = ctx.series() {
+                self.shared.metrics.observe_cache(series, lookup);
+            }
         }
         if let Some(cookie) = ctx.set_cookie.take() {
             upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
@@ -334,12 +335,16 @@ impl ProxyHttp for Proxy {
         };
         // The request is over: give the backend slot back before metrics work.
         ctx.attempt = None;
-        let (route, upstream) = ctx.labels();
-        self.shared.metrics.observe_request(
-            route,
-            upstream,
-            code,
-            ctx.started.elapsed().as_secs_f64(),
-        );
+        let seconds = ctx.started.elapsed().as_secs_f64();
+        match ctx.series() {
+            Some(series) => self
+                .shared
+                .metrics
+                .observe_route_request(series, code, seconds),
+            None => self
+                .shared
+                .metrics
+                .observe_request("none", "none", code, seconds),
+        }
     }
 }
