@@ -6,13 +6,7 @@ import http.client
 import json
 import sys
 
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+from rss import rss_kib
 
 
 def main(host: str, port: int, admin: int, pid: int, n: int, prefix: str) -> None:

@@ -4,13 +4,7 @@ and prints the RSS (KiB) of process PID while they are open. Usage: host port n 
 import asyncio
 import sys
 
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+from rss import rss_kib
 
 
 async def main(host: str, port: int, n: int, pid: int) -> None:
