@@ -10,6 +10,7 @@
 //! - [`cache`]: the response cache (RFC 9111) on a TinyUFO memory storage.
 //! - [`compress`]: gzip, brotli and zstd, negotiated per request.
 //! - [`etag`]: ETags and conditional requests.
+//! - [`fields`]: list fields and field removal, shared by the proxy, cache and compression.
 //! - [`upstream`]: pools, backend selection and active health checks.
 //! - [`metrics`]: Prometheus series.
 //! - [`admin`]: the admin listener (health, stats, metrics, reload).
@@ -28,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod digest;
 pub mod etag;
+pub mod fields;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -7,6 +7,7 @@ use pingora_http::RequestHeader;
 
 use crate::compress::negotiate::{accepts, negotiate};
 use crate::compress::Algorithm;
+use crate::fields;
 
 /// Encodings `Accept-Encoding` is reduced to, in a fixed order.
 const KNOWN_ENCODINGS: [Algorithm; 3] = [Algorithm::Brotli, Algorithm::Gzip, Algorithm::Zstd];
@@ -45,14 +46,8 @@ pub fn variance(
     req: &RequestHeader,
     algorithms: Option<&[Algorithm]>,
 ) -> Option<HashBinary> {
-    let mut names: Vec<String> = meta
-        .headers()
-        .get_all(http::header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
+    let mut names: Vec<String> = fields::list(meta.headers(), http::header::VARY)
+        .map(str::to_ascii_lowercase)
         .collect();
     if names.is_empty() {
         return None;

@@ -22,9 +22,10 @@ use pingora_proxy::Session;
 
 use crate::config::{self, RouteCache};
 use crate::etag;
+use crate::fields;
 use policy::{Decision, RequestDirective};
 use redis::{FromRedis, RedisTier};
-use storage::{MemoryStorage, PurgeMatch};
+use storage::{MemoryStorage, PurgeMatch, TAG_FIELDS};
 
 /// Per-request cache state, in the request context.
 #[derive(Debug, Default)]
@@ -221,12 +222,7 @@ impl Cache {
         state: &mut CacheState,
     ) -> Option<Lookup> {
         etag::expose(resp);
-        const INTERNAL: [&str; 2] = ["surrogate-key", "cache-tag"];
-        if resp.headers.keys().any(|n| INTERNAL.contains(&n.as_str())) {
-            for internal in INTERNAL {
-                resp.remove_header(internal);
-            }
-        }
+        fields::remove_where(resp, |name| TAG_FIELDS.contains(&name.as_str()));
         let phase = session.cache.phase();
         let served_from_cache = matches!(
             phase,

@@ -11,6 +11,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::config::RouteCache;
 use crate::etag::GENERATED;
+use crate::fields;
 
 /// Longest freshness the Last-Modified heuristic gives.
 const HEURISTIC_CAP: Duration = Duration::from_secs(86400);
@@ -95,14 +96,7 @@ pub fn decide(
     if !storable(resp.status) {
         return Decision::Pass("status");
     }
-    let vary_star = resp
-        .headers
-        .get_all(VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|v| v.trim() == "*");
-    if vary_star {
+    if fields::list(&resp.headers, VARY).any(|v| v == "*") {
         return Decision::Pass("vary-star");
     }
     let cc = CacheControl::from_resp_headers(resp);

@@ -406,9 +406,12 @@ pub fn owned_header(header: &ResponseHeader) -> ResponseHeader {
     }
 }
 
+/// The fields that tag a response for purges; internal, never sent to clients.
+pub const TAG_FIELDS: [&str; 2] = ["surrogate-key", "cache-tag"];
+
 /// Tags from `Surrogate-Key` and `Cache-Tag` (space- or comma-separated).
 pub fn tags_of(meta: &CacheMeta) -> Vec<String> {
-    let mut tags: Vec<String> = ["surrogate-key", "cache-tag"]
+    let mut tags: Vec<String> = TAG_FIELDS
         .iter()
         .flat_map(|name| meta.headers().get_all(*name).iter())
         .filter_map(|v| v.to_str().ok())

@@ -13,6 +13,7 @@ use http::header::{
 };
 use pingora_http::ResponseHeader;
 
+use crate::fields;
 use encoder::Encoder;
 
 /// An encoding Switchyard produces.
@@ -126,14 +127,7 @@ pub fn eligible(settings: &Settings, resp: &ResponseHeader) -> Result<(), &'stat
     if resp.headers.contains_key(CONTENT_RANGE) {
         return Err("range");
     }
-    let no_transform = resp
-        .headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case("no-transform"));
-    if no_transform {
+    if fields::list(&resp.headers, CACHE_CONTROL).any(|d| d.eq_ignore_ascii_case("no-transform")) {
         return Err("no-transform");
     }
     let content_type = resp
@@ -157,14 +151,7 @@ pub fn eligible(settings: &Settings, resp: &ResponseHeader) -> Result<(), &'stat
 
 /// Adds `token` to `Vary` unless it is there (or `*` is).
 pub fn merge_vary(resp: &mut ResponseHeader, token: &str) {
-    let present = resp
-        .headers
-        .get_all(VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case(token));
-    if present {
+    if fields::list(&resp.headers, VARY).any(|t| t == "*" || t.eq_ignore_ascii_case(token)) {
         return;
     }
     let merged: Vec<String> = resp

@@ -7,6 +7,8 @@ use http::header::{self, HeaderName};
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use crate::fields;
+
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
@@ -61,28 +63,12 @@ pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    // Most responses carry none: one pass over the names is cheaper than a removal per field.
-    if !resp.headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let mut doomed: Vec<HeaderName> = resp
-        .headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name))
-        .cloned()
+    // The names `Connection` nominates, read before `Connection` itself goes.
+    let nominated: Vec<HeaderName> = fields::list(&resp.headers, header::CONNECTION)
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| !is_protected(name))
         .collect();
-    doomed.extend(
-        resp.headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .filter(|name| !is_protected(name)),
-    );
-    for name in doomed {
-        resp.remove_header(&name);
-    }
+    fields::remove_where(resp, |name| is_hop_by_hop(name) || nominated.contains(name));
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {

@@ -1,0 +1,56 @@
+//! HTTP fields: the elements of list fields, and removal of the fields a predicate names.
+
+use http::header::{AsHeaderName, HeaderMap, HeaderName};
+use pingora_http::ResponseHeader;
+
+/// The elements of a comma-separated list field (RFC 9110 §5.6.1) over all its lines, trimmed,
+/// empty ones skipped: `Vary`, `Connection`, `Cache-Control`.
+pub fn list(headers: &HeaderMap, name: impl AsHeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+}
+
+/// Removes every field whose name `doomed` picks. One pass over the names finds them, so a
+/// response with none costs no removal (Pingora's parses and looks up each name it is given).
+pub fn remove_where(resp: &mut ResponseHeader, doomed: impl Fn(&HeaderName) -> bool) {
+    let present: Vec<HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|name| doomed(name))
+        .cloned()
+        .collect();
+    for name in present {
+        resp.remove_header(&name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_elements_span_lines_and_skip_empty_ones() {
+        let mut h = HeaderMap::new();
+        h.append("vary", " Accept-Encoding ,, Origin".parse().unwrap());
+        h.append("vary", "*".parse().unwrap());
+        let elements: Vec<&str> = list(&h, "vary").collect();
+        assert_eq!(elements, ["Accept-Encoding", "Origin", "*"]);
+        assert_eq!(list(&h, "connection").count(), 0);
+    }
+
+    #[test]
+    fn remove_where_removes_every_line_of_the_picked_names() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("X-A", "1").unwrap();
+        resp.append_header("X-B", "2").unwrap();
+        resp.append_header("X-A", "3").unwrap();
+        remove_where(&mut resp, |n| n.as_str() == "x-a");
+        assert!(!resp.headers.contains_key("x-a"));
+        assert_eq!(resp.headers["x-b"], "2");
+    }
+}
