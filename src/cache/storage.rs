@@ -72,6 +72,20 @@ struct Entry {
     size: usize,
 }
 
+impl Entry {
+    /// An entry with its tags and charge derived from `meta` and `body`.
+    fn new(key: HashBinary, primary: Arc<str>, meta: CacheMeta, body: Bytes) -> Entry {
+        Entry {
+            key,
+            primary,
+            tags: tags_of(&meta),
+            size: MemoryStorage::size_of(&meta, body.len()),
+            meta,
+            body,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Index {
     by_key: HashMap<HashBinary, (Arc<str>, Vec<String>, usize)>,
@@ -206,7 +220,6 @@ impl MemoryStorage {
             }
         };
         redis.hit();
-        let size = Self::size_of(&decoded.meta, decoded.body.len());
         let mut meta = clone_meta(&decoded.meta);
         meta.extensions_mut().insert(FromRedis);
         let hit = Hit {
@@ -214,14 +227,12 @@ impl MemoryStorage {
             done: false,
             range: None,
         };
-        let entry = Entry {
-            key: key.combined_bin(),
-            primary: Arc::from(decoded.primary.as_str()),
-            tags: decoded.tags,
-            meta: stored_meta(&decoded.meta),
-            body: decoded.body,
-            size,
-        };
+        let entry = Entry::new(
+            key.combined_bin(),
+            Arc::from(decoded.primary.as_str()),
+            stored_meta(&decoded.meta),
+            decoded.body,
+        );
         self.insert(entry, started);
         Some((meta, Box::new(hit)))
     }
@@ -236,6 +247,15 @@ impl MemoryStorage {
 
     fn weight(&self, size: usize) -> u16 {
         size.div_ceil(self.unit).clamp(1, u16::MAX as usize) as u16
+    }
+
+    /// Takes the entry under `key` out of the map and the index; whether there was one.
+    fn remove(&self, index: &mut Index, key: &HashBinary) -> bool {
+        let removed = self.map.remove(key).is_some();
+        if removed {
+            self.unindex(index, key);
+        }
+        removed
     }
 
     /// Forgets an entry in the index and counters (it already left the map).
@@ -272,9 +292,7 @@ impl MemoryStorage {
         {
             return None;
         }
-        if self.map.remove(&entry.key).is_some() {
-            self.unindex(&mut index, &entry.key);
-        }
+        self.remove(&mut index, &entry.key);
         let key = entry.key;
         let weight = self.weight(entry.size);
         index
@@ -327,8 +345,7 @@ impl MemoryStorage {
                 .unwrap_or_default(),
         };
         for key in &keys {
-            self.map.remove(key);
-            self.unindex(&mut index, key);
+            self.remove(&mut index, key);
         }
         let seq = self.purge_seq.fetch_add(1, Ordering::AcqRel) + 1;
         index.recent_purges.push_back((seq, target));
@@ -472,9 +489,7 @@ impl Storage for MemoryStorage {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let key = target.key().combined_bin();
-        let mut index = self.index();
-        if self.map.remove(&key).is_some() {
-            self.unindex(&mut index, &key);
+        if self.remove(&mut self.index(), &key) {
             Ok(PurgeOutcome::Purged(None))
         } else {
             Ok(PurgeOutcome::NotFound)
@@ -495,18 +510,10 @@ impl Storage for MemoryStorage {
         };
         let mut meta = stored_meta(meta);
         etag::keep_generated(&old.meta, &mut meta);
-        let entry = Entry {
-            key,
-            primary: old.primary.clone(),
-            tags: tags_of(&meta),
-            size: Self::size_of(&meta, old.body.len()),
-            meta,
-            body: old.body.clone(),
-        };
-        let variance = key_variance;
+        let entry = Entry::new(key, old.primary.clone(), meta, old.body.clone());
         match self.insert(entry, started) {
             Some(stored) => {
-                self.share(&stored, variance);
+                self.share(&stored, key_variance);
                 Ok(true)
             }
             None => Ok(false),
@@ -618,15 +625,8 @@ impl HandleMiss for Miss {
         };
         let mut meta = self.meta;
         etag::attach_generated(&mut meta, &body);
-        let size = MemoryStorage::size_of(&meta, body.len());
-        let entry = Entry {
-            key: self.key,
-            primary: self.primary,
-            tags: tags_of(&meta),
-            meta,
-            body,
-            size,
-        };
+        let entry = Entry::new(self.key, self.primary, meta, body);
+        let size = entry.size;
         if let Some(stored) = self.storage.insert(entry, self.started) {
             self.storage.share(&stored, self.variance);
         }
