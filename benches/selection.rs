@@ -1,37 +1,28 @@
 //! Cost of one backend selection per strategy and pool size.
 
-use std::time::Duration;
-
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use switchyard::config::{BackendSpec, HashKey, RetryPolicy, Strategy, Upstream};
+use switchyard::config::{Config, Strategy};
 use switchyard::upstream::selection::ring::hash_key;
 use switchyard::upstream::Pool;
 
+/// A pool of `n` backends with weights 1 to 5, built from YAML as a user would write it.
 fn pool(n: usize, strategy: Strategy) -> Pool {
-    let backends = (0..n)
-        .map(|i| BackendSpec {
-            name: format!("10.0.{}.{}:8080", i / 250, i % 250),
-            addr: format!("10.0.{}.{}:8080", i / 250, i % 250)
-                .parse()
-                .unwrap(),
-            weight: 1 + (i % 5) as u32,
+    let backends: String = (0..n)
+        .map(|i| {
+            format!(
+                "      - {{ address: \"10.0.{}.{}:8080\", weight: {} }}\n",
+                i / 250,
+                i % 250,
+                1 + i % 5
+            )
         })
         .collect();
-    Pool::new(
-        "bench",
-        &Upstream {
-            strategy,
-            backends,
-            health_check: None,
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            hash_key: HashKey::ClientIp,
-            sticky: None,
-            retry: RetryPolicy::default(),
-            passive_health: None,
-            max_in_flight: None,
-        },
-    )
+    let yaml = format!(
+        "upstreams:\n  bench:\n    strategy: {}\n    backends:\n{backends}routes:\n  - upstream: bench\n",
+        strategy.as_str()
+    );
+    let config = Config::parse(&yaml, "bench.yaml").expect("bench config");
+    Pool::new("bench", &config.upstreams["bench"])
 }
 
 fn select(c: &mut Criterion) {
