@@ -133,21 +133,21 @@ impl Metrics {
 
     /// Records one finished client request on a route.
     pub fn observe_route_request(&self, series: &RouteSeries, code: u16, seconds: f64) {
-        let labels = [series.route.as_str(), series.upstream.as_str()];
+        let (route, upstream) = (series.route.as_str(), series.upstream.as_str());
         if code == 200 {
             series
                 .ok
                 .get_or_init(|| {
                     self.requests_total
-                        .with_label_values(&[labels[0], labels[1], "200"])
+                        .with_label_values(&[route, upstream, "200"])
                 })
                 .inc();
         } else {
-            self.count_request(labels[0], labels[1], code);
+            self.count_request(route, upstream, code);
         }
         series
             .duration
-            .get_or_init(|| self.request_duration.with_label_values(&[labels[0]]))
+            .get_or_init(|| self.request_duration.with_label_values(&[route]))
             .observe(seconds);
     }
 
