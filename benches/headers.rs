@@ -3,7 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pingora_http::{RequestHeader, ResponseHeader};
-use switchyard::proxy::headers::{add_forwarded, strip_hop_by_hop};
+use switchyard::proxy::headers::{add_forwarded, strip_hop_by_hop, Hop};
 
 /// What a client such as a browser or wrk sends.
 fn request() -> RequestHeader {
@@ -39,7 +39,14 @@ fn headers(c: &mut Criterion) {
         b.iter_batched(
             request,
             |mut req| {
-                add_forwarded(&mut req, peer, false, Some("api.example.com")).unwrap();
+                let hop = Hop {
+                    peer,
+                    trusted: false,
+                    host: Some("api.example.com"),
+                    proto: "http",
+                    port: Some(80),
+                };
+                add_forwarded(&mut req, &hop).unwrap();
                 req
             },
             criterion::BatchSize::SmallInput,

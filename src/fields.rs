@@ -1,7 +1,7 @@
 //! HTTP fields: the elements of list fields, and removal of the fields a predicate names.
 
 use http::header::{AsHeaderName, HeaderMap, HeaderName};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 
 /// The elements of a comma-separated list field (RFC 9110 §5.6.1) over all its lines, trimmed,
 /// empty ones skipped: `Vary`, `Connection`, `Cache-Control`.
@@ -15,17 +15,42 @@ pub fn list(headers: &HeaderMap, name: impl AsHeaderName) -> impl Iterator<Item 
         .filter(|e| !e.is_empty())
 }
 
+/// A request or response header: Pingora keeps a second map of name spellings beside the
+/// `HeaderMap`, so fields must be removed through its own `remove_header`.
+pub trait Header {
+    fn map(&self) -> &HeaderMap;
+    fn remove(&mut self, name: &HeaderName);
+}
+
+impl Header for ResponseHeader {
+    fn map(&self) -> &HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Header for RequestHeader {
+    fn map(&self) -> &HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
 /// Removes every field whose name `doomed` picks. One pass over the names finds them, so a
-/// response with none costs no removal (Pingora's parses and looks up each name it is given).
-pub fn remove_where(resp: &mut ResponseHeader, doomed: impl Fn(&HeaderName) -> bool) {
-    let present: Vec<HeaderName> = resp
-        .headers
+/// header with none costs no removal (Pingora's parses and looks up each name it is given).
+pub fn remove_where(header: &mut impl Header, doomed: impl Fn(&HeaderName) -> bool) {
+    let present: Vec<HeaderName> = header
+        .map()
         .keys()
         .filter(|name| doomed(name))
         .cloned()
         .collect();
     for name in present {
-        resp.remove_header(&name);
+        header.remove(&name);
     }
 }
 

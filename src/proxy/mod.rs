@@ -209,11 +209,20 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         encoding::on_upstream_request(upstream_request, ctx);
         let host = request_host(session.req_header()).map(str::to_string);
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        headers::add_forwarded(upstream_request, peer, ctx.peer_trusted, host.as_deref())
+        let hop = headers::Hop {
+            peer: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            trusted: ctx.peer_trusted,
+            host: host.as_deref(),
+            proto: "http",
+            port: session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port()),
+        };
+        headers::add_forwarded(upstream_request, &hop)
     }
 
     async fn upstream_response_filter(
