@@ -19,7 +19,9 @@ async fn stats_have_the_documented_shape_and_counters_move() {
     let proxy = spawn_proxy(&config(&[a.addr, b.addr])).await;
     let before = proxy.stats().await;
     assert_eq!(before["version"], 1);
-    assert!(before["uptime_seconds"].as_f64().unwrap() >= 0.0);
+    // Seconds since this process started: positive, small, and moving.
+    let uptime = before["uptime_seconds"].as_f64().unwrap();
+    assert!(uptime > 0.0 && uptime < 30.0, "uptime {uptime}");
     assert_eq!(before["requests_total"], 0);
     let up = &before["upstreams"]["assessments"];
     assert_eq!(up["strategy"], "round_robin");
@@ -38,6 +40,7 @@ async fn stats_have_the_documented_shape_and_counters_move() {
         assert_eq!(proxy.get("/").await.0, 200);
     }
     let after = proxy.stats().await;
+    assert!(after["uptime_seconds"].as_f64().unwrap() > uptime);
     assert_eq!(after["requests_total"], 6);
     let backends = after["upstreams"]["assessments"]["backends"]
         .as_array()

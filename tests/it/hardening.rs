@@ -80,10 +80,7 @@ async fn bad_requests_get_4xx_and_are_never_forwarded() {
     ];
     for (name, bytes, expected) in cases {
         let (status, head) = raw(&proxy, &bytes).await;
-        assert!(
-            status == expected || (expected == 400 && (400..500).contains(&status)),
-            "{name}: got {status} ({head})"
-        );
+        assert_eq!(status, expected, "{name}: got {status} ({head})");
         assert!(
             !head.contains("127.0.0.1"),
             "{name}: answer names an address"
@@ -147,12 +144,16 @@ async fn broken_backends_get_clean_errors() {
     assert_eq!(resp.status(), 502);
     let resp = client().get(proxy.url("/silent")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
-    // Killed mid-response: the client sees the body end early, never a complete answer.
+    // Killed mid-response (7 of 100,000 bytes): the client sees the body end early (a read
+    // error), never a short body passed off as complete.
     let cut_result = match client().get(proxy.url("/cut")).send().await {
         Ok(resp) => resp.bytes().await.map(|b| b.len()),
         Err(e) => Err(e),
     };
-    assert!(cut_result.is_err() || cut_result.is_ok_and(|n| n < 100000));
+    assert!(
+        cut_result.is_err(),
+        "a cut response was delivered as complete: {cut_result:?}"
+    );
     // In-flight counts return to zero and the proxy keeps serving.
     wait_until(Duration::from_secs(3), || async {
         let stats = proxy.stats().await;

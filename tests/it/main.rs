@@ -7,6 +7,7 @@ mod balancing;
 mod cache;
 mod cli;
 mod compress;
+mod docs;
 mod forwarded;
 mod hardening;
 mod health;
