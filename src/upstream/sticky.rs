@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config;
-use crate::digest::{constant_time_eq, hex};
+use crate::digest::hex;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -52,17 +52,20 @@ impl StickyCodec {
         }
     }
 
-    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut mac = match HmacSha256::new_from_slice(&self.key) {
-            Ok(mac) => mac,
-            // HMAC accepts keys of any length; this arm is never taken.
-            Err(_) => return [0; 32],
-        };
+    /// The HMAC of `parts`, each ended by a NUL so that no two lists give the same input.
+    fn hmac(&self, parts: &[&[u8]]) -> Option<HmacSha256> {
+        // HMAC accepts keys of any length: `None` is never returned.
+        let mut mac = HmacSha256::new_from_slice(&self.key).ok()?;
         for part in parts {
             mac.update(part);
             mac.update(b"\0");
         }
-        mac.finalize().into_bytes().into()
+        Some(mac)
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        self.hmac(parts)
+            .map_or([0; 32], |mac| mac.finalize().into_bytes().into())
     }
 
     /// The id of `backend` in `upstream`: stable for the same key and names.
@@ -89,18 +92,18 @@ impl StickyCodec {
         if parts.next().is_some() || id_hex.len() != 16 || mac_hex.len() != 32 {
             return None;
         }
-        let expected = self.mac(&[id_hex.as_bytes(), expires.as_bytes()]);
-        if !constant_time_eq(hex(&expected[..16]).as_bytes(), mac_hex.as_bytes()) {
-            return None;
-        }
+        let mut tag = [0u8; 16];
+        hex::decode_to_slice(mac_hex, &mut tag).ok()?;
+        // Constant time, over the left half of the MAC that the cookie carries.
+        self.hmac(&[id_hex.as_bytes(), expires.as_bytes()])?
+            .verify_truncated_left(&tag)
+            .ok()?;
         let expires: u64 = expires.parse().ok()?;
         if expires <= now_unix {
             return None;
         }
         let mut id = [0u8; 8];
-        for (i, byte) in id.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(id_hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
-        }
+        hex::decode_to_slice(id_hex, &mut id).ok()?;
         Some((id, expires))
     }
 
