@@ -124,7 +124,8 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     );
     triggers.threads = Some(1);
     server.add_service(triggers);
-    reload::watch_file(Arc::clone(&shared));
+    // Held until the process ends (`run_forever` does not return).
+    let _config_watch = reload::watch_file(Arc::clone(&shared));
 
     if shared.cache.storage.redis.is_some() {
         let mut tier = background_service(

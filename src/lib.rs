@@ -15,6 +15,7 @@
 //! - [`metrics`]: Prometheus series.
 //! - [`admin`]: the admin listener (health, stats, metrics, reload).
 //! - [`reload`]: live config reload (SIGHUP, admin, file watch).
+//! - [`watch`]: debounced file watching (the config file; certificates later).
 //! - [`app`]: builds the Pingora server from a config and runs it.
 //! - [`demo`]: built-in origins for `switchyard demo`.
 //! - [`digest`]: hex and constant-time comparison for hashes, MACs and tokens.
@@ -35,3 +36,4 @@ pub mod proxy;
 pub mod reload;
 pub mod state;
 pub mod upstream;
+pub mod watch;

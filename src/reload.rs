@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError, Upstream};
 use crate::state::{LastReload, Runtime, Shared};
+use crate::watch::FileWatch;
 
 /// A reload that took effect.
 #[derive(Debug, Clone, Serialize)]
@@ -179,67 +180,34 @@ fn upstream_diff(a: &Upstream, b: &Upstream) -> Vec<&'static str> {
         .collect()
 }
 
-/// Watches the config file's directory (so that an editor's replace-by-rename is seen) and
-/// reloads after changes settle, when `server.watch_config` is on and the content changed.
-pub fn watch_file(shared: Arc<Shared>) {
-    let Some(path) = shared.config_path.clone() else {
-        return;
-    };
-    let Some(dir) = path.parent().map(|d| {
-        if d.as_os_str().is_empty() {
-            std::path::Path::new(".").to_path_buf()
-        } else {
-            d.to_path_buf()
+/// Watches the config file (see [`crate::watch`]) and reloads after changes settle, when
+/// `server.watch_config` is on and the content changed. The watch lasts while the returned
+/// guard lives.
+pub fn watch_file(shared: Arc<Shared>) -> Option<FileWatch> {
+    let path = shared.config_path.clone()?;
+    let mut last = std::fs::read(&path).ok();
+    let watched = path.clone();
+    let result = crate::watch::watch(std::slice::from_ref(&path), move || {
+        if !shared.runtime().config.server.watch_config {
+            return;
         }
-    }) else {
-        return;
-    };
-    let file_name = path.file_name().map(|n| n.to_os_string());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut watcher = match notify::recommended_watcher(tx) {
-        Ok(w) => w,
+        let now = std::fs::read(&watched).ok();
+        if now.is_none() || now == last {
+            return;
+        }
+        last = now;
+        let _ = reload(&shared, "file change");
+    });
+    match result {
+        Ok(watch) => Some(watch),
         Err(e) => {
             log::warn!(
                 "cannot watch {}: {e}; file-watch reload is off",
                 path.display()
             );
-            return;
+            None
         }
-    };
-    use notify::Watcher;
-    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        log::warn!(
-            "cannot watch {}: {e}; file-watch reload is off",
-            dir.display()
-        );
-        return;
     }
-    std::thread::spawn(move || {
-        let _watcher = watcher;
-        let mut last = std::fs::read(&path).ok();
-        let concerns_file = |event: &notify::Event| {
-            event
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
-        };
-        while let Ok(event) = rx.recv() {
-            if !event.as_ref().is_ok_and(concerns_file) {
-                continue;
-            }
-            // Let a burst of writes (truncate, write, rename) settle.
-            while let Ok(_more) = rx.recv_timeout(std::time::Duration::from_millis(150)) {}
-            if !shared.runtime().config.server.watch_config {
-                continue;
-            }
-            let now = std::fs::read(&path).ok();
-            if now.is_none() || now == last {
-                continue;
-            }
-            last = now;
-            let _ = reload(&shared, "file change");
-        }
-    });
 }
 
 #[cfg(test)]
