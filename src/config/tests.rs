@@ -1,5 +1,7 @@
 //! Config loading: every rejection names its key path; the example config parses.
 
+use std::time::Duration;
+
 use super::*;
 
 const BASE: &str = r#"

@@ -1,0 +1,146 @@
+//! `cache` (the memory cache and the Redis tier) and `routes[].cache` (a route's policy).
+
+use std::time::Duration;
+
+use super::file::{FileCache, FileRedis, FileRouteCache};
+use super::key::{Invalid, Key};
+
+/// The memory cache shared by every cache-enabled route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    /// Bound on stored bodies and headers, in bytes.
+    pub max_size: u64,
+    /// Larger responses are streamed through, not stored.
+    pub max_object_size: u64,
+    /// How long concurrent misses wait for the one request filling the cache.
+    pub lock_timeout: Duration,
+    /// The shared tier, when configured.
+    pub redis: Option<RedisTier>,
+}
+
+/// The shared Redis tier of the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTier {
+    pub url: String,
+    pub key_prefix: String,
+    /// Larger objects stay in memory only.
+    pub max_object_size: u64,
+    /// Deadline of every Redis operation; past it the operation counts as a miss.
+    pub timeout: Duration,
+    pub pool_size: usize,
+}
+
+impl RedisTier {
+    /// The URL without its password, for logs.
+    pub fn url_redacted(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &self.url[..scheme], &self.url[at + 1..])
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
+/// A route's cache policy. RFC 9111 decides; these only widen it where set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCache {
+    /// Freshness for responses whose origin gives none.
+    pub default_ttl: Option<Duration>,
+    /// Cap on origin-given freshness.
+    pub max_ttl: Option<Duration>,
+    /// Used when the origin gives no `stale-while-revalidate`.
+    pub stale_while_revalidate: Duration,
+    /// Used when the origin gives no `stale-if-error`.
+    pub stale_if_error: Duration,
+}
+
+/// Largest object the memory cache stores (its eviction weights are 16-bit).
+pub const MAX_OBJECT_SIZE_LIMIT: u64 = 1 << 30;
+
+impl TryFrom<FileCache> for Cache {
+    type Error = Invalid;
+
+    fn try_from(c: FileCache) -> Result<Cache, Invalid> {
+        let key = Key::root("cache");
+        let max_size = key
+            .field("max_size")
+            .size(c.max_size.as_deref(), 256 << 20)?;
+        let object_key = key.field("max_object_size");
+        let max_object_size = object_key.size(c.max_object_size.as_deref(), 8 << 20)?;
+        if max_object_size > MAX_OBJECT_SIZE_LIMIT {
+            return Err(object_key.invalid(format!("{max_object_size} is above the limit of 1GiB")));
+        }
+        if max_object_size > max_size {
+            return Err(object_key.invalid("must not be larger than cache.max_size"));
+        }
+        Ok(Cache {
+            max_size,
+            max_object_size,
+            lock_timeout: key
+                .field("lock_timeout")
+                .duration(c.lock_timeout.as_deref(), Duration::from_secs(2))?,
+            redis: c
+                .redis
+                .map(|r| redis_tier(&key.field("redis"), r))
+                .transpose()?,
+        })
+    }
+}
+
+fn redis_tier(key: &Key, r: FileRedis) -> Result<RedisTier, Invalid> {
+    let url = r.url.trim().to_string();
+    let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| url.starts_with(s));
+    if !scheme_ok {
+        return Err(key
+            .field("url")
+            .invalid(format!("`{url}` is not a redis:// or rediss:// URL")));
+    }
+    if let Err(e) = redis::Client::open(url.as_str()) {
+        return Err(key.field("url").invalid(e));
+    }
+    let pool_size = match r.pool_size {
+        None => 16,
+        Some(n) if (1..=256).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(key
+                .field("pool_size")
+                .invalid(format!("{n} is out of range 1..=256")))
+        }
+    };
+    Ok(RedisTier {
+        url,
+        key_prefix: r.key_prefix.unwrap_or_else(|| "switchyard:".into()),
+        max_object_size: key
+            .field("max_object_size")
+            .size(r.max_object_size.as_deref(), 1 << 20)?,
+        timeout: key
+            .field("timeout")
+            .duration(r.timeout.as_deref(), Duration::from_millis(50))?,
+        pool_size,
+    })
+}
+
+/// A route's cache block at `key`; `None` when it says `enabled: false`.
+pub(super) fn route_cache(key: &Key, c: FileRouteCache) -> Result<Option<RouteCache>, Invalid> {
+    if c.enabled == Some(false) {
+        return Ok(None);
+    }
+    let optional = |name: &str, value: Option<&str>| {
+        value
+            .map(|v| key.field(name).duration(Some(v), Duration::ZERO))
+            .transpose()
+    };
+    Ok(Some(RouteCache {
+        default_ttl: optional("default_ttl", c.default_ttl.as_deref())?,
+        max_ttl: optional("max_ttl", c.max_ttl.as_deref())?,
+        stale_while_revalidate: key
+            .field("stale_while_revalidate")
+            .window(c.stale_while_revalidate.as_deref())?,
+        stale_if_error: key
+            .field("stale_if_error")
+            .window(c.stale_if_error.as_deref())?,
+    }))
+}

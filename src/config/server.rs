@@ -1,0 +1,119 @@
+//! `server`: listeners, threads, shutdown, trusted proxies, client limits and timeouts.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::file::FileServer;
+use super::key::{Invalid, Key};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Addresses to accept clients on; port 0 picks a free port at start.
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Reload when the config file changes.
+    pub watch_config: bool,
+    /// Read buffer per client connection, in bytes (Pingora's default is 64 KiB; most of it
+    /// sits unused on idle keep-alive connections).
+    pub read_buffer: usize,
+    /// Longest wait for each read of a request header (slow clients are closed).
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout: Duration,
+    /// Client connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Largest request header (request line and fields); larger gets 431.
+    pub max_header_size: u64,
+    /// Largest request body; larger gets 413.
+    pub max_body_size: u64,
+    /// The `Server` header on every response; `None` keeps the upstream's.
+    pub server_header: Option<String>,
+}
+
+impl TryFrom<FileServer> for Server {
+    type Error = Invalid;
+
+    fn try_from(raw: FileServer) -> Result<Server, Invalid> {
+        let key = Key::root("server");
+        let listen = raw.listen.unwrap_or_else(|| vec!["0.0.0.0:8080".into()]);
+        if listen.is_empty() {
+            return Err(key.field("listen").invalid("needs at least one address"));
+        }
+        let listen = listen
+            .iter()
+            .enumerate()
+            .map(|(i, a)| key.field("listen").index(i).socket_addr(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let threads = match raw.threads {
+            Some(0) => return Err(key.field("threads").invalid("must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let trusted_proxies = raw
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        key.field("trusted_proxies").index(i).invalid(format!(
+                            "`{text}` is not an IP address or CIDR like 10.0.0.0/8"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let read_buffer = key
+            .field("read_buffer")
+            .size(raw.read_buffer.as_deref(), 4 << 10)?;
+        if !(1024..=(1 << 20)).contains(&read_buffer) {
+            return Err(key
+                .field("read_buffer")
+                .invalid("must be between 1KiB and 1MiB"));
+        }
+        let max_connections = match raw.max_connections {
+            None => 10_000,
+            Some(n) if n >= 1 => n as usize,
+            Some(_) => return Err(key.field("max_connections").invalid("must be at least 1")),
+        };
+        let server_header = match raw.server_header {
+            None => Some("switchyard".to_string()),
+            Some(h) if h.is_empty() => None,
+            Some(h) if h.bytes().all(|b| (0x20..0x7f).contains(&b)) => Some(h),
+            Some(_) => {
+                return Err(key
+                    .field("server_header")
+                    .invalid("must be printable ASCII"))
+            }
+        };
+        Ok(Server {
+            listen,
+            threads,
+            grace_period: key
+                .field("grace_period")
+                .duration(raw.grace_period.as_deref(), Duration::from_secs(10))?,
+            trusted_proxies,
+            watch_config: raw.watch_config.unwrap_or(false),
+            read_buffer: read_buffer as usize,
+            header_timeout: key
+                .field("header_timeout")
+                .duration(raw.header_timeout.as_deref(), Duration::from_secs(10))?,
+            keepalive_timeout: key
+                .field("keepalive_timeout")
+                .duration(raw.keepalive_timeout.as_deref(), Duration::from_secs(60))?,
+            max_connections,
+            max_header_size: key
+                .field("max_header_size")
+                .size(raw.max_header_size.as_deref(), 64 << 10)?,
+            max_body_size: key
+                .field("max_body_size")
+                .size(raw.max_body_size.as_deref(), 16 << 20)?,
+            server_header,
+        })
+    }
+}
