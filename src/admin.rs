@@ -183,7 +183,7 @@ impl ServeHttp for Admin {
             _ => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.shared.metrics.render(&self.shared).into_bytes(),
+                self.shared.render_metrics().into_bytes(),
             ),
         }
     }

@@ -1,16 +1,22 @@
-//! Prometheus metrics: request counters and latency in a registry, and per-backend series
-//! rendered at scrape time from the pools' own atomics (so the hot path never touches them).
+//! Prometheus metrics: request counters and latency in a registry, and the live series (cache,
+//! compression, Redis tier, backends) built at scrape time from a [`Snapshot`] of the
+//! subsystems' own atomics (so the hot path never touches them). One encoder renders both.
 
-use std::fmt::Write;
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
     TextEncoder,
 };
 
+use crate::cache::redis::{RedisStats, OPS};
+use crate::cache::storage::StorageStats;
 use crate::cache::Lookup;
-use crate::state::{Runtime, Shared};
+use crate::compress::CompressionStats;
+use crate::upstream::{Backend, Pool};
 
 /// One route's series, resolved in the registry on first use and then updated with atomics
 /// alone: no label hashing or registry lock per request. Built with each config version.
@@ -168,35 +174,69 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition of everything, for `GET /metrics`.
-    pub fn render(&self, shared: &Shared) -> String {
-        let runtime = &shared.runtime();
-        let cache = &shared.cache;
+    /// The Prometheus text exposition of everything, for `GET /metrics`: the registry's
+    /// series, and the live ones read from `snapshot`, rendered by one encoder.
+    pub fn render(&self, snapshot: &Snapshot<'_>) -> String {
+        let mut families = self.registry.gather();
+        // The encoder refuses a family without samples (an upstream list can be empty).
+        families.extend(
+            snapshot
+                .families()
+                .into_iter()
+                .filter(|f| !f.get_metric().is_empty()),
+        );
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(8192);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             log::error!("cannot encode metrics: {e}");
         }
-        let mut out = String::from_utf8(out).unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_config_version Version of the running config (1 at start)\n\
-             # TYPE switchyard_config_version gauge\nswitchyard_config_version {}",
-            runtime.version
-        );
-        let s = &cache.storage.stats;
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_cache_bytes Bytes held by the memory cache\n\
-             # TYPE switchyard_cache_bytes gauge\nswitchyard_cache_bytes {}\n\
-             # HELP switchyard_cache_entries Responses held by the memory cache\n\
-             # TYPE switchyard_cache_entries gauge\nswitchyard_cache_entries {}\n\
-             # HELP switchyard_cache_evictions_total Responses evicted to stay under max_size\n\
-             # TYPE switchyard_cache_evictions_total counter\nswitchyard_cache_evictions_total {}",
-            s.bytes.load(std::sync::atomic::Ordering::Relaxed),
-            s.entries.load(std::sync::atomic::Ordering::Relaxed),
-            s.evictions.load(std::sync::atomic::Ordering::Relaxed),
-        );
-        for (family, help, pick) in [
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The live state that metrics read at scrape time, handed over by its owner (the shared
+/// state), so that this module reads atomics it is given and never the state itself.
+#[derive(Debug)]
+pub struct Snapshot<'a> {
+    pub config_version: u64,
+    pub storage: &'a StorageStats,
+    pub redis: Option<&'a RedisStats>,
+    pub compression: &'a CompressionStats,
+    pub pools: &'a BTreeMap<String, Arc<Pool>>,
+}
+
+impl Snapshot<'_> {
+    /// The families built from live values (counters kept in the subsystems' own atomics).
+    fn families(&self) -> Vec<MetricFamily> {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let mut out = vec![
+            family(
+                "switchyard_config_version",
+                "Version of the running config (1 at start)",
+                MetricType::GAUGE,
+                [(vec![], self.config_version as f64)],
+            ),
+            family(
+                "switchyard_cache_bytes",
+                "Bytes held by the memory cache",
+                MetricType::GAUGE,
+                [(vec![], load(&self.storage.bytes))],
+            ),
+            family(
+                "switchyard_cache_entries",
+                "Responses held by the memory cache",
+                MetricType::GAUGE,
+                [(vec![], load(&self.storage.entries))],
+            ),
+            family(
+                "switchyard_cache_evictions_total",
+                "Responses evicted to stay under max_size",
+                MetricType::COUNTER,
+                [(vec![], load(&self.storage.evictions))],
+            ),
+        ];
+        let rows = self.compression.snapshot();
+        for (name, help, pick) in [
             (
                 "switchyard_compression_bytes_in_total",
                 "Body bytes given to the compressor",
@@ -213,168 +253,152 @@ impl Metrics {
                 1,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} counter");
-            for row in shared.compression.snapshot() {
+            let samples = rows.iter().map(|row| {
                 let value = [0, row.1, row.2, row.3][pick];
-                let _ = writeln!(out, "{family}{{algorithm=\"{}\"}} {value}", row.0);
-            }
+                (vec![("algorithm", row.0.to_string())], value as f64)
+            });
+            out.push(family(name, help, MetricType::COUNTER, samples));
         }
-        if let Some(redis) = &cache.storage.redis {
-            let rs = &redis.stats;
-            let _ = writeln!(
-                out,
-                "# HELP switchyard_cache_redis_errors_total Redis tier operations that failed or timed out\n\
-                 # TYPE switchyard_cache_redis_errors_total counter"
-            );
-            for (op, count) in crate::cache::redis::OPS.iter().zip(&rs.errors) {
-                let _ = writeln!(
-                    out,
-                    "switchyard_cache_redis_errors_total{{op=\"{op}\"}} {}",
-                    count.load(std::sync::atomic::Ordering::Relaxed)
-                );
-            }
-            let load =
-                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "# HELP switchyard_cache_redis_lookups_total Redis tier lookups by result\n\
-                 # TYPE switchyard_cache_redis_lookups_total counter\n\
-                 switchyard_cache_redis_lookups_total{{result=\"hit\"}} {}\n\
-                 switchyard_cache_redis_lookups_total{{result=\"miss\"}} {}\n\
-                 # HELP switchyard_cache_redis_connected 1 while the Redis tier is connected\n\
-                 # TYPE switchyard_cache_redis_connected gauge\n\
-                 switchyard_cache_redis_connected {}\n\
-                 # HELP switchyard_cache_redis_purges_total Purges published to and received from other instances\n\
-                 # TYPE switchyard_cache_redis_purges_total counter\n\
-                 switchyard_cache_redis_purges_total{{direction=\"published\"}} {}\n\
-                 switchyard_cache_redis_purges_total{{direction=\"received\"}} {}",
-                load(&rs.hits),
-                load(&rs.misses),
-                u8::from(rs.connected.load(std::sync::atomic::Ordering::Relaxed)),
-                load(&rs.purges_published),
-                load(&rs.purges_received),
-            );
+        if let Some(rs) = self.redis {
+            out.push(family(
+                "switchyard_cache_redis_errors_total",
+                "Redis tier operations that failed or timed out",
+                MetricType::COUNTER,
+                OPS.iter()
+                    .zip(&rs.errors)
+                    .map(|(op, count)| (vec![("op", op.to_string())], load(count))),
+            ));
+            out.push(family(
+                "switchyard_cache_redis_lookups_total",
+                "Redis tier lookups by result",
+                MetricType::COUNTER,
+                [
+                    (vec![("result", "hit".to_string())], load(&rs.hits)),
+                    (vec![("result", "miss".to_string())], load(&rs.misses)),
+                ],
+            ));
+            out.push(family(
+                "switchyard_cache_redis_connected",
+                "1 while the Redis tier is connected",
+                MetricType::GAUGE,
+                [(
+                    vec![],
+                    f64::from(u8::from(rs.connected.load(Ordering::Relaxed))),
+                )],
+            ));
+            out.push(family(
+                "switchyard_cache_redis_purges_total",
+                "Purges published to and received from other instances",
+                MetricType::COUNTER,
+                [
+                    (
+                        vec![("direction", "published".to_string())],
+                        load(&rs.purges_published),
+                    ),
+                    (
+                        vec![("direction", "received".to_string())],
+                        load(&rs.purges_received),
+                    ),
+                ],
+            ));
         }
-        render_backends(&mut out, runtime);
+        out.extend(self.backend_families());
         out
     }
-}
 
-/// Per-backend gauges and counters, read from the live pools.
-fn render_backends(out: &mut String, runtime: &Runtime) {
-    type Read = fn(&crate::upstream::Backend) -> u64;
-    let families: [(&str, &str, &str, Read); 5] = [
-        (
-            "switchyard_upstream_backend_healthy",
-            "gauge",
-            "1 when active health checks pass, 0 when they took the backend out",
-            |b| u64::from(b.is_healthy()),
-        ),
-        (
-            "switchyard_upstream_backend_in_flight",
-            "gauge",
-            "Requests sent to the backend and not yet finished",
-            |b| b.in_flight(),
-        ),
-        (
-            "switchyard_upstream_backend_requests_total",
-            "counter",
-            "Requests sent to the backend",
-            |b| b.requests_total(),
-        ),
-        (
-            "switchyard_upstream_backend_failures_total",
-            "counter",
-            "Failed exchanges with the backend (connect errors, timeouts, broken responses)",
-            |b| b.failures_total(),
-        ),
-        (
-            "switchyard_upstream_backend_ejections_total",
-            "counter",
-            "Times passive health ejected the backend",
-            |b| b.ejections_total(),
-        ),
-    ];
-    for (name, kind, help, read) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (upstream, pool) in &runtime.pools {
-            for backend in &pool.backends {
-                let _ = writeln!(
-                    out,
-                    "{name}{{upstream=\"{}\",backend=\"{}\"}} {}",
-                    escape(upstream),
-                    escape(&backend.name),
-                    read(backend)
-                );
-            }
-        }
+    /// Per-backend gauges and counters, read from the live pools.
+    fn backend_families(&self) -> Vec<MetricFamily> {
+        type Read = fn(&Backend) -> u64;
+        let families: [(&str, MetricType, &str, Read); 5] = [
+            (
+                "switchyard_upstream_backend_healthy",
+                MetricType::GAUGE,
+                "1 when active health checks pass, 0 when they took the backend out",
+                |b| u64::from(b.is_healthy()),
+            ),
+            (
+                "switchyard_upstream_backend_in_flight",
+                MetricType::GAUGE,
+                "Requests sent to the backend and not yet finished",
+                |b| b.in_flight(),
+            ),
+            (
+                "switchyard_upstream_backend_requests_total",
+                MetricType::COUNTER,
+                "Requests sent to the backend",
+                |b| b.requests_total(),
+            ),
+            (
+                "switchyard_upstream_backend_failures_total",
+                MetricType::COUNTER,
+                "Failed exchanges with the backend (connect errors, timeouts, broken responses)",
+                |b| b.failures_total(),
+            ),
+            (
+                "switchyard_upstream_backend_ejections_total",
+                MetricType::COUNTER,
+                "Times passive health ejected the backend",
+                |b| b.ejections_total(),
+            ),
+        ];
+        families
+            .into_iter()
+            .map(|(name, kind, help, read)| {
+                let samples = self.pools.iter().flat_map(|(upstream, pool)| {
+                    pool.backends.iter().map(move |backend| {
+                        (
+                            vec![
+                                ("upstream", upstream.clone()),
+                                ("backend", backend.name.clone()),
+                            ],
+                            read(backend) as f64,
+                        )
+                    })
+                });
+                family(name, help, kind, samples)
+            })
+            .collect()
     }
 }
 
-/// Escapes a label value for the text format.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_codes_render_as_three_digits() {
-        let m = Metrics::new();
-        m.observe_request("r", "u", 200, 0.1);
-        m.observe_request("r", "u", 499, 0.1);
-        m.observe_request("r", "u", 0, 0.1);
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&m.registry.gather(), &mut out)
-            .unwrap();
-        let text = String::from_utf8(out).unwrap();
-        for code in ["200", "499", "000"] {
-            assert!(
-                text.contains(&format!("code=\"{code}\"")),
-                "{code} in {text}"
+/// A family of `kind` with one sample per `(labels, value)`; the encoder escapes the labels.
+fn family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, f64)>,
+) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    let metrics = samples
+        .into_iter()
+        .map(|(labels, value)| {
+            let mut metric = Metric::default();
+            metric.set_label(
+                labels
+                    .into_iter()
+                    .map(|(name, value)| {
+                        let mut pair = LabelPair::default();
+                        pair.set_name(name.to_string());
+                        pair.set_value(value);
+                        pair
+                    })
+                    .collect(),
             );
-        }
-    }
-
-    #[test]
-    fn route_series_count_into_the_labelled_series() {
-        let m = Metrics::new();
-        // Two config versions of one route share the registry's series.
-        for _ in 0..2 {
-            let series = RouteSeries::new("api/".into(), "pool".into());
-            m.observe_route_request(&series, 200, 0.01);
-            m.observe_route_request(&series, 200, 0.01);
-            m.observe_route_request(&series, 503, 0.01);
-            m.observe_cache(&series, Lookup::Hit);
-            m.observe_cache(&series, Lookup::Bypass);
-        }
-        let count = |code: &str| {
-            m.requests_total
-                .with_label_values(&["api/", "pool", code])
-                .get()
-        };
-        assert_eq!((count("200"), count("503")), (4, 2));
-        let lookups = |result: &str| m.cache_lookups.with_label_values(&["api/", result]).get();
-        assert_eq!(
-            (lookups("hit"), lookups("bypass"), lookups("miss")),
-            (2, 2, 0)
-        );
-        assert_eq!(
-            m.request_duration
-                .with_label_values(&["api/"])
-                .get_sample_count(),
-            6
-        );
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
+            if kind == MetricType::COUNTER {
+                let mut counter = Counter::default();
+                counter.set_value(value);
+                metric.set_counter(counter);
+            } else {
+                let mut gauge = Gauge::default();
+                gauge.set_value(value);
+                metric.set_gauge(gauge);
+            }
+            metric
+        })
+        .collect();
+    family.set_metric(metrics);
+    family
 }

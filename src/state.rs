@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::cache::Cache;
 use crate::compress::CompressionStats;
 use crate::config::{Config, HostMatch, Route};
-use crate::metrics::{Metrics, RouteSeries};
+use crate::metrics::{Metrics, RouteSeries, Snapshot};
 use crate::proxy::route::Router;
 use crate::upstream::{Backend, Pool};
 
@@ -149,6 +149,19 @@ impl Shared {
         let version = runtime.version;
         self.runtime.store(Arc::new(runtime));
         self.versions.send_replace(version);
+    }
+
+    /// The Prometheus text of everything: the registry and the live values of `runtime` and
+    /// the shared parts.
+    pub fn render_metrics(&self) -> String {
+        let runtime = self.runtime();
+        self.metrics.render(&Snapshot {
+            config_version: runtime.version,
+            storage: &self.cache.storage.stats,
+            redis: self.cache.storage.redis.as_ref().map(|tier| &tier.stats),
+            compression: &self.compression,
+            pools: &runtime.pools,
+        })
     }
 
     /// Wakes when a new runtime is installed.
