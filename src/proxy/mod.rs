@@ -9,6 +9,7 @@ pub mod errors;
 pub mod frontend;
 pub mod headers;
 pub mod limits;
+pub mod reader;
 pub mod retry;
 pub mod route;
 
