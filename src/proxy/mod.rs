@@ -199,6 +199,9 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        // Each attempt sends the whole body again: a retry replays what was already read
+        // through `request_body_filter`, so the count starts over.
+        ctx.body_bytes = 0;
         balance::pick(session, ctx)
     }
 

@@ -481,3 +481,34 @@ async fn pipelined_requests_are_all_answered_in_order() {
         assert!(body.contains(path), "{path}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_body_counts_once_against_max_body_size() {
+    let bad = spawn_origin("bad").await;
+    let good = spawn_origin("good").await;
+    bad.set_status(502);
+    let proxy = spawn_proxy(&format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  threads: 2\n  max_body_size: 1KiB\n{}",
+        pool_config(
+            &[(bad.addr, 1), (good.addr, 1)],
+            "    retries: 1\n    retry_on: [502]\n"
+        )
+    ))
+    .await;
+    // 700 bytes: under the limit once, over it if the replayed copy is counted again.
+    let body = "x".repeat(700);
+    for _ in 0..4 {
+        let resp = client()
+            .put(proxy.url("/upload"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(
+        bad.hits(),
+        2,
+        "half the requests went to the failing backend first"
+    );
+}
