@@ -483,6 +483,28 @@ async fn pipelined_requests_are_all_answered_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overload_503_keeps_the_keep_alive_connection() {
+    let o = spawn_origin("o").await;
+    let proxy = proxy_with(&o, "", "    max_in_flight: 1\n").await;
+    let slow = tokio::spawn(client().get(proxy.url("/slow/1000")).send());
+    wait_until(Duration::from_secs(3), || async {
+        proxy.stats().await["upstreams"]["pool"]["backends"][0]["in_flight"] == 1
+    })
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.0, 503);
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+    // The same connection serves the next request.
+    s.write_all(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_body_counts_once_against_max_body_size() {
     let bad = spawn_origin("bad").await;
     let good = spawn_origin("good").await;
