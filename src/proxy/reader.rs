@@ -104,7 +104,7 @@ fn blank_line(buf: &[u8], from: usize) -> Option<usize> {
 
 enum Parsed {
     /// The header is `header` bytes long; `body` is the body length when it is known from the
-    /// header alone (`None`: chunked, or framing our checks will refuse).
+    /// header alone (`None`: chunked, an upgrade, or framing our checks will refuse).
     Complete {
         header: usize,
         body: Option<u64>,
@@ -125,7 +125,10 @@ fn parse(buf: &[u8]) -> Parsed {
     let mut body = Some(0);
     let mut lengths = 0;
     for field in req.headers.iter() {
-        if field.name.eq_ignore_ascii_case("transfer-encoding") {
+        // After an upgrade the bytes that follow belong to the new protocol, not to a request.
+        if field.name.eq_ignore_ascii_case("transfer-encoding")
+            || field.name.eq_ignore_ascii_case("upgrade")
+        {
             body = None;
             break;
         }
@@ -186,6 +189,8 @@ mod tests {
         let head = read(chunked, 1000).await.unwrap();
         assert_eq!(&head.head[..], &chunked[..]);
         assert!(head.next.is_none());
+        let upgrade = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nframe";
+        assert!(read(upgrade, 1000).await.unwrap().next.is_none());
         let two_lengths = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\naGET";
         assert!(read(two_lengths, 1000).await.unwrap().next.is_none());
     }
