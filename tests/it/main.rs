@@ -7,6 +7,7 @@ mod balancing;
 mod cache;
 mod cli;
 mod compress;
+mod frontend;
 mod hardening;
 mod health;
 mod ip_hash;
