@@ -246,7 +246,7 @@ fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>, grace: Duration) {
                 let deadline = Instant::now() + grace;
                 let mut idle_polls = 0;
                 while Instant::now() < deadline {
-                    idle_polls = if shared.active_requests() == 0 {
+                    idle_polls = if shared.unfinished_requests() == 0 {
                         idle_polls + 1
                     } else {
                         0
@@ -259,7 +259,7 @@ fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>, grace: Duration) {
                 }
                 log::warn!(
                     "grace period over with {} requests still in flight; exiting",
-                    shared.active_requests()
+                    shared.unfinished_requests()
                 );
                 std::process::exit(0);
             }

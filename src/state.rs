@@ -113,6 +113,8 @@ pub struct Shared {
     pub config_path: Option<PathBuf>,
     requests_total: AtomicU64,
     active_requests: AtomicU64,
+    /// Requests from their first byte to their response (see [`Shared::start_request`]).
+    started_requests: AtomicU64,
     health_tasks: AtomicUsize,
     refused_connections: AtomicU64,
     pub(crate) last_reload: Mutex<Option<LastReload>>,
@@ -132,6 +134,7 @@ impl Shared {
             config_path,
             requests_total: AtomicU64::new(0),
             active_requests: AtomicU64::new(0),
+            started_requests: AtomicU64::new(0),
             health_tasks: AtomicUsize::new(0),
             refused_connections: AtomicU64::new(0),
             last_reload: Mutex::new(None),
@@ -178,6 +181,20 @@ impl Shared {
         self.active_requests.load(Ordering::Acquire)
     }
 
+    /// Requests a graceful shutdown must wait for: those being proxied, and those whose
+    /// header is still arriving (counted by the frontend from their first byte).
+    pub fn unfinished_requests(&self) -> u64 {
+        self.active_requests()
+            .max(self.started_requests.load(Ordering::Acquire))
+    }
+
+    /// Counts a request from the first byte of its header until the guard drops, after its
+    /// response; [`Shared::begin_request`] starts only once the header is parsed.
+    pub fn start_request(&self) -> StartedRequest<'_> {
+        self.started_requests.fetch_add(1, Ordering::AcqRel);
+        StartedRequest(&self.started_requests)
+    }
+
     /// Counts a client connection refused over `server.max_connections`.
     pub fn count_refused_connection(&self) {
         self.refused_connections.fetch_add(1, Ordering::Relaxed);
@@ -222,5 +239,15 @@ pub struct ActiveRequest {
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.shared.active_requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request whose header has begun to arrive; see [`Shared::start_request`].
+#[derive(Debug)]
+pub struct StartedRequest<'a>(&'a AtomicU64);
+
+impl Drop for StartedRequest<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -20,7 +20,7 @@ pub struct Server {
     /// Read buffer per client connection, in bytes (Pingora's default is 64 KiB; most of it
     /// sits unused on idle keep-alive connections).
     pub read_buffer: usize,
-    /// Longest wait for each read of a request header (slow clients are closed).
+    /// Longest wait for a whole request header, from its first byte (slow clients are closed).
     pub header_timeout: Duration,
     /// How long an idle keep-alive connection waits for its next request.
     pub keepalive_timeout: Duration,

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use pingora_core::upstreams::peer::HttpPeer;
+
 use crate::cache::CacheState;
 use crate::compress;
 use crate::config::RouteCache;
@@ -42,8 +44,11 @@ pub struct RequestCtx {
     pub upstream_head: bool,
     /// A variant suffix stripped from `If-None-Match` going upstream.
     pub etag_suffix: Option<compress::Algorithm>,
-    /// Request body bytes read so far.
+    /// Request body bytes read so far by this attempt.
     pub body_bytes: u64,
+    /// The first attempt's backend, picked before the upstream phase (see
+    /// `proxy_upstream_filter`).
+    pub peer: Option<Box<HttpPeer>>,
     pub _active: ActiveRequest,
 }
 
@@ -67,6 +72,7 @@ impl RequestCtx {
             upstream_head: false,
             etag_suffix: None,
             body_bytes: 0,
+            peer: None,
             _active: active,
         }
     }

@@ -28,6 +28,12 @@ pub fn status_for(e: &Error) -> Option<u16> {
     }
 }
 
+/// Whether the client's connection may serve another request after this failure: not when
+/// the client broke the exchange (its bytes cannot be trusted to frame the next request).
+pub fn keeps_connection(e: &Error) -> bool {
+    e.esource() != &ErrorSource::Downstream
+}
+
 /// Sends `code` with a one-line text body such as `503 Service Unavailable: no healthy backend`,
 /// with `server` as the `Server` header.
 pub async fn respond(
@@ -123,5 +129,23 @@ mod tests {
             status_for(&err(InternalError, ErrorSource::Internal)),
             Some(500)
         );
+    }
+
+    #[test]
+    fn only_client_failures_close_the_connection() {
+        use ErrorType::*;
+        assert!(keeps_connection(&err(
+            HTTPStatus(503),
+            ErrorSource::Internal
+        )));
+        assert!(keeps_connection(&err(
+            ConnectRefused,
+            ErrorSource::Upstream
+        )));
+        assert!(!keeps_connection(&err(
+            InvalidHTTPHeader,
+            ErrorSource::Downstream
+        )));
+        assert!(!keeps_connection(&err(ReadError, ErrorSource::Downstream)));
     }
 }

@@ -1,29 +1,69 @@
-//! Client connections before Pingora's HTTP handling: the connection limit, and the timeouts
-//! for reading a request header and for waiting on an idle keep-alive connection.
+//! Client connections before Pingora's HTTP handling: the connection limit, reading each
+//! request header under one deadline and a size limit (see `reader`), and the wait for the
+//! next request on an idle keep-alive connection.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{BufMut, BytesMut};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
+use super::reader::{self, Head, HeaderError, READ_CHUNK};
 use super::Proxy;
+use crate::config::Server;
 use crate::state::Shared;
 
-/// How long a refused connection may take to send its request before it gets its 503.
+/// How long a refused connection may take to send its request before it gets its answer.
 const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long, and how much, is read from a refused client after its answer, so that closing
+/// with unread data does not reset the connection before the client has read the answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 << 10;
+
+/// Pingora's parser refuses a header over 1 MiB whatever we allow.
+const PINGORA_MAX_HEADER: u64 = (1 << 20) - 2;
 
 /// Wraps the Pingora proxy app with connection-level limits.
 pub struct Frontend {
     proxy: Arc<HttpProxy<Proxy>>,
     shared: Arc<Shared>,
     connections: AtomicUsize,
+}
+
+/// The running config's connection settings, copied so that a waiting connection holds no
+/// config version.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+    /// `server.max_header_size`, within what Pingora's parser accepts.
+    header_limit: usize,
+}
+
+impl Timing {
+    fn of(shared: &Shared) -> Timing {
+        Timing::from(&shared.runtime().config.server)
+    }
+}
+
+impl From<&Server> for Timing {
+    fn from(server: &Server) -> Timing {
+        Timing {
+            header_timeout: server.header_timeout,
+            keepalive_timeout: server.keepalive_timeout,
+            header_limit: usize::try_from(server.max_header_size.min(PINGORA_MAX_HEADER))
+                .unwrap_or(usize::MAX),
+        }
+    }
 }
 
 impl Frontend {
@@ -35,45 +75,16 @@ impl Frontend {
         }
     }
 
-    /// Applies the timeouts: `first` is the first request of the connection.
-    fn configure(&self, session: &mut ServerSession, first: bool, shutdown: &ShutdownWatch) {
-        let server = &self.shared.runtime().config.server;
-        let wait = if first {
-            server.header_timeout
-        } else {
-            server.keepalive_timeout
-        };
-        // Pingora applies this to each read of the next request header; `None` when shutting
-        // down so that the connection is not kept.
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
-        } else {
-            session.set_keepalive(Some(wait.as_secs().max(1)));
-        }
-        session.set_read_timeout(Some(server.header_timeout));
-    }
-
-    /// Waits for the first byte of the client's next request, for `server.header_timeout` on
-    /// a new connection and `server.keepalive_timeout` between requests. `false` when the
-    /// client closed, the wait timed out or the server began shutting down: close then.
-    async fn wait_for_request(
-        &self,
+    /// Waits up to `wait` for the first byte of the client's next request, holding no buffer.
+    /// `None` when the client closed, the wait timed out or the server began shutting down.
+    async fn first_byte(
         stream: &mut Stream,
-        first: bool,
+        wait: Duration,
         shutdown: &ShutdownWatch,
-    ) -> bool {
-        let wait = {
-            let runtime = self.shared.runtime();
-            let server = &runtime.config.server;
-            if first {
-                server.header_timeout
-            } else {
-                server.keepalive_timeout
-            }
-        };
+    ) -> Option<BytesMut> {
         let mut shutdown = shutdown.clone();
         let stopping = async move {
-            // A dropped sender means no shutdown will be announced: wait on the peek alone.
+            // A dropped sender means no shutdown will be announced: wait on the read alone.
             if shutdown.wait_for(|stopping| *stopping).await.is_err() {
                 std::future::pending::<()>().await;
             }
@@ -81,32 +92,141 @@ impl Frontend {
         let mut byte = [0u8; 1];
         tokio::select! {
             biased;
-            peeked = tokio::time::timeout(wait, stream.try_peek(&mut byte)) => {
-                matches!(peeked, Ok(Ok(true)))
-            }
-            () = stopping => false,
+            read = tokio::time::timeout(wait, stream.read(&mut byte)) => match read {
+                Ok(Ok(1)) => {
+                    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+                    buf.put_u8(byte[0]);
+                    Some(buf)
+                }
+                _ => None,
+            },
+            () = stopping => None,
         }
     }
 
-    /// Answers 503 on a connection over `server.max_connections`, then closes it.
-    async fn refuse(&self, stream: Stream) {
-        let mut session = ServerSession::new_http1(stream);
-        session.set_read_timeout(Some(REFUSAL_READ_TIMEOUT));
-        session.set_keepalive(None);
-        if let Ok(true) = session.read_request().await {
-            let body = Bytes::from_static(b"503 Service Unavailable: too many connections\n");
-            let mut resp =
-                pingora_http::ResponseHeader::build(503, Some(4)).expect("static status");
-            let _ = resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
-            let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len());
-            let _ = resp.insert_header(http::header::RETRY_AFTER, "1");
-            let _ = resp.insert_header(http::header::CONNECTION, "close");
-            if let Some(server) = &self.shared.runtime().config.server.server_header {
-                let _ = resp.insert_header(http::header::SERVER, server.as_str());
-            }
-            let _ = session.write_error_response(resp, body).await;
+    /// Answers `status` with a one-line body and closes, reading a little of what the client
+    /// still sends so that the answer is not lost to a reset.
+    async fn refuse(mut stream: Stream, status: u16, detail: &str, server: &Server) {
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let body = format!("{status} {reason}: {detail}\n");
+        let mut head = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+            body.len()
+        );
+        if status == 503 {
+            head.push_str("Retry-After: 1\r\n");
         }
-        session.shutdown().await;
+        if let Some(name) = &server.server_header {
+            head.push_str(&format!("Server: {name}\r\n"));
+        }
+        head.push_str("\r\n");
+        head.push_str(&body);
+        if stream.write_all(head.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
+        let _ = AsyncWriteExt::shutdown(&mut stream).await;
+        let mut sink = vec![0u8; READ_CHUNK];
+        let mut drained = 0;
+        let _ = tokio::time::timeout(LINGER, async {
+            while drained < LINGER_BYTES {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Answers 503 on a connection over `server.max_connections`, once its request is read.
+    async fn refuse_connection(mut stream: Stream, server: &Server) {
+        let timing = Timing::from(server);
+        let deadline = Instant::now() + REFUSAL_READ_TIMEOUT.min(timing.header_timeout);
+        let buf = BytesMut::with_capacity(READ_CHUNK);
+        match reader::read_head(&mut stream, buf, deadline, timing.header_limit).await {
+            Ok(_) | Err(HeaderError::TooLarge(_)) => {
+                Self::refuse(stream, 503, "too many connections", server).await
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Serves the requests of one connection until it closes or is not kept alive.
+    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let accepted = Instant::now();
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        // The start of the next request when the client pipelined it behind the last one.
+        let mut pipelined: Option<BytesMut> = None;
+        let mut first = true;
+        loop {
+            let timing = Timing::of(&self.shared);
+            // Wait for the next request holding only the stream: buffers, the config version
+            // and the proxy's per-request state exist only while a request is handled, so idle
+            // keep-alive connections stay small.
+            let (buf, deadline) = match pipelined.take() {
+                Some(buf) => (buf, Instant::now() + timing.header_timeout),
+                None if first => {
+                    let deadline = accepted + timing.header_timeout;
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    (
+                        Self::first_byte(&mut stream, wait, shutdown).await?,
+                        deadline,
+                    )
+                }
+                None => {
+                    let buf =
+                        Self::first_byte(&mut stream, timing.keepalive_timeout, shutdown).await?;
+                    (buf, Instant::now() + timing.header_timeout)
+                }
+            };
+            // From its first byte to its response, a graceful shutdown waits for this request.
+            let _started = self.shared.start_request();
+            let read = reader::read_head(&mut stream, buf, deadline, timing.header_limit).await;
+            let Head { head, next } = match read {
+                Ok(head) => head,
+                Err(HeaderError::TooLarge(_)) => {
+                    let runtime = self.shared.runtime();
+                    let server = &runtime.config.server;
+                    Box::pin(Self::refuse(
+                        stream,
+                        431,
+                        "request header too large",
+                        server,
+                    ))
+                    .await;
+                    return None;
+                }
+                Err(e) => {
+                    log::debug!("closing a client connection: {e}");
+                    let _ = AsyncWriteExt::shutdown(&mut stream).await;
+                    return None;
+                }
+            };
+            pipelined = next;
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(persistent) = persistent.take() {
+                persistent.apply_to_session(&mut session);
+            }
+            // `None` when shutting down so that the connection is not kept.
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                session.set_keepalive(Some(timing.keepalive_timeout.as_secs().max(1)));
+            }
+            // Pingora parses these bytes as the request; it reads the stream only for the body.
+            session.set_pipelined_prefix(head);
+            let (next, settings) = self
+                .proxy
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            stream = next;
+            persistent = settings;
+            first = false;
+        }
     }
 }
 
@@ -131,34 +251,12 @@ impl ServerApp for Frontend {
         let _slot = Slot(&self.connections);
         if open > limit {
             self.shared.count_refused_connection();
-            // Boxed: its session and reads would otherwise size every connection's future.
-            Box::pin(self.refuse(stream)).await;
+            // Boxed: its reads would otherwise size every connection's future.
+            let runtime = self.shared.runtime();
+            Box::pin(Self::refuse_connection(stream, &runtime.config.server)).await;
             return None;
         }
-        let mut stream = stream;
-        let mut persistent: Option<HttpPersistentSettings> = None;
-        let mut first = true;
-        loop {
-            // Wait for the next request's first byte here, holding only the stream: the
-            // proxy's per-request state (tens of KiB) exists only while a request is handled,
-            // so idle keep-alive connections stay small.
-            if !self.wait_for_request(&mut stream, first, shutdown).await {
-                return None;
-            }
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(persistent) = persistent.take() {
-                persistent.apply_to_session(&mut session);
-            }
-            self.configure(&mut session, first, shutdown);
-            let (next, settings) = self
-                .proxy
-                .process_new_http(session, shutdown)
-                .await?
-                .consume();
-            stream = next;
-            persistent = settings;
-            first = false;
-        }
+        self.serve(stream, shutdown).await
     }
 
     async fn cleanup(&self) {

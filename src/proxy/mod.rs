@@ -9,6 +9,7 @@ pub mod errors;
 pub mod frontend;
 pub mod headers;
 pub mod limits;
+pub mod reader;
 pub mod retry;
 pub mod route;
 
@@ -193,12 +194,34 @@ impl ProxyHttp for Proxy {
         Cache::serve_stale(&ctx.cache, error)
     }
 
+    /// Picks the first backend here, before the upstream phase: Pingora honours
+    /// `FailToProxy::can_reuse_downstream` only for errors raised before it, so a 503 for no
+    /// healthy backend or `max_in_flight` found here keeps the client's connection. When a
+    /// stale cached answer may stand in for an error, the pick waits for `upstream_peer`,
+    /// where Pingora serves it.
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        if !session.cache.can_serve_stale_error() {
+            ctx.peer = Some(balance::pick(session, ctx)?);
+        }
+        Ok(true)
+    }
+
     async fn upstream_peer(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        balance::pick(session, ctx)
+        // Each attempt sends the whole body again: a retry replays what was already read
+        // through `request_body_filter`, so the count starts over.
+        ctx.body_bytes = 0;
+        match ctx.peer.take() {
+            Some(peer) => Ok(peer),
+            None => balance::pick(session, ctx),
+        }
     }
 
     async fn upstream_request_filter(
@@ -321,17 +344,25 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = errors::status_for(e);
-        if let Some(code) = code {
+        // Nothing of a response may have gone out before this one, or the client would read
+        // two.
+        let mut answered = false;
+        if let Some(code) = code.filter(|_| session.response_written().is_none()) {
             let detail = errors::detail_for(code);
-            if let Err(write_err) =
-                errors::respond(session, code, detail, ctx.server_header()).await
-            {
-                log::debug!("cannot send {code} to the client: {write_err}");
+            match errors::respond(session, code, detail, ctx.server_header()).await {
+                Ok(()) => answered = true,
+                Err(write_err) => log::debug!("cannot send {code} to the client: {write_err}"),
             }
         }
+        // Keep the connection when the next request's start is certain: the request passed
+        // our checks (routing ran) and its body was read to the end.
+        let can_reuse_downstream = answered
+            && ctx.runtime.is_some()
+            && errors::keeps_connection(e)
+            && session.as_downstream_mut().is_body_done();
         FailToProxy {
             error_code: code.unwrap_or(0),
-            can_reuse_downstream: false,
+            can_reuse_downstream,
         }
     }
 

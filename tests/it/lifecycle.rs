@@ -62,3 +62,38 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     // New connections are refused once it is gone.
     assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_a_request_whose_header_is_still_arriving() {
+    let a = spawn_origin("a").await;
+    let mut proxy = spawn_pool(&[(a.addr, 1)], "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Half: ")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(proxy.child.id(), "TERM");
+    // Long enough for a drain that ignores the half-read request to have exited.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.write_all(b"yes\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        matches!(read, Ok(Ok(_))) && text.starts_with("HTTP/1.1 200"),
+        "the request was not answered: {read:?} {text:?}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(8), "did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+}

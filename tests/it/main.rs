@@ -9,6 +9,7 @@ mod cli;
 mod compress;
 mod docs;
 mod forwarded;
+mod frontend;
 mod hardening;
 mod health;
 mod ip_hash;
