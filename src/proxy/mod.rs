@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora_core::modules::http::HttpModules;
+use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -193,12 +194,33 @@ impl ProxyHttp for Proxy {
         Cache::serve_stale(&ctx.cache, error)
     }
 
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        balance::admit(session, ctx).await
+    }
+
     async fn upstream_peer(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         balance::pick(session, ctx)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        balance::on_connected(ctx, reused, &self.shared.metrics);
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -312,6 +334,10 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = errors::status_for(e);
+        // Pingora closes the client connection after a failure once a peer was chosen
+        // (`can_reuse_downstream` is honoured only before that): say so in the answer, so that
+        // a keep-alive client does not send its next request into a closed connection.
+        session.set_keepalive(None);
         if let Some(code) = code {
             let detail = errors::detail_for(code);
             if let Err(write_err) =
