@@ -333,7 +333,12 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = errors::status_for(e);
+        // Once a response header went out, an error page would be taken for the rest of its
+        // body: end the connection without one.
+        let code = match session.response_written() {
+            Some(_) => None,
+            None => errors::status_for(e),
+        };
         // Pingora closes the client connection after a failure once a peer was chosen
         // (`can_reuse_downstream` is honoured only before that): say so in the answer, so that
         // a keep-alive client does not send its next request into a closed connection.

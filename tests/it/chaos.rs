@@ -27,6 +27,8 @@ pub enum Outcome {
     Closed,
     /// The connection was reset.
     Reset,
+    /// A response header with `status`, then the connection ended before the whole body.
+    Truncated { status: u16 },
 }
 
 impl Outcome {
@@ -106,9 +108,10 @@ async fn read_response(stream: &mut TcpStream) -> Outcome {
     let close = field("connection").is_some_and(|v| v == "close");
     let mut body = buf[head_end..].to_vec();
     while body.len() < length {
-        let n = stream.read(&mut chunk).await.expect("body");
-        assert!(n > 0, "connection closed mid-body");
-        body.extend_from_slice(&chunk[..n]);
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Outcome::Truncated { status },
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
     }
     Outcome::Answered {
         status,
@@ -130,6 +133,8 @@ struct DyingState {
     /// Connections accepted up to now drop their next request; `generation` counts them.
     generation: AtomicU64,
     dead: AtomicBool,
+    /// Answer with a header and half the body, then close.
+    truncate: AtomicBool,
     dropped: AtomicU64,
     served: AtomicU64,
 }
@@ -164,6 +169,11 @@ impl DyingOrigin {
     pub fn die(&self) {
         self.state.dead.store(true, Ordering::SeqCst);
         self.accept.abort();
+    }
+
+    /// From now on, send the header and half the body of each answer, then close.
+    pub fn truncate_answers(&self) {
+        self.state.truncate.store(true, Ordering::SeqCst);
     }
 
     /// Requests read and dropped without an answer.
@@ -202,6 +212,11 @@ async fn serve(mut stream: TcpStream, state: Arc<DyingState>, name: &str) {
             return;
         }
         state.served.fetch_add(1, Ordering::SeqCst);
+        if state.truncate.load(Ordering::SeqCst) {
+            let half = "HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123456789";
+            let _ = stream.write_all(half.as_bytes()).await;
+            return;
+        }
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Origin: {name}\r\n\r\n{name}",
             name.len()
@@ -278,6 +293,17 @@ async fn an_unservable_request_is_answered_with_connection_close() {
         other => panic!("no answer: {other:?}"),
     }
     assert_eq!(client.get("/").await.status(), Some(502));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_cut_short_is_not_completed_with_an_error_body() {
+    let cut = DyingOrigin::spawn("cut").await;
+    let proxy = spawn_pool(&[(cut.addr, 1)], "    retries: 0\n").await;
+    cut.truncate_answers();
+    // The 200 header is already on its way: the client must see the body end early, not the
+    // error page appended to it as if it were the rest of the body.
+    let outcome = KeepAlive::new(proxy.addr).get("/").await;
+    assert_eq!(outcome, Outcome::Truncated { status: 200 });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
