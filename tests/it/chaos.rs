@@ -57,6 +57,15 @@ impl KeepAlive {
         self.send(request.as_bytes()).await
     }
 
+    /// PUT `body` to `path`.
+    pub async fn put(&mut self, path: &str, body: &str) -> Outcome {
+        let request = format!(
+            "PUT {path} HTTP/1.1\r\nHost: chaos.test\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.send(request.as_bytes()).await
+    }
+
     async fn send(&mut self, request: &[u8]) -> Outcome {
         if self.stream.is_none() {
             self.stream = Some(TcpStream::connect(self.addr).await.expect("connect"));
@@ -122,6 +131,7 @@ async fn read_response(stream: &mut TcpStream) -> Outcome {
 
 /// An origin whose connections can be made to fail the way a restarted or killed backend's
 /// do: a connection it already has reads the next request and closes without an answer.
+/// Answers with its name followed by the request body.
 pub struct DyingOrigin {
     pub addr: SocketAddr,
     state: Arc<DyingState>,
@@ -206,7 +216,21 @@ async fn serve(mut stream: TcpStream, state: Arc<DyingState>, name: &str) {
             }
             continue;
         };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
         buf.drain(..end + 4);
+        while buf.len() < length {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = String::from_utf8_lossy(&buf[..length]).into_owned();
+        buf.drain(..length);
         if state.dead.load(Ordering::SeqCst) || state.generation.load(Ordering::SeqCst) != born {
             state.dropped.fetch_add(1, Ordering::SeqCst);
             return;
@@ -217,9 +241,11 @@ async fn serve(mut stream: TcpStream, state: Arc<DyingState>, name: &str) {
             let _ = stream.write_all(half.as_bytes()).await;
             return;
         }
+        // The origin's name, and the request body it read, if any.
+        let text = format!("{name}{body}");
         let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Origin: {name}\r\n\r\n{name}",
-            name.len()
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Origin: {name}\r\n\r\n{text}",
+            text.len()
         );
         if stream.write_all(response.as_bytes()).await.is_err() {
             return;

@@ -172,3 +172,32 @@ async fn stale_pooled_connections_are_retried_whatever_retries_says() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_retried_after_a_stale_pooled_connection_keeps_its_body() {
+    let restarted = DyingOrigin::spawn("restarted").await;
+    let steady = DyingOrigin::spawn("steady").await;
+    let proxy = spawn_pool(&[(restarted.addr, 1), (steady.addr, 1)], "    retries: 0\n").await;
+    let mut clients: Vec<KeepAlive> = (0..8).map(|_| KeepAlive::new(proxy.addr)).collect();
+    rounds(&mut clients, 4).await;
+
+    restarted.drop_open_connections();
+    let mut client = clients.remove(0);
+    for i in 0..6 {
+        let body = format!("-put-{i}");
+        match client.put("/doc", &body).await {
+            Outcome::Answered {
+                status: 200,
+                body: got,
+                ..
+            } => {
+                assert!(
+                    got.ends_with(&body),
+                    "sent {body:?}, the origin read {got:?}"
+                )
+            }
+            other => panic!("PUT {i}: {other:?}"),
+        }
+    }
+    assert!(restarted.dropped() >= 1, "no PUT met a stale connection");
+}
