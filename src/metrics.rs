@@ -47,6 +47,11 @@ impl RouteSeries {
     }
 }
 
+/// Times Pingora's connection pool found a pooled upstream connection but could not take it
+/// over (its idle-watch task still held it), so the request opened a new connection. Counted
+/// by the logger, which sees Pingora's "failed to acquire reusable stream" line (see `main.rs`).
+pub static POOL_ACQUIRE_RACES: AtomicU64 = AtomicU64::new(0);
+
 /// The registry and the series updated per request.
 #[derive(Debug)]
 pub struct Metrics {
@@ -55,6 +60,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     reloads_total: IntCounterVec,
     cache_lookups: IntCounterVec,
+    upstream_connects: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -111,13 +117,34 @@ impl Metrics {
         registry
             .register(Box::new(request_duration.clone()))
             .expect("unique metric name");
+        let upstream_connects = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_connects_total",
+                "Upstream connections requests went out on: reused from the pool (true) or new (false)",
+            ),
+            &["upstream", "backend", "reused"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(upstream_connects.clone()))
+            .expect("unique metric name");
         Metrics {
             registry,
             requests_total,
             request_duration,
             reloads_total,
             cache_lookups,
+            upstream_connects,
         }
+    }
+
+    /// Counts one upstream connection a request went out on. A label lookup per attempt (about
+    /// 100 ns): the backend's own atomics belong to the pool, which is rebuilt on reload.
+    pub fn observe_upstream_connect(&self, upstream: &str, backend: &str, reused: bool) {
+        let reused = if reused { "true" } else { "false" };
+        self.upstream_connects
+            .with_label_values(&[upstream, backend, reused])
+            .inc();
     }
 
     /// Counts one cache lookup result on a route.
@@ -302,6 +329,12 @@ impl Snapshot<'_> {
                 ],
             ));
         }
+        out.push(family(
+            "switchyard_upstream_pool_acquire_races_total",
+            "Pooled upstream connections Pingora could not hand over (its idle watch still held them), so a new connection was opened",
+            MetricType::COUNTER,
+            [(vec![], load(&POOL_ACQUIRE_RACES))],
+        ));
         out.extend(self.backend_families());
         out
     }
@@ -401,4 +434,94 @@ fn family(
         .collect();
     family.set_metric(metrics);
     family
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_render_as_three_digits() {
+        let m = Metrics::new();
+        m.observe_request("r", "u", 200, 0.1);
+        m.observe_request("r", "u", 499, 0.1);
+        m.observe_request("r", "u", 0, 0.1);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&m.registry.gather(), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for code in ["200", "499", "000"] {
+            assert!(
+                text.contains(&format!("code=\"{code}\"")),
+                "{code} in {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn route_series_count_into_the_labelled_series() {
+        let m = Metrics::new();
+        // Two config versions of one route share the registry's series.
+        for _ in 0..2 {
+            let series = RouteSeries::new("api/".into(), "pool".into());
+            m.observe_route_request(&series, 200, 0.01);
+            m.observe_route_request(&series, 200, 0.01);
+            m.observe_route_request(&series, 503, 0.01);
+            m.observe_cache(&series, Lookup::Hit);
+            m.observe_cache(&series, Lookup::Bypass);
+        }
+        let count = |code: &str| {
+            m.requests_total
+                .with_label_values(&["api/", "pool", code])
+                .get()
+        };
+        assert_eq!((count("200"), count("503")), (4, 2));
+        let lookups = |result: &str| m.cache_lookups.with_label_values(&["api/", result]).get();
+        assert_eq!(
+            (lookups("hit"), lookups("bypass"), lookups("miss")),
+            (2, 2, 0)
+        );
+        assert_eq!(
+            m.request_duration
+                .with_label_values(&["api/"])
+                .get_sample_count(),
+            6
+        );
+    }
+
+    #[test]
+    fn upstream_connects_are_labelled_by_reuse() {
+        let m = Metrics::new();
+        m.observe_upstream_connect("pool", "127.0.0.1:1", true);
+        m.observe_upstream_connect("pool", "127.0.0.1:1", true);
+        m.observe_upstream_connect("pool", "127.0.0.1:1", false);
+        let count = |reused: &str| {
+            m.upstream_connects
+                .with_label_values(&["pool", "127.0.0.1:1", reused])
+                .get()
+        };
+        assert_eq!((count("true"), count("false")), (2, 1));
+    }
+
+    #[test]
+    fn live_families_render_with_escaped_labels() {
+        let text = String::from_utf8({
+            let mut out = Vec::new();
+            let f = family(
+                "switchyard_test_total",
+                "help",
+                MetricType::COUNTER,
+                [(vec![("backend", "a\"b\\c\nd".to_string())], 3.0)],
+            );
+            TextEncoder::new().encode(&[f], &mut out).unwrap();
+            out
+        })
+        .unwrap();
+        assert!(text.contains("# TYPE switchyard_test_total counter"), "{text}");
+        assert!(
+            text.contains("switchyard_test_total{backend=\"a\\\"b\\\\c\\nd\"} 3"),
+            "{text}"
+        );
+    }
 }

@@ -10,8 +10,10 @@ use pingora_proxy::Session;
 
 use super::client;
 use super::ctx::RequestCtx;
+use super::errors;
 use super::retry::{self, Failure};
 use crate::config::Strategy;
+use crate::metrics::Metrics;
 use crate::upstream::selection::ring::hash_key;
 
 /// How long an idle upstream connection stays in the reuse pool.
@@ -57,6 +59,7 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "route without a pool"))?;
     // Leaving the previous attempt ends its in-flight count.
     ctx.attempt = None;
+    ctx.answered = false;
     let now = now_unix();
     let mut index = ctx
         .reconnect
@@ -120,6 +123,13 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     Ok(Box::new(peer))
 }
 
+/// The attempt has its upstream connection: count whether it came from the pool.
+pub fn on_connected(ctx: &RequestCtx, reused: bool, metrics: &Metrics) {
+    if let Some((pool, index)) = ctx.current() {
+        metrics.observe_upstream_connect(&pool.name, &pool.backends[index].name, reused);
+    }
+}
+
 /// A connection to the backend failed: count it and retry elsewhere when the policy allows.
 pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     let Some((pool, index)) = ctx.current().map(|(p, i)| (Arc::clone(p), i)) else {
@@ -128,13 +138,23 @@ pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error>
     pool.backends[index].record_failure();
     pool.report(index, false);
     let failure = retry::classify_connect(&e);
-    let retry = retry::allows(&pool.retry, failure, ctx.tried.len(), true)
-        && pool.has_candidate(&ctx.tried);
+    let retry =
+        retry::allows(&pool.retry, failure, ctx.attempts(), true) && pool.has_candidate(&ctx.tried);
     e.set_retry(retry);
     e
 }
 
+/// How many times one request may move on after a pooled connection failed before any
+/// response byte. Each such failure uses up one stale pooled connection; Pingora caps all
+/// attempts of a request at its `max_retries` (16) as well.
+const MAX_STALE_RETRIES: u8 = 4;
+
 /// The exchange failed after connecting: count it, and decide whether to try again.
+///
+/// A reused (pooled) connection that the backend closed or reset before any response byte is
+/// retried for resendable requests whatever `retries` says (nginx's `proxy_next_upstream error`
+/// default): on another available backend when there is one, not counted as an attempt,
+/// else on the same backend. The same failure on a fresh connection counts as an attempt.
 pub fn on_proxy_error(
     session: &Session,
     ctx: &mut RequestCtx,
@@ -144,30 +164,36 @@ pub fn on_proxy_error(
     let Some((pool, index)) = ctx.current().map(|(p, i)| (Arc::clone(p), i)) else {
         return e;
     };
-    let failure = retry::classify(&e);
+    let failure = retry::classify(&e, ctx.answered);
+    let stale = client_reused && failure == Failure::Dropped;
     if e.esource() == &ErrorSource::Upstream && !matches!(failure, Failure::Status(_)) {
         pool.backends[index].record_failure();
-        pool.report(index, false);
+        // A stale pooled connection says little about the backend now; the next attempt
+        // (a fresh connection, or another pooled one) does.
+        if !stale {
+            pool.report(index, false);
+        }
     }
     let resendable = ctx.resendable && !session.as_ref().retry_buffer_truncated();
     match failure {
         // Decided when the status arrived (see `on_upstream_status`).
         Failure::Status(_) => {}
-        Failure::Timeout | Failure::Connect { .. } => {
-            let retry = retry::allows(&pool.retry, failure, ctx.tried.len(), resendable)
-                && pool.has_candidate(&ctx.tried);
+        _ if stale => {
+            let retry = resendable && ctx.stale_retries < MAX_STALE_RETRIES;
+            if retry {
+                ctx.stale_retries += 1;
+                if pool.has_candidate(&ctx.tried) {
+                    ctx.free_attempts += 1;
+                } else {
+                    ctx.reconnect = Some(index);
+                }
+            }
             e.set_retry(retry);
         }
-        Failure::Other => {
-            // A pooled keep-alive connection the backend had already closed: Pingora marks
-            // these retryable on a reused connection; reconnect to the same backend once.
-            e.retry.decide_reuse(client_reused);
-            let stale = e.retry.retry() && resendable && !ctx.reconnected;
-            if stale {
-                ctx.reconnected = true;
-                ctx.reconnect = Some(index);
-            }
-            e.set_retry(stale);
+        _ => {
+            let retry = retry::allows(&pool.retry, failure, ctx.attempts(), resendable)
+                && pool.has_candidate(&ctx.tried);
+            e.set_retry(retry);
         }
     }
     e
@@ -179,9 +205,10 @@ pub fn on_upstream_status(ctx: &mut RequestCtx, status: u16) -> Result<()> {
     let Some((pool, index)) = ctx.current().map(|(p, i)| (Arc::clone(p), i)) else {
         return Ok(());
     };
+    ctx.answered = true;
     pool.report(index, status < 500);
     let failure = Failure::Status(status);
-    if retry::allows(&pool.retry, failure, ctx.tried.len(), ctx.resendable)
+    if retry::allows(&pool.retry, failure, ctx.attempts(), ctx.resendable)
         && pool.has_candidate(&ctx.tried)
     {
         let mut e = Error::explain(

@@ -34,9 +34,17 @@ pub struct RequestCtx {
     pub resendable: bool,
     /// A `Set-Cookie` to add to the response (sticky sessions).
     pub set_cookie: Option<String>,
-    /// Set when a pooled connection went stale: reconnect to the same backend once.
+    /// Set when a pooled connection went stale and no other backend is left: go to the same
+    /// backend again.
     pub reconnect: Option<usize>,
-    pub reconnected: bool,
+    /// Retries after a pooled connection failed before any response byte (see
+    /// `balance::on_proxy_error`).
+    pub stale_retries: u8,
+    /// Attempts that do not count against `retries`: those that followed a stale pooled
+    /// connection.
+    pub free_attempts: usize,
+    /// A response header arrived on the current attempt.
+    pub answered: bool,
     pub cache: CacheState,
     /// The encoder of the response body, when it is being compressed.
     pub compress: Option<compress::Stream>,
@@ -66,7 +74,9 @@ impl RequestCtx {
             resendable: true,
             set_cookie: None,
             reconnect: None,
-            reconnected: false,
+            stale_retries: 0,
+            free_attempts: 0,
+            answered: false,
             cache: CacheState::default(),
             compress: None,
             upstream_head: false,
@@ -104,6 +114,11 @@ impl RequestCtx {
     pub fn route_compression(&self) -> Option<&compress::Settings> {
         let runtime = self.runtime.as_ref()?;
         runtime.config.routes.get(self.route?)?.compression.as_ref()
+    }
+
+    /// Attempts made so far that count against the pool's `retries`.
+    pub fn attempts(&self) -> usize {
+        self.tried.len().saturating_sub(self.free_attempts)
     }
 
     /// The pool and backend index of the current attempt.

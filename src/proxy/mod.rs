@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora_core::modules::http::HttpModules;
+use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -224,6 +225,19 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        balance::on_connected(ctx, reused, &self.shared.metrics);
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -343,23 +357,33 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = errors::status_for(e);
-        // Nothing of a response may have gone out before this one, or the client would read
-        // two.
+        // Once a response header went out, an error page would be taken for the rest of its
+        // body: end the connection without one.
+        let code = match session.response_written() {
+            Some(_) => None,
+            None => errors::status_for(e),
+        };
+        // Keep the connection only when the next request's start is certain (the request passed
+        // our checks, so routing ran, and its body was read to the end) and the failure came
+        // before a backend was chosen: after that Pingora closes the client connection whatever
+        // we say, so the answer says so, and a keep-alive client does not send its next request
+        // into a closed connection.
+        let reusable = ctx.runtime.is_some()
+            && errors::keeps_connection(e)
+            && ctx.tried.is_empty()
+            && session.as_downstream_mut().is_body_done();
+        if !reusable {
+            session.set_keepalive(None);
+        }
         let mut answered = false;
-        if let Some(code) = code.filter(|_| session.response_written().is_none()) {
+        if let Some(code) = code {
             let detail = errors::detail_for(code);
             match errors::respond(session, code, detail, ctx.server_header()).await {
                 Ok(()) => answered = true,
                 Err(write_err) => log::debug!("cannot send {code} to the client: {write_err}"),
             }
         }
-        // Keep the connection when the next request's start is certain: the request passed
-        // our checks (routing ran) and its body was read to the end.
-        let can_reuse_downstream = answered
-            && ctx.runtime.is_some()
-            && errors::keeps_connection(e)
-            && session.as_downstream_mut().is_body_done();
+        let can_reuse_downstream = answered && reusable;
         FailToProxy {
             error_code: code.unwrap_or(0),
             can_reuse_downstream,

@@ -1,6 +1,6 @@
 //! Retry policy: which failures may be tried again on another backend.
 
-use pingora_error::{Error, ErrorType};
+use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::RequestHeader;
 
 use crate::config::RetryPolicy;
@@ -14,7 +14,10 @@ pub enum Failure {
     Timeout,
     /// The upstream answered with a status listed in `retry_on`.
     Status(u16),
-    /// Anything else after connecting (reset, malformed response).
+    /// The backend closed or reset the connection before any byte of a response arrived (the
+    /// request may have reached it, so only a resendable request goes again).
+    Dropped,
+    /// Anything else after connecting (malformed response, a failure mid-response).
     Other,
 }
 
@@ -24,11 +27,18 @@ pub fn classify_connect(e: &Error) -> Failure {
     }
 }
 
-pub fn classify(e: &Error) -> Failure {
+/// What an error after connecting was; `answered` says a response header already arrived on
+/// this attempt.
+pub fn classify(e: &Error, answered: bool) -> Failure {
     match e.etype() {
         ErrorType::HTTPStatus(code) => Failure::Status(*code),
         ErrorType::ReadTimedout | ErrorType::WriteTimedout => Failure::Timeout,
         ErrorType::ConnectTimedout => Failure::Connect { timed_out: true },
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            if !answered && e.esource() == &ErrorSource::Upstream =>
+        {
+            Failure::Dropped
+        }
         _ => Failure::Other,
     }
 }
@@ -63,6 +73,8 @@ pub fn allows(policy: &RetryPolicy, failure: Failure, attempts: usize, resendabl
         Failure::Connect { timed_out } => policy.connect_failure || (timed_out && policy.timeout),
         Failure::Timeout => policy.timeout && resendable,
         Failure::Status(code) => policy.statuses.contains(&code) && resendable,
+        // nginx's `proxy_next_upstream error`: not gated by `retry_on`.
+        Failure::Dropped => resendable,
         Failure::Other => false,
     }
 }
@@ -125,6 +137,31 @@ mod tests {
         assert!(!allows(&p, Failure::Timeout, 1, false));
         assert!(!allows(&p, Failure::Other, 1, true));
         assert!(!allows(&RetryPolicy::default(), Failure::Timeout, 1, true));
+    }
+
+    #[test]
+    fn dropped_connections_retry_resendable_requests_within_retries() {
+        let only_status = RetryPolicy {
+            connect_failure: false,
+            timeout: false,
+            ..policy()
+        };
+        assert!(allows(&only_status, Failure::Dropped, 1, true));
+        assert!(!allows(&only_status, Failure::Dropped, 1, false));
+        assert!(!allows(&only_status, Failure::Dropped, 3, true));
+    }
+
+    #[test]
+    fn only_upstream_closes_before_a_response_count_as_dropped() {
+        let closed = Error::new_up(ErrorType::ConnectionClosed);
+        assert_eq!(classify(&closed, false), Failure::Dropped);
+        assert_eq!(classify(&closed, true), Failure::Other);
+        let reset = Error::new_up(ErrorType::ReadError);
+        assert_eq!(classify(&reset, false), Failure::Dropped);
+        let client_gone = Error::new_down(ErrorType::ReadError);
+        assert_eq!(classify(&client_gone, false), Failure::Other);
+        let garbled = Error::new_up(ErrorType::InvalidHTTPHeader);
+        assert_eq!(classify(&garbled, false), Failure::Other);
     }
 
     #[test]

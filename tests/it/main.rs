@@ -5,6 +5,7 @@ mod common;
 mod admin;
 mod balancing;
 mod cache;
+mod chaos;
 mod cli;
 mod compress;
 mod docs;

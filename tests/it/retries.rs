@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::chaos::{rounds, DyingOrigin, KeepAlive, Outcome};
 use crate::common::{client, closed_port, spawn_origin, spawn_pool, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,4 +141,63 @@ async fn passive_health_ejects_a_failing_backend_and_readmits_it() {
         back |= proxy.get("/").await.1 == "flaky";
     }
     assert!(back, "the backend returns after ejection_time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pooled_connections_are_retried_whatever_retries_says() {
+    let restarted = DyingOrigin::spawn("restarted").await;
+    let steady = spawn_origin("steady").await;
+    let proxy = spawn_pool(&[(restarted.addr, 1), (steady.addr, 1)], "    retries: 0\n").await;
+    // Eight clients at once leave several upstream connections to each backend in the pool.
+    let mut clients: Vec<KeepAlive> = (0..8).map(|_| KeepAlive::new(proxy.addr)).collect();
+    rounds(&mut clients, 4).await;
+
+    // The backend restarts: every pooled connection to it now fails before any response byte.
+    // Two clients now: more stale connections are pooled than requests take at once.
+    restarted.drop_open_connections();
+    let mut two: Vec<KeepAlive> = clients.drain(..2).collect();
+    let outcomes = rounds(&mut two, 10).await;
+    assert!(restarted.dropped() >= 2, "too few stale connections met");
+    let failed: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.status() != Some(200))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "switchyard_upstream_connects_total{{backend=\"{}\",reused=\"true\",upstream=\"pool\"}}",
+            restarted.addr
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_retried_after_a_stale_pooled_connection_keeps_its_body() {
+    let restarted = DyingOrigin::spawn("restarted").await;
+    let steady = DyingOrigin::spawn("steady").await;
+    let proxy = spawn_pool(&[(restarted.addr, 1), (steady.addr, 1)], "    retries: 0\n").await;
+    let mut clients: Vec<KeepAlive> = (0..8).map(|_| KeepAlive::new(proxy.addr)).collect();
+    rounds(&mut clients, 4).await;
+
+    restarted.drop_open_connections();
+    let mut client = clients.remove(0);
+    for i in 0..6 {
+        let body = format!("-put-{i}");
+        match client.put("/doc", &body).await {
+            Outcome::Answered {
+                status: 200,
+                body: got,
+                ..
+            } => {
+                assert!(
+                    got.ends_with(&body),
+                    "sent {body:?}, the origin read {got:?}"
+                )
+            }
+            other => panic!("PUT {i}: {other:?}"),
+        }
+    }
+    assert!(restarted.dropped() >= 1, "no PUT met a stale connection");
 }
