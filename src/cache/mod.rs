@@ -20,7 +20,7 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
-use crate::config::{self, RouteCache};
+use crate::config::{self, ClientCacheControl, RouteCache};
 use crate::etag;
 use crate::fields;
 use policy::{Decision, RequestDirective};
@@ -38,6 +38,9 @@ pub struct CacheState {
     pub pass: Option<&'static str>,
     /// A passing-through 200 became a 304: its body is not sent.
     pub drop_body: bool,
+    /// The request carries a `Cookie` on a route with the default cookie rule: nothing stored
+    /// is served to it, and its response is stored only with explicit shared permission.
+    pub cookie: bool,
 }
 
 /// What happened in the cache for one request, for stats and metrics.
@@ -141,9 +144,9 @@ impl Cache {
         max_object_size: u64,
         state: &mut CacheState,
     ) {
-        if route.is_none() {
+        let Some(route) = route else {
             return;
-        }
+        };
         if !matches!(
             session.req_header().method,
             http::Method::GET | http::Method::HEAD
@@ -151,14 +154,19 @@ impl Cache {
             state.bypass = Some("method");
             return;
         }
-        match policy::request_directive(session.req_header()) {
-            RequestDirective::Bypass => {
-                state.bypass = Some("no-store");
-                return;
+        if route.client_cache_control == ClientCacheControl::Honor {
+            match policy::request_directive(session.req_header()) {
+                RequestDirective::Bypass => {
+                    state.bypass = Some("no-store");
+                    return;
+                }
+                RequestDirective::Revalidate => state.revalidate = true,
+                RequestDirective::Normal => {}
             }
-            RequestDirective::Revalidate => state.revalidate = true,
-            RequestDirective::Normal => {}
         }
+        // The cache stays on so that an explicitly shareable response can still be stored;
+        // `hit_filter` keeps stored responses from this request.
+        state.cookie = policy::cookie_bypass(session.req_header(), route);
         session
             .cache
             .enable(self.storage, None, None, Some(self.lock), None);
@@ -172,8 +180,26 @@ impl Cache {
         CacheKey::new(key::primary(host, req), "")
     }
 
-    /// `cache_hit_filter`: a client asking for validation gets it even on a fresh entry.
-    pub fn hit_filter(state: &CacheState, is_fresh: bool) -> Option<ForcedFreshness> {
+    /// `cache_hit_filter`: a request under the cookie rule, or one that cannot decode the
+    /// stored response's `Content-Encoding`, is a miss; a client asking for validation (where
+    /// the route honors it) gets it even on a fresh entry.
+    pub fn hit_filter(
+        req: &RequestHeader,
+        meta: &CacheMeta,
+        state: &CacheState,
+        is_fresh: bool,
+    ) -> Option<ForcedFreshness> {
+        let encoding = meta
+            .headers()
+            .get(http::header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("(invalid)"));
+        let accept = req
+            .headers
+            .get(http::header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        if state.cookie || !key::acceptable(accept, encoding) {
+            return Some(ForcedFreshness::ForceMiss);
+        }
         (state.revalidate && is_fresh).then_some(ForcedFreshness::ForceExpired)
     }
 
@@ -253,6 +279,18 @@ impl Cache {
         }
         let fwd = if state.revalidate { "request" } else { "stale" };
         let (lookup, status) = match phase {
+            // The cookie rule decided: nothing stored was looked at.
+            CachePhase::Miss | CachePhase::Disabled(_) if state.cookie => {
+                let stored = if phase == CachePhase::Miss && state.pass.is_none() {
+                    "; stored"
+                } else {
+                    ""
+                };
+                (
+                    Lookup::Bypass,
+                    format!("switchyard; fwd=bypass{stored}; detail=cookie"),
+                )
+            }
             CachePhase::Hit => {
                 if session.cache.lock_duration().is_some() {
                     self.counters.coalesced.fetch_add(1, Ordering::Relaxed);

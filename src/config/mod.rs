@@ -112,6 +112,43 @@ pub struct RouteCache {
     pub stale_while_revalidate: Duration,
     /// Used when the origin gives no `stale-if-error`.
     pub stale_if_error: Duration,
+    /// What a request's `Cookie` does to the cache.
+    pub cookies: CookiePolicy,
+    /// Whether a request's own `Cache-Control` / `Pragma` is obeyed.
+    pub client_cache_control: ClientCacheControl,
+}
+
+impl RouteCache {
+    /// The cookies the cache is keyed on (sorted); empty unless `cookies` lists names.
+    pub fn keyed_cookies(&self) -> &[String] {
+        match &self.cookies {
+            CookiePolicy::Key(names) => names,
+            _ => &[],
+        }
+    }
+}
+
+/// `routes[].cache.cookies`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CookiePolicy {
+    /// A request with a `Cookie` is not served from the cache, and its response is stored only
+    /// when explicitly `public` or `s-maxage`.
+    #[default]
+    Bypass,
+    /// Cookies make no difference to the cache.
+    Ignore,
+    /// The cache is keyed on these cookies' values; other cookies make no difference.
+    Key(Vec<String>),
+}
+
+/// `routes[].cache.client_cache_control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientCacheControl {
+    /// Request `no-cache`, `max-age=0`, `no-store` and `Pragma: no-cache` change nothing.
+    #[default]
+    Ignore,
+    /// `no-store` bypasses the cache; `no-cache`, `max-age=0`, `Pragma: no-cache` revalidate.
+    Honor,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -701,7 +738,49 @@ fn validate_route_cache(path: &str, c: FileRouteCache) -> Result<Option<RouteCac
             c.stale_while_revalidate.as_deref(),
         )?,
         stale_if_error: window("stale_if_error", c.stale_if_error.as_deref())?,
+        cookies: cookie_policy(&format!("{path}.cookies"), c.cookies)?,
+        client_cache_control: match c.client_cache_control.as_deref() {
+            None | Some("ignore") => ClientCacheControl::Ignore,
+            Some("honor") => ClientCacheControl::Honor,
+            Some(other) => {
+                return Err(invalid(
+                    format!("{path}.client_cache_control"),
+                    format!("expected ignore or honor, got `{other}`"),
+                ))
+            }
+        },
     }))
+}
+
+/// `bypass`, `ignore`, or a non-empty list of cookie names.
+fn cookie_policy(path: &str, value: Option<serde_yaml::Value>) -> Result<CookiePolicy, Invalid> {
+    use serde_yaml::Value;
+    let expected = "expected bypass, ignore or a list of cookie names";
+    match value {
+        None => Ok(CookiePolicy::Bypass),
+        Some(Value::String(s)) if s == "bypass" => Ok(CookiePolicy::Bypass),
+        Some(Value::String(s)) if s == "ignore" => Ok(CookiePolicy::Ignore),
+        Some(Value::Sequence(items)) if !items.is_empty() => {
+            let mut names = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                // RFC 6265 §4.1.1: a cookie name is an HTTP token.
+                let name = match item {
+                    Value::String(s)
+                        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())
+                            && !s.contains(['(', ')', '<', '>', '@', ',', ';', ':', '\\', '"', '/', '[', ']', '?', '=', '{', '}']) =>
+                    {
+                        s
+                    }
+                    _ => return Err(invalid(format!("{path}[{i}]"), "expected a cookie name")),
+                };
+                names.push(name);
+            }
+            names.sort();
+            names.dedup();
+            Ok(CookiePolicy::Key(names))
+        }
+        Some(_) => Err(invalid(path, expected)),
+    }
 }
 
 /// Compression settings: built-in defaults, then `base` (the global block), then `own`.
