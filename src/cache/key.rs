@@ -229,7 +229,10 @@ mod tests {
         assert!(ok(None, None));
         assert!(ok(Some("gzip"), None));
         assert!(ok(None, Some("identity")));
-        assert!(!ok(None, Some("deflate")), "no Accept-Encoding: identity only");
+        assert!(
+            !ok(None, Some("deflate")),
+            "no Accept-Encoding: identity only"
+        );
         assert!(!ok(Some("gzip, br"), Some("deflate")));
         assert!(ok(Some("gzip, deflate"), Some("deflate")));
         assert!(ok(Some("DEFLATE"), Some("Deflate")));
@@ -237,7 +240,10 @@ mod tests {
         assert!(ok(Some("*"), Some("dcz")));
         assert!(ok(Some("x-gzip"), Some("gzip")));
         assert!(ok(Some("gzip"), Some("x-gzip")));
-        assert!(!ok(Some("gzip"), Some("gzip, br")), "every applied coding counts");
+        assert!(
+            !ok(Some("gzip"), Some("gzip, br")),
+            "every applied coding counts"
+        );
         assert!(!ok(Some(""), Some("gzip")));
     }
 
@@ -249,11 +255,18 @@ mod tests {
             let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
             variance(&m, &req("/", &headers), None, &keyed)
         };
-        assert_eq!(variance(&m, &req("/", &[("Cookie", "lang=en")]), None, &[]), None);
+        assert_eq!(
+            variance(&m, &req("/", &[("Cookie", "lang=en")]), None, &[]),
+            None
+        );
         assert!(v(None).is_some());
         assert_ne!(v(Some("lang=en")), v(Some("lang=fr")));
         assert_ne!(v(Some("lang=")), v(None), "empty is not absent");
-        assert_eq!(v(Some("sid=1; lang=en")), v(Some("lang=en; sid=2")), "other cookies");
+        assert_eq!(
+            v(Some("sid=1; lang=en")),
+            v(Some("lang=en; sid=2")),
+            "other cookies"
+        );
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::config::{self, ClientCacheControl, RouteCache};
 use crate::etag;
 use crate::fields;
 use policy::{Decision, RequestDirective};
-use redis::{FromRedis, RedisTier};
-use storage::{MemoryStorage, PurgeMatch, TAG_FIELDS};
+use redis::{FromRedis, RedisTier, SharedPurge};
+use storage::{FillStart, MemoryStorage, PurgeMatch, TAG_FIELDS};
 
 /// Per-request cache state, in the request context.
 #[derive(Debug, Default)]
@@ -41,6 +41,8 @@ pub struct CacheState {
     /// The request carries a `Cookie` on a route with the default cookie rule: nothing stored
     /// is served to it, and its response is stored only with explicit shared permission.
     pub cookie: bool,
+    /// The purge orders when the request started; a fill for it is ordered after them.
+    pub fill_start: Option<FillStart>,
 }
 
 /// What happened in the cache for one request, for stats and metrics.
@@ -125,12 +127,13 @@ impl Cache {
     }
 
     /// Removes what `target` names from memory and, with a shared tier, from Redis and the
-    /// other instances' memory. Returns `(memory entries, redis entries)`.
-    pub async fn purge(&self, target: PurgeMatch) -> (usize, u64) {
+    /// other instances' memory. Returns the memory entries removed and, with a shared tier,
+    /// what the purge did there.
+    pub async fn purge(&self, target: PurgeMatch) -> (usize, Option<SharedPurge>) {
         let memory = self.storage.purge(target.clone());
         let shared = match &self.storage.redis {
-            Some(redis) => redis.purge(&target).await,
-            None => 0,
+            Some(redis) => Some(redis.purge(&target).await),
+            None => None,
         };
         (memory, shared)
     }
@@ -167,6 +170,7 @@ impl Cache {
         // The cache stays on so that an explicitly shareable response can still be stored;
         // `hit_filter` keeps stored responses from this request.
         state.cookie = policy::cookie_bypass(session.req_header(), route);
+        state.fill_start = Some(self.storage.fill_start());
         session
             .cache
             .enable(self.storage, None, None, Some(self.lock), None);
@@ -214,7 +218,12 @@ impl Cache {
             return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
         };
         match policy::decide(req, resp, route, SystemTime::now()) {
-            Decision::Store(meta) => RespCacheable::Cacheable(meta),
+            Decision::Store(mut meta) => {
+                if let Some(start) = state.fill_start {
+                    meta.extensions_mut().insert(start);
+                }
+                RespCacheable::Cacheable(meta)
+            }
             Decision::Pass(reason) => {
                 state.pass = Some(reason);
                 RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)
@@ -373,6 +382,7 @@ impl Cache {
                 "errors": rs.errors_total(),
                 "purges_published": get(&rs.purges_published),
                 "purges_received": get(&rs.purges_received),
+                "fills_refused": get(&rs.fills_refused),
             })
         });
         serde_json::json!({

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{
-    AUTHORIZATION, COOKIE, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY,
-};
+use http::header::{AUTHORIZATION, COOKIE, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
 use http::StatusCode;
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_cache::CacheMeta;

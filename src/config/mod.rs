@@ -766,8 +766,12 @@ fn cookie_policy(path: &str, value: Option<serde_yaml::Value>) -> Result<CookieP
                 // RFC 6265 §4.1.1: a cookie name is an HTTP token.
                 let name = match item {
                     Value::String(s)
-                        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())
-                            && !s.contains(['(', ')', '<', '>', '@', ',', ';', ':', '\\', '"', '/', '[', ']', '?', '=', '{', '}']) =>
+                        if !s.is_empty()
+                            && s.bytes().all(|b| b.is_ascii_graphic())
+                            && !s.contains([
+                                '(', ')', '<', '>', '@', ',', ';', ':', '\\', '"', '/', '[', ']',
+                                '?', '=', '{', '}',
+                            ]) =>
                     {
                         s
                     }

@@ -663,7 +663,12 @@ fn route_cache_cookies_and_client_cache_control() {
             &format!("    upstream: assessments\n    cache: {block}\n"),
         )
     };
-    let cache = |block: &str| parse(&with(block)).unwrap().routes[0].cache.clone().unwrap();
+    let cache = |block: &str| {
+        parse(&with(block)).unwrap().routes[0]
+            .cache
+            .clone()
+            .unwrap()
+    };
     let defaults = cache("{ enabled: true }");
     assert_eq!(defaults.cookies, CookiePolicy::Bypass);
     assert_eq!(defaults.client_cache_control, ClientCacheControl::Ignore);
@@ -681,7 +686,11 @@ fn route_cache_cookies_and_client_cache_control() {
         "routes[0].cache.cookies",
         "expected bypass, ignore or a list",
     );
-    rejects(&with("{ cookies: [] }"), "routes[0].cache.cookies", "expected");
+    rejects(
+        &with("{ cookies: [] }"),
+        "routes[0].cache.cookies",
+        "expected",
+    );
     rejects(
         &with("{ cookies: [\"a=b\"] }"),
         "routes[0].cache.cookies[0]",

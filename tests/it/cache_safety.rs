@@ -41,7 +41,10 @@ async fn a_cookie_request_is_never_served_another_users_response() {
     assert_eq!(cs, "switchyard; fwd=bypass; detail=cookie");
     assert_ne!(bob, alice, "bob got alice's response");
     let (cs, _) = get(&p, "/api/me?v=1", &[]).await;
-    assert_eq!(cs, "switchyard; fwd=miss; stored", "nothing was stored for alice");
+    assert_eq!(
+        cs, "switchyard; fwd=miss; stored",
+        "nothing was stored for alice"
+    );
     assert_eq!(o.hits(), 3);
     // An anonymous response is stored, but not served to a request with a cookie.
     assert!(get(&p, "/api/me?v=1", &[]).await.0.contains("hit"));
@@ -74,7 +77,10 @@ async fn routes_can_ignore_cookies_or_key_on_some() {
     assert!(cs.starts_with("switchyard; hit"), "{cs}");
     assert_eq!(en2, en);
     let (cs, _) = get(&keyed, "/k?v=1", &[]).await;
-    assert_eq!(cs, "switchyard; fwd=miss; stored", "no lang cookie is its own variant");
+    assert_eq!(
+        cs, "switchyard; fwd=miss; stored",
+        "no lang cookie is its own variant"
+    );
     assert_eq!(o.hits(), 4);
 }
 
