@@ -1,4 +1,4 @@
-//! The memory tier: Pingora's `Storage` on TinyUFO (TinyLFU admission, S3-FIFO eviction),
+//! The memory tier: Pingora's `Storage` on TinyUFO (S3-FIFO eviction, every store admitted),
 //! bounded in bytes, with an index by primary key and tag for purges.
 //!
 //! Lookups touch only the TinyUFO map (lock free). Inserts, evictions and purges keep the
@@ -329,7 +329,8 @@ impl MemoryStorage {
         self.stats
             .bytes
             .fetch_add(entry.size as u64, Ordering::Relaxed);
-        // Forced admission: requests coalesced on this fill are about to read it.
+        // Forced admission: requests coalesced on this fill are about to read it. S3-FIFO's
+        // small queue keeps one-time keys from flushing the hot set (see the storage tests).
         let entry = Arc::new(entry);
         let evicted = self.map.force_put(key, Arc::clone(&entry), weight);
         for kv in evicted {
