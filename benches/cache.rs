@@ -1,4 +1,5 @@
-//! Cache lookup and hit read for 1 KiB and 100 KiB objects in the memory storage.
+//! Cache lookup and hit read for 1 KiB and 100 KiB objects in the memory storage, and the hit
+//! ratio of its eviction on a Zipf-distributed key stream, with and without TinyLFU admission.
 
 use std::time::{Duration, SystemTime};
 
@@ -8,7 +9,10 @@ use pingora_cache::storage::Storage;
 use pingora_cache::trace::Span;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_http::ResponseHeader;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use switchyard::cache::storage::MemoryStorage;
+use tinyufo::TinyUfo;
 
 fn meta() -> CacheMeta {
     let mut h = ResponseHeader::build(200, None).unwrap();
@@ -54,5 +58,77 @@ fn hits(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hits);
+/// Keys `0..n` drawn with probability proportional to `1 / (rank + 1)^s`, by inverse CDF
+/// (`rand_distr` is not a dependency; this is a dozen lines).
+struct Zipf {
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize, s: f64) -> Zipf {
+        let mut total = 0.0;
+        let cumulative = (0..n)
+            .map(|rank| {
+                total += 1.0 / ((rank + 1) as f64).powf(s);
+                total
+            })
+            .collect();
+        Zipf { cumulative }
+    }
+
+    fn sample(&self, rng: &mut StdRng) -> u64 {
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        let x = rng.random::<f64>() * total;
+        self.cumulative.partition_point(|&c| c < x) as u64
+    }
+}
+
+/// Replays `requests` Zipf keys through a TinyUFO of `capacity` equal-weight entries: a miss
+/// inserts, with `force_put` (what `MemoryStorage` does) or `put` (TinyLFU admission first).
+/// Returns the hit ratio.
+fn hit_ratio(zipf: &Zipf, capacity: usize, requests: usize, admission: bool) -> f64 {
+    let cache: TinyUfo<u64, ()> = TinyUfo::new(capacity, capacity);
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut hits = 0usize;
+    for _ in 0..requests {
+        let key = zipf.sample(&mut rng);
+        if cache.get(&key).is_some() {
+            hits += 1;
+        } else if admission {
+            cache.put(key, (), 1);
+        } else {
+            cache.force_put(key, (), 1);
+        }
+    }
+    hits as f64 / requests as f64
+}
+
+/// Prints the hit ratios (the number that matters here), then times the replay.
+fn zipf(c: &mut Criterion) {
+    let keys = 100_000;
+    println!("zipf hit ratio, {keys} keys, 1,000,000 requests (capacity in entries):");
+    for s in [0.8, 1.0] {
+        let zipf = Zipf::new(keys, s);
+        for capacity in [1_000, 10_000] {
+            let forced = hit_ratio(&zipf, capacity, 1_000_000, false);
+            let admitted = hit_ratio(&zipf, capacity, 1_000_000, true);
+            println!(
+                "  s={s} capacity={capacity}: force_put {:.1}%, put (TinyLFU admission) {:.1}%",
+                forced * 100.0,
+                admitted * 100.0
+            );
+        }
+    }
+    let zipf = Zipf::new(keys, 1.0);
+    let mut group = c.benchmark_group("zipf_replay_10k");
+    for admission in [false, true] {
+        let name = if admission { "put" } else { "force_put" };
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(hit_ratio(&zipf, 1_000, 10_000, admission)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hits, zipf);
 criterion_main!(benches);

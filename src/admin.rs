@@ -233,19 +233,36 @@ fn purge_target(body: &[u8]) -> Result<PurgeMatch, String> {
 }
 
 impl Admin {
-    /// `POST /cache/purge`: removes what the body names; answers `{"purged": n}`.
+    /// `POST /cache/purge`: removes what the body names; answers `{"purged": n}`, or 503 with
+    /// what was done when the shared tier could not complete it.
     async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let target = match read_body(session).await.and_then(|b| purge_target(&b)) {
             Ok(t) => t,
             Err(e) => return json_reply(StatusCode::BAD_REQUEST, &json!({ "error": e })),
         };
         let (purged, shared) = self.shared.cache.purge(target.clone()).await;
-        log::info!("cache purge {target:?}: {purged} entries in memory, {shared} in redis");
         let mut body = json!({ "purged": purged });
-        if self.shared.cache.storage.redis.is_some() {
-            body["redis_deleted"] = json!(shared);
+        let Some(shared) = shared else {
+            log::info!("cache purge {target:?}: {purged} entries");
+            return json_reply(StatusCode::OK, &body);
+        };
+        body["redis_deleted"] = json!(shared.deleted);
+        if shared.complete() {
+            log::info!(
+                "cache purge {target:?}: {purged} entries in memory, {} in redis",
+                shared.deleted
+            );
+            return json_reply(StatusCode::OK, &body);
         }
-        json_reply(StatusCode::OK, &body)
+        // Partial: say what was done, and that the purge must be repeated.
+        log::warn!(
+            "cache purge {target:?} incomplete ({} failed): {purged} entries in memory, {} in redis",
+            shared.failed.join(", "),
+            shared.deleted
+        );
+        body["incomplete"] = json!(shared.failed);
+        body["error"] = json!("the shared tier did not complete the purge; repeat it");
+        json_reply(StatusCode::SERVICE_UNAVAILABLE, &body)
     }
 
     /// `POST /reload`: 200 with the new version and what changed, or 422 with the error.

@@ -1,5 +1,6 @@
 //! Cache keys: `<host><path?query>` (the form purges use), and the variance of a response that
-//! `Vary`s on request headers, with `Accept-Encoding` reduced to the encodings Switchyard knows.
+//! `Vary`s on request headers (with `Accept-Encoding` reduced to the codings the client accepts)
+//! or of a route keyed on cookies.
 
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheMeta, VarianceBuilder};
@@ -20,17 +21,28 @@ pub fn primary(host: &str, req: &RequestHeader) -> String {
     format!("{}{path}", host.to_ascii_lowercase())
 }
 
-/// The encodings a client accepts among those Switchyard can produce, as `br,gzip`; `identity`
-/// when none. Clients that differ only in ways that do not change the answer share a variant.
+/// The codings a client accepts: those Switchyard can produce (also through `*`), in a fixed
+/// order, then any other coding it names with a q above 0 (`deflate`, `dcb`, …), sorted, as
+/// `br,gzip,deflate`; `identity` when none. Clients that differ only in q-values or order
+/// share a variant; a client that accepts a coding an origin may answer with (`deflate`) does
+/// not share one with a client that does not.
 pub fn normalize_accept_encoding(value: Option<&str>) -> String {
     let Some(value) = value else {
         return "identity".into();
     };
-    let accepted: Vec<&str> = KNOWN_ENCODINGS
+    let mut accepted: Vec<String> = KNOWN_ENCODINGS
         .iter()
         .filter(|alg| accepts(value, **alg))
-        .map(|alg| alg.name())
+        .map(|alg| alg.name().to_string())
         .collect();
+    let mut others: Vec<String> = codings(value)
+        .filter(|(coding, q)| *q > 0.0 && !matches!(coding.as_str(), "identity" | "*"))
+        .map(|(coding, _)| coding)
+        .filter(|coding| !KNOWN_ENCODINGS.iter().any(|alg| alg.name() == coding))
+        .collect();
+    others.sort();
+    others.dedup();
+    accepted.extend(others);
     if accepted.is_empty() {
         "identity".into()
     } else {
@@ -38,23 +50,100 @@ pub fn normalize_accept_encoding(value: Option<&str>) -> String {
     }
 }
 
-/// The variance hash of `req` for a stored response that varies; `None` when it does not.
-/// On a route that compresses with `algorithms`, `Accept-Encoding` counts only through the
-/// encoding it negotiates, so every client that gets `br` shares one variant.
+/// `Accept-Encoding` elements as (coding in lower case, q), `x-gzip` and `x-compress` read as
+/// `gzip` and `compress` (RFC 9110 §8.4.1); an invalid q is 0. The compression module's parser
+/// answers only for the codings it produces; a stored response can carry any coding.
+fn codings(value: &str) -> impl Iterator<Item = (String, f32)> + '_ {
+    value.split(',').filter_map(|item| {
+        let mut parts = item.split(';');
+        let coding = parts.next()?.trim().to_ascii_lowercase();
+        if coding.is_empty() {
+            return None;
+        }
+        let coding = coding
+            .strip_prefix("x-")
+            .filter(|c| matches!(*c, "gzip" | "compress"))
+            .map_or(coding.clone(), str::to_string);
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, v)| {
+                v.trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|q| (0.0..=1.0).contains(q))
+                    .unwrap_or(0.0)
+            });
+        Some((coding, q))
+    })
+}
+
+/// Whether a client with this `Accept-Encoding` can take a response with this
+/// `Content-Encoding` (`None`: not encoded). Every coding applied must be accepted by name or
+/// through `*`. Without `Accept-Encoding` only an unencoded response is: RFC 9110 §12.5.3
+/// would allow any coding, but a cache cannot tell such a client from one that decodes none.
+pub fn acceptable(accept_encoding: Option<&str>, content_encoding: Option<&str>) -> bool {
+    let Some(content_encoding) = content_encoding else {
+        return true;
+    };
+    content_encoding
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .all(|applied| {
+            let applied = applied
+                .strip_prefix("x-")
+                .filter(|c| matches!(*c, "gzip" | "compress"))
+                .map_or(applied.clone(), str::to_string);
+            let Some(accept) = accept_encoding else {
+                return false;
+            };
+            let q = |name: &str| {
+                codings(accept)
+                    .filter(|(coding, _)| coding == name)
+                    .map(|(_, q)| q)
+                    .reduce(f32::max)
+            };
+            q(&applied).or_else(|| q("*")).is_some_and(|q| q > 0.0)
+        })
+}
+
+/// The variance name under which a keyed cookie counts: `:` cannot be in a header name, so it
+/// never meets a `Vary`ed field.
+fn cookie_variance_name(cookie: &str) -> String {
+    format!("cookie:{cookie}")
+}
+
+/// The variance hash of `req` for a stored response that varies, or on a route keyed on
+/// `cookies` (sorted names, empty when not keyed); `None` when neither. On a route that
+/// compresses with `algorithms`, `Accept-Encoding` counts only through the encoding it
+/// negotiates, so every client that gets `br` shares one variant.
 pub fn variance(
     meta: &CacheMeta,
     req: &RequestHeader,
     algorithms: Option<&[Algorithm]>,
+    cookies: &[String],
 ) -> Option<HashBinary> {
     let mut names: Vec<String> = fields::list(meta.headers(), http::header::VARY)
         .map(str::to_ascii_lowercase)
         .collect();
-    if names.is_empty() {
+    if names.is_empty() && cookies.is_empty() {
         return None;
     }
     names.sort();
     names.dedup();
     let mut builder = VarianceBuilder::new();
+    for cookie in cookies {
+        let headers = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        // `=value` when present, nothing when absent: an empty value is not a missing cookie.
+        let value = crate::upstream::sticky::cookie_value(headers, cookie)
+            .map_or_else(Vec::new, |v| format!("={v}").into_bytes());
+        builder.add_owned_name_value(cookie_variance_name(cookie), value);
+    }
     for name in names {
         let value: Vec<u8> = if name == "accept-encoding" {
             let raw = req
@@ -118,36 +207,86 @@ mod tests {
     #[test]
     fn accept_encoding_is_reduced_to_known_codings() {
         let n = |v| normalize_accept_encoding(Some(v));
-        assert_eq!(n("gzip, deflate, br"), "br,gzip");
+        assert_eq!(n("gzip, deflate, br"), "br,gzip,deflate");
         assert_eq!(n("br;q=1.0, gzip;q=0.8, *;q=0.1"), "br,gzip,zstd");
-        assert_eq!(n("deflate"), "identity");
+        assert_eq!(n("deflate"), "deflate", "deflate is not identity");
+        assert_eq!(n("dcz, dcb;q=0.5, deflate;q=0"), "dcb,dcz");
         assert_eq!(n("gzip;q=0, br"), "br");
         assert_eq!(n("GZIP"), "gzip");
         assert_eq!(n("*"), "br,gzip,zstd");
         assert_eq!(n("*;q=0, gzip"), "gzip");
         assert_eq!(n("identity;q=0, x-gzip"), "gzip");
+        assert_eq!(n("x-compress"), "compress");
         assert_eq!(n("br;q=abc"), "identity", "an invalid q-value is q=0");
         assert_eq!(normalize_accept_encoding(None), "identity");
-        assert_eq!(n("gzip, deflate, br"), n("br, gzip"));
+        assert_eq!(n("gzip, deflate, br"), n("br;q=0.9, deflate, gzip;q=0.5"));
+        assert_ne!(n("gzip, deflate, br"), n("br, gzip"));
+    }
+
+    #[test]
+    fn stored_codings_must_be_acceptable() {
+        let ok = |ae: Option<&str>, ce: Option<&str>| acceptable(ae, ce);
+        assert!(ok(None, None));
+        assert!(ok(Some("gzip"), None));
+        assert!(ok(None, Some("identity")));
+        assert!(
+            !ok(None, Some("deflate")),
+            "no Accept-Encoding: identity only"
+        );
+        assert!(!ok(Some("gzip, br"), Some("deflate")));
+        assert!(ok(Some("gzip, deflate"), Some("deflate")));
+        assert!(ok(Some("DEFLATE"), Some("Deflate")));
+        assert!(!ok(Some("deflate;q=0, *"), Some("deflate")));
+        assert!(ok(Some("*"), Some("dcz")));
+        assert!(ok(Some("x-gzip"), Some("gzip")));
+        assert!(ok(Some("gzip"), Some("x-gzip")));
+        assert!(
+            !ok(Some("gzip"), Some("gzip, br")),
+            "every applied coding counts"
+        );
+        assert!(!ok(Some(""), Some("gzip")));
+    }
+
+    #[test]
+    fn keyed_cookies_make_variants() {
+        let m = meta(None);
+        let keyed = ["lang".to_string()];
+        let v = |cookie: Option<&str>| {
+            let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+            variance(&m, &req("/", &headers), None, &keyed)
+        };
+        assert_eq!(
+            variance(&m, &req("/", &[("Cookie", "lang=en")]), None, &[]),
+            None
+        );
+        assert!(v(None).is_some());
+        assert_ne!(v(Some("lang=en")), v(Some("lang=fr")));
+        assert_ne!(v(Some("lang=")), v(None), "empty is not absent");
+        assert_eq!(
+            v(Some("sid=1; lang=en")),
+            v(Some("lang=en; sid=2")),
+            "other cookies"
+        );
     }
 
     #[test]
     fn variance_follows_vary() {
-        assert_eq!(variance(&meta(None), &req("/", &[]), None), None);
+        assert_eq!(variance(&meta(None), &req("/", &[]), None, &[]), None);
         let m = meta(Some("X-Lang"));
-        let en = variance(&m, &req("/", &[("X-Lang", "en")]), None);
-        let fr = variance(&m, &req("/", &[("X-Lang", "fr")]), None);
+        let en = variance(&m, &req("/", &[("X-Lang", "en")]), None, &[]);
+        let fr = variance(&m, &req("/", &[("X-Lang", "fr")]), None, &[]);
         assert!(en.is_some());
         assert_ne!(en, fr);
-        assert_eq!(en, variance(&m, &req("/", &[("x-lang", "en")]), None));
+        assert_eq!(en, variance(&m, &req("/", &[("x-lang", "en")]), None, &[]));
         let ae = meta(Some("Accept-Encoding"));
-        let v = |h: &str, algs| variance(&ae, &req("/", &[("Accept-Encoding", h)]), algs);
-        assert_eq!(v("gzip, deflate, br", None), v("br,gzip", None));
-        assert_ne!(v("gzip", None), variance(&ae, &req("/", &[]), None));
+        let v = |h: &str, algs| variance(&ae, &req("/", &[("Accept-Encoding", h)]), algs, &[]);
+        assert_eq!(v("gzip, deflate, br", None), v("br,deflate,gzip", None));
+        assert_ne!(v("deflate", None), variance(&ae, &req("/", &[]), None, &[]));
+        assert_ne!(v("gzip", None), variance(&ae, &req("/", &[]), None, &[]));
         // With compression on, only the negotiated encoding matters.
         let all = Some(&Algorithm::ALL[..]);
         assert_eq!(v("br", all), v("gzip, br;q=1, zstd;q=0.5", all));
         assert_ne!(v("br", all), v("gzip", all));
-        assert_eq!(v("deflate", all), variance(&ae, &req("/", &[]), all));
+        assert_eq!(v("deflate", all), variance(&ae, &req("/", &[]), all, &[]));
     }
 }

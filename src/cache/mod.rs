@@ -20,12 +20,12 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
-use crate::config::{self, RouteCache};
+use crate::config::{self, ClientCacheControl, RouteCache};
 use crate::etag;
 use crate::fields;
 use policy::{Decision, RequestDirective};
-use redis::{FromRedis, RedisTier};
-use storage::{MemoryStorage, PurgeMatch, TAG_FIELDS};
+use redis::{FromRedis, RedisTier, SharedPurge};
+use storage::{FillStart, MemoryStorage, PurgeMatch, TAG_FIELDS};
 
 /// Per-request cache state, in the request context.
 #[derive(Debug, Default)]
@@ -38,6 +38,11 @@ pub struct CacheState {
     pub pass: Option<&'static str>,
     /// A passing-through 200 became a 304: its body is not sent.
     pub drop_body: bool,
+    /// The request carries a `Cookie` on a route with the default cookie rule: nothing stored
+    /// is served to it, and its response is stored only with explicit shared permission.
+    pub cookie: bool,
+    /// The purge orders when the request started; a fill for it is ordered after them.
+    pub fill_start: Option<FillStart>,
 }
 
 /// What happened in the cache for one request, for stats and metrics.
@@ -122,12 +127,13 @@ impl Cache {
     }
 
     /// Removes what `target` names from memory and, with a shared tier, from Redis and the
-    /// other instances' memory. Returns `(memory entries, redis entries)`.
-    pub async fn purge(&self, target: PurgeMatch) -> (usize, u64) {
+    /// other instances' memory. Returns the memory entries removed and, with a shared tier,
+    /// what the purge did there.
+    pub async fn purge(&self, target: PurgeMatch) -> (usize, Option<SharedPurge>) {
         let memory = self.storage.purge(target.clone());
         let shared = match &self.storage.redis {
-            Some(redis) => redis.purge(&target).await,
-            None => 0,
+            Some(redis) => Some(redis.purge(&target).await),
+            None => None,
         };
         (memory, shared)
     }
@@ -141,9 +147,9 @@ impl Cache {
         max_object_size: u64,
         state: &mut CacheState,
     ) {
-        if route.is_none() {
+        let Some(route) = route else {
             return;
-        }
+        };
         if !matches!(
             session.req_header().method,
             http::Method::GET | http::Method::HEAD
@@ -151,14 +157,20 @@ impl Cache {
             state.bypass = Some("method");
             return;
         }
-        match policy::request_directive(session.req_header()) {
-            RequestDirective::Bypass => {
-                state.bypass = Some("no-store");
-                return;
+        if route.client_cache_control == ClientCacheControl::Honor {
+            match policy::request_directive(session.req_header()) {
+                RequestDirective::Bypass => {
+                    state.bypass = Some("no-store");
+                    return;
+                }
+                RequestDirective::Revalidate => state.revalidate = true,
+                RequestDirective::Normal => {}
             }
-            RequestDirective::Revalidate => state.revalidate = true,
-            RequestDirective::Normal => {}
         }
+        // The cache stays on so that an explicitly shareable response can still be stored;
+        // `hit_filter` keeps stored responses from this request.
+        state.cookie = policy::cookie_bypass(session.req_header(), route);
+        state.fill_start = Some(self.storage.fill_start());
         session
             .cache
             .enable(self.storage, None, None, Some(self.lock), None);
@@ -172,8 +184,26 @@ impl Cache {
         CacheKey::new(key::primary(host, req), "")
     }
 
-    /// `cache_hit_filter`: a client asking for validation gets it even on a fresh entry.
-    pub fn hit_filter(state: &CacheState, is_fresh: bool) -> Option<ForcedFreshness> {
+    /// `cache_hit_filter`: a request under the cookie rule, or one that cannot decode the
+    /// stored response's `Content-Encoding`, is a miss; a client asking for validation (where
+    /// the route honors it) gets it even on a fresh entry.
+    pub fn hit_filter(
+        req: &RequestHeader,
+        meta: &CacheMeta,
+        state: &CacheState,
+        is_fresh: bool,
+    ) -> Option<ForcedFreshness> {
+        let encoding = meta
+            .headers()
+            .get(http::header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("(invalid)"));
+        let accept = req
+            .headers
+            .get(http::header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        if state.cookie || !key::acceptable(accept, encoding) {
+            return Some(ForcedFreshness::ForceMiss);
+        }
         (state.revalidate && is_fresh).then_some(ForcedFreshness::ForceExpired)
     }
 
@@ -188,7 +218,12 @@ impl Cache {
             return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
         };
         match policy::decide(req, resp, route, SystemTime::now()) {
-            Decision::Store(meta) => RespCacheable::Cacheable(meta),
+            Decision::Store(mut meta) => {
+                if let Some(start) = state.fill_start {
+                    meta.extensions_mut().insert(start);
+                }
+                RespCacheable::Cacheable(meta)
+            }
             Decision::Pass(reason) => {
                 state.pass = Some(reason);
                 RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)
@@ -253,6 +288,18 @@ impl Cache {
         }
         let fwd = if state.revalidate { "request" } else { "stale" };
         let (lookup, status) = match phase {
+            // The cookie rule decided: nothing stored was looked at.
+            CachePhase::Miss | CachePhase::Disabled(_) if state.cookie => {
+                let stored = if phase == CachePhase::Miss && state.pass.is_none() {
+                    "; stored"
+                } else {
+                    ""
+                };
+                (
+                    Lookup::Bypass,
+                    format!("switchyard; fwd=bypass{stored}; detail=cookie"),
+                )
+            }
             CachePhase::Hit => {
                 if session.cache.lock_duration().is_some() {
                     self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
@@ -335,6 +382,7 @@ impl Cache {
                 "errors": rs.errors_total(),
                 "purges_published": get(&rs.purges_published),
                 "purges_received": get(&rs.purges_received),
+                "fills_refused": get(&rs.fills_refused),
             })
         });
         serde_json::json!({

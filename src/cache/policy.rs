@@ -3,13 +3,13 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{AUTHORIZATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::header::{AUTHORIZATION, COOKIE, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
 use http::StatusCode;
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_cache::CacheMeta;
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use crate::config::RouteCache;
+use crate::config::{CookiePolicy, RouteCache};
 use crate::etag::GENERATED;
 use crate::fields;
 
@@ -109,21 +109,26 @@ pub fn decide(
     if resp.headers.contains_key(SET_COOKIE) {
         return Decision::Pass("set-cookie");
     }
-    if req.headers.contains_key(AUTHORIZATION) {
-        let allowed = cc
-            .as_ref()
-            .is_some_and(|c| c.public() || matches!(c.s_maxage(), Ok(Some(_))));
-        if !allowed {
-            return Decision::Pass("authorization");
-        }
+    // RFC 9111 §3.5: a shared cache stores a response to an authenticated request only with
+    // the origin's explicit permission. A cookie is treated the same way (Varnish's built-in
+    // rule, relaxed for that permission) unless the route says how cookies matter.
+    let shared_permission = cc
+        .as_ref()
+        .is_some_and(|c| c.public() || matches!(c.s_maxage(), Ok(Some(_))));
+    if req.headers.contains_key(AUTHORIZATION) && !shared_permission {
+        return Decision::Pass("authorization");
+    }
+    let cookie_rule = cookie_bypass(req, route);
+    if cookie_rule && !shared_permission {
+        return Decision::Pass("cookie");
     }
     let has_validator = resp.headers.contains_key(ETAG) || resp.headers.contains_key(LAST_MODIFIED);
     let no_cache = cc.as_ref().is_some_and(|c| c.no_cache());
     let lifetime = match origin_lifetime(cc.as_ref(), resp) {
         Some(origin) => Some(route.max_ttl.map_or(origin, |cap| origin.min(cap))),
         None if !heuristically_cacheable(resp.status) => return Decision::Pass("status"),
-        None => route
-            .default_ttl
+        // `default_ttl` is the route's guess for anonymous content: never for a cookie request.
+        None => (if cookie_rule { None } else { route.default_ttl })
             .or_else(|| heuristic_lifetime(resp, now))
             .map(|ttl| route.max_ttl.map_or(ttl, |cap| ttl.min(cap))),
     };
@@ -173,6 +178,12 @@ pub fn decide(
     // Never store an internal header an origin might have sent.
     header.remove_header(GENERATED);
     Decision::Store(CacheMeta::new(fresh_until, now, swr, sie, header))
+}
+
+/// Whether the route's default cookie rule applies to `req`: it carries a `Cookie` and the
+/// route neither ignores cookies nor keys on them.
+pub fn cookie_bypass(req: &RequestHeader, route: &RouteCache) -> bool {
+    route.cookies == CookiePolicy::Bypass && req.headers.contains_key(COOKIE)
 }
 
 /// What the request's own `Cache-Control` (or `Pragma`) asks of the cache.

@@ -7,7 +7,12 @@
 //! Keys: `<prefix>obj:<primary>#<variance>` holds an entry ([`super::blob`]); a set
 //! `<prefix>tag:<tag>` lists the keys of the entries with that tag. Purge by tag reads the set;
 //! purge by key or prefix uses `SCAN MATCH` on the readable key (no index to keep in step, and a
-//! purge is rare next to lookups and stores).
+//! purge is rare next to lookups and stores). Purges are ordered against fills by a purge
+//! generation and tombstones: see [`purge`].
+
+mod purge;
+
+pub use purge::SharedPurge;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::storage::PurgeMatch;
 use crate::config::RedisTier as RedisConf;
 use crate::digest::hex;
+use purge::FILL;
 
 /// Marks a cached response that came from the Redis tier (in `CacheMeta` extensions).
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +45,8 @@ pub struct RedisStats {
     pub errors: [AtomicU64; 6],
     pub purges_published: AtomicU64,
     pub purges_received: AtomicU64,
+    /// Fills refused because a purge came after they started.
+    pub fills_refused: AtomicU64,
 }
 
 impl RedisStats {
@@ -53,6 +61,9 @@ struct PurgeMessage {
     from: String,
     kind: String,
     value: String,
+    /// The purge generation; absent from instances that predate it.
+    #[serde(default)]
+    generation: u64,
 }
 
 /// The Redis tier of one process.
@@ -63,6 +74,9 @@ pub struct RedisTier {
     next: AtomicUsize,
     /// Identifies this process in published purges.
     instance: String,
+    /// The newest purge generation this instance knows of: a fill that starts now is ordered
+    /// after every purge up to it.
+    known_generation: AtomicU64,
     pub stats: RedisStats,
     /// Milliseconds since `started` of the last error logged.
     last_log: AtomicU64,
@@ -88,6 +102,7 @@ impl RedisTier {
             pool: ArcSwapOption::empty(),
             next: AtomicUsize::new(0),
             instance: format!("{:016x}", rand::random::<u64>()),
+            known_generation: AtomicU64::new(0),
             stats: RedisStats::default(),
             last_log: AtomicU64::new(0),
             started: Instant::now(),
@@ -168,7 +183,19 @@ impl RedisTier {
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Stores a value for `ttl` and indexes its tags.
+    /// The purge generation a fill starting now is ordered after (see [`RedisTier::set`]).
+    pub fn generation(&self) -> u64 {
+        self.known_generation.load(Ordering::Acquire)
+    }
+
+    fn learn_generation(&self, generation: u64) {
+        self.known_generation
+            .fetch_max(generation, Ordering::AcqRel);
+    }
+
+    /// Stores a value for `ttl` and indexes its tags, unless a purge newer than `started` (the
+    /// generation the fill started at) covers it: one script checks the tombstones and writes,
+    /// so a purge either lands before the check or deletes what was written.
     pub async fn set(
         &self,
         primary: &str,
@@ -176,106 +203,25 @@ impl RedisTier {
         tags: &[String],
         value: Vec<u8>,
         ttl: Duration,
+        started: u64,
     ) {
         let key = self.object_key(primary, variance);
         let ms = ttl.as_millis().max(1) as u64;
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(&key)
-            .arg(value)
-            .arg("PX")
-            .arg(ms)
-            .ignore();
-        for tag in tags {
-            let set = format!("{}tag:{tag}", self.conf.key_prefix);
-            pipe.cmd("SADD").arg(&set).arg(&key).ignore();
-            pipe.cmd("PEXPIRE").arg(&set).arg(ms).arg("NX").ignore();
-            pipe.cmd("PEXPIRE").arg(&set).arg(ms).arg("GT").ignore();
-        }
-        let Some(mut conn) = self.connection() else {
-            self.error("set", "not connected");
-            return;
-        };
-        match tokio::time::timeout(self.conf.timeout, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.error("set", e),
-            Err(_) => self.error("set", "timed out"),
-        }
-    }
-
-    /// Deletes what `target` names from Redis and tells the other instances. Returns how
-    /// many Redis entries went.
-    pub async fn purge(&self, target: &PurgeMatch) -> u64 {
         let prefix = &self.conf.key_prefix;
-        let keys: Vec<String> = match target {
-            PurgeMatch::Tag(tag) => {
-                let set = format!("{prefix}tag:{tag}");
-                let mut keys: Vec<String> = self
-                    .query("purge", redis::cmd("SMEMBERS").arg(&set))
-                    .await
-                    .unwrap_or_default();
-                keys.push(set);
-                keys
-            }
-            PurgeMatch::Key(key) => {
-                self.scan(&format!("{prefix}obj:{}#*", glob_escape(key)))
-                    .await
-            }
-            PurgeMatch::Prefix(p) => self.scan(&format!("{prefix}obj:{}*", glob_escape(p))).await,
-        };
-        let mut deleted = 0;
-        for chunk in keys.chunks(500) {
-            deleted += self
-                .query::<u64>("purge", redis::cmd("DEL").arg(chunk))
-                .await
-                .unwrap_or(0);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(FILL).arg(3 + 2 * tags.len());
+        cmd.arg(&key)
+            .arg(purge::key_tombstone(prefix, primary))
+            .arg(purge::prefix_tombstones(prefix));
+        for tag in tags {
+            cmd.arg(purge::tag_tombstone(prefix, tag));
         }
-        let (kind, value) = match target {
-            PurgeMatch::Key(v) => ("key", v),
-            PurgeMatch::Prefix(v) => ("prefix", v),
-            PurgeMatch::Tag(v) => ("tag", v),
-        };
-        let message = PurgeMessage {
-            from: self.instance.clone(),
-            kind: kind.to_string(),
-            value: value.clone(),
-        };
-        if let Ok(payload) = serde_json::to_string(&message) {
-            let channel = format!("{prefix}purge");
-            if self
-                .query::<u64>("publish", redis::cmd("PUBLISH").arg(channel).arg(payload))
-                .await
-                .is_some()
-            {
-                self.stats.purges_published.fetch_add(1, Ordering::Relaxed);
-            }
+        for tag in tags {
+            cmd.arg(format!("{prefix}tag:{tag}"));
         }
-        deleted
-    }
-
-    async fn scan(&self, pattern: &str) -> Vec<String> {
-        let mut keys = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let page: Option<(u64, Vec<String>)> = self
-                .query(
-                    "purge",
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await;
-            let Some((next, found)) = page else {
-                return keys;
-            };
-            keys.extend(found);
-            if next == 0 {
-                return keys;
-            }
-            cursor = next;
+        cmd.arg(started.to_string()).arg(value).arg(ms).arg(primary);
+        if self.query::<i64>("set", &cmd).await == Some(0) {
+            self.stats.fills_refused.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -338,6 +284,16 @@ impl RedisTier {
             .await
             .map_err(|e| e.to_string())?;
         self.stats.connected.store(true, Ordering::Relaxed);
+        // Subscribed first, so no purge falls between this read and the messages.
+        if let Some(generation) = self
+            .query::<Option<u64>>(
+                "connect",
+                redis::cmd("GET").arg(purge::generation_key(&self.conf.key_prefix)),
+            )
+            .await
+        {
+            self.learn_generation(generation.unwrap_or(0));
+        }
         let mut messages = pubsub.on_message();
         while let Some(msg) = messages.next().await {
             let Ok(payload) = msg.get_payload::<String>() else {
@@ -347,6 +303,7 @@ impl RedisTier {
                 self.error("decode", format!("purge message `{payload}`"));
                 continue;
             };
+            self.learn_generation(message.generation);
             if message.from == self.instance {
                 continue;
             }
@@ -360,28 +317,5 @@ impl RedisTier {
             apply(target);
         }
         Err("subscription closed".into())
-    }
-}
-
-/// Escapes `*`, `?`, `[`, `]` and `\` for `SCAN MATCH`.
-fn glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glob_characters_are_escaped() {
-        assert_eq!(glob_escape("h/a?b=[1]*"), "h/a\\?b=\\[1\\]\\*");
-        assert_eq!(glob_escape("plain/path"), "plain/path");
     }
 }

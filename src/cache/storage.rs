@@ -1,4 +1,4 @@
-//! The memory tier: Pingora's `Storage` on TinyUFO (TinyLFU admission, S3-FIFO eviction),
+//! The memory tier: Pingora's `Storage` on TinyUFO (S3-FIFO eviction, every store admitted),
 //! bounded in bytes, with an index by primary key and tag for purges.
 //!
 //! Lookups touch only the TinyUFO map (lock free). Inserts, evictions and purges keep the
@@ -41,6 +41,17 @@ const PER_FIELD: usize = 96;
 /// The allocator places a large body (16 KiB and up) at a random offset within one extra page.
 const LARGE_BODY_PAD: usize = 4096;
 const LARGE_BODY: usize = 16 << 10;
+
+/// Where the purge orders stood when a request started: a fill for it is not stored when a
+/// purge since then covers it. Carried in the `CacheMeta` extensions from the response filter
+/// to the miss handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FillStart {
+    /// This instance's purge sequence.
+    seq: u64,
+    /// The Redis tier's purge generation.
+    generation: u64,
+}
 
 /// A purge that a fill started before it must respect.
 #[derive(Debug, Clone)]
@@ -167,9 +178,17 @@ impl MemoryStorage {
         )))
     }
 
+    /// The purge orders as they stand now, for a request that may fill.
+    pub fn fill_start(&self) -> FillStart {
+        FillStart {
+            seq: self.purge_seq.load(Ordering::Acquire),
+            generation: self.redis.as_ref().map_or(0, |r| r.generation()),
+        }
+    }
+
     /// Copies an entry to the Redis tier in the background, for as long as it may be used
-    /// (freshness plus the longer stale window).
-    fn share(&self, entry: &Entry, variance: Option<HashBinary>) {
+    /// (freshness plus the longer stale window), unless a purge after `started` covers it.
+    fn share(&self, entry: &Entry, variance: Option<HashBinary>, started: u64) {
         let Some(redis) = self.redis.clone() else {
             return;
         };
@@ -196,7 +215,7 @@ impl MemoryStorage {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 redis
-                    .set(&primary, variance.as_ref(), &tags, value, ttl)
+                    .set(&primary, variance.as_ref(), &tags, value, ttl, started)
                     .await;
             });
         }
@@ -310,7 +329,8 @@ impl MemoryStorage {
         self.stats
             .bytes
             .fetch_add(entry.size as u64, Ordering::Relaxed);
-        // Forced admission: requests coalesced on this fill are about to read it.
+        // Forced admission: requests coalesced on this fill are about to read it. S3-FIFO's
+        // small queue keeps one-time keys from flushing the hot set (see the storage tests).
         let entry = Arc::new(entry);
         let evicted = self.map.force_put(key, Arc::clone(&entry), weight);
         for kv in evicted {
@@ -470,6 +490,11 @@ impl Storage for MemoryStorage {
             .primary_key_str()
             .map(Arc::from)
             .unwrap_or_else(|| Arc::from(""));
+        let started = meta
+            .extensions()
+            .get::<FillStart>()
+            .copied()
+            .unwrap_or_else(|| self.fill_start());
         Ok(Box::new(Miss {
             storage: self,
             key: key.combined_bin(),
@@ -478,7 +503,7 @@ impl Storage for MemoryStorage {
             body: BytesMut::with_capacity(expected_len(meta, self.max_object_size)),
             meta: stored_meta(meta),
             too_large: false,
-            started: self.purge_seq.load(Ordering::Acquire),
+            started,
         }))
     }
 
@@ -504,16 +529,16 @@ impl Storage for MemoryStorage {
     ) -> Result<bool> {
         let key_variance = key.get_variance_key().copied();
         let key = key.combined_bin();
-        let started = self.purge_seq.load(Ordering::Acquire);
+        let started = self.fill_start();
         let Some(old) = self.map.get(&key) else {
             return Ok(false);
         };
         let mut meta = stored_meta(meta);
         etag::keep_generated(&old.meta, &mut meta);
         let entry = Entry::new(key, old.primary.clone(), meta, old.body.clone());
-        match self.insert(entry, started) {
+        match self.insert(entry, started.seq) {
             Some(stored) => {
-                self.share(&stored, key_variance);
+                self.share(&stored, key_variance, started.generation);
                 Ok(true)
             }
             None => Ok(false),
@@ -597,7 +622,7 @@ struct Miss {
     meta: CacheMeta,
     body: BytesMut,
     too_large: bool,
-    started: u64,
+    started: FillStart,
 }
 
 #[async_trait]
@@ -627,8 +652,9 @@ impl HandleMiss for Miss {
         etag::attach_generated(&mut meta, &body);
         let entry = Entry::new(self.key, self.primary, meta, body);
         let size = entry.size;
-        if let Some(stored) = self.storage.insert(entry, self.started) {
-            self.storage.share(&stored, self.variance);
+        if let Some(stored) = self.storage.insert(entry, self.started.seq) {
+            self.storage
+                .share(&stored, self.variance, self.started.generation);
         }
         Ok(MissFinishType::Created(size))
     }

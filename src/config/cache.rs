@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::file::{FileCache, FileRedis, FileRouteCache};
-use super::key::{Invalid, Key};
+use super::key::{is_token, Invalid, Key};
 
 /// The memory cache shared by every cache-enabled route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +53,43 @@ pub struct RouteCache {
     pub stale_while_revalidate: Duration,
     /// Used when the origin gives no `stale-if-error`.
     pub stale_if_error: Duration,
+    /// What a request's `Cookie` does to the cache.
+    pub cookies: CookiePolicy,
+    /// Whether a request's own `Cache-Control` / `Pragma` is obeyed.
+    pub client_cache_control: ClientCacheControl,
+}
+
+impl RouteCache {
+    /// The cookies the cache is keyed on (sorted); empty unless `cookies` lists names.
+    pub fn keyed_cookies(&self) -> &[String] {
+        match &self.cookies {
+            CookiePolicy::Key(names) => names,
+            _ => &[],
+        }
+    }
+}
+
+/// `routes[].cache.cookies`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CookiePolicy {
+    /// A request with a `Cookie` is not served from the cache, and its response is stored only
+    /// when explicitly `public` or `s-maxage`.
+    #[default]
+    Bypass,
+    /// Cookies make no difference to the cache.
+    Ignore,
+    /// The cache is keyed on these cookies' values; other cookies make no difference.
+    Key(Vec<String>),
+}
+
+/// `routes[].cache.client_cache_control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientCacheControl {
+    /// Request `no-cache`, `max-age=0`, `no-store` and `Pragma: no-cache` change nothing.
+    #[default]
+    Ignore,
+    /// `no-store` bypasses the cache; `no-cache`, `max-age=0`, `Pragma: no-cache` revalidate.
+    Honor,
 }
 
 /// Largest object the memory cache stores (its eviction weights are 16-bit).
@@ -142,5 +179,39 @@ pub(super) fn route_cache(key: &Key, c: FileRouteCache) -> Result<Option<RouteCa
         stale_if_error: key
             .field("stale_if_error")
             .window(c.stale_if_error.as_deref())?,
+        cookies: cookie_policy(&key.field("cookies"), c.cookies)?,
+        client_cache_control: match c.client_cache_control.as_deref() {
+            None | Some("ignore") => ClientCacheControl::Ignore,
+            Some("honor") => ClientCacheControl::Honor,
+            Some(other) => {
+                return Err(key
+                    .field("client_cache_control")
+                    .invalid(format!("expected ignore or honor, got `{other}`")))
+            }
+        },
     }))
+}
+
+/// `bypass`, `ignore`, or a non-empty list of cookie names.
+fn cookie_policy(key: &Key, value: Option<serde_yaml::Value>) -> Result<CookiePolicy, Invalid> {
+    use serde_yaml::Value;
+    match value {
+        None => Ok(CookiePolicy::Bypass),
+        Some(Value::String(s)) if s == "bypass" => Ok(CookiePolicy::Bypass),
+        Some(Value::String(s)) if s == "ignore" => Ok(CookiePolicy::Ignore),
+        Some(Value::Sequence(items)) if !items.is_empty() => {
+            let mut names = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                // RFC 6265 §4.1.1: a cookie name is an HTTP token.
+                match item {
+                    Value::String(s) if is_token(&s) => names.push(s),
+                    _ => return Err(key.index(i).invalid("expected a cookie name")),
+                }
+            }
+            names.sort();
+            names.dedup();
+            Ok(CookiePolicy::Key(names))
+        }
+        Some(_) => Err(key.invalid("expected bypass, ignore or a list of cookie names")),
+    }
 }

@@ -72,6 +72,9 @@ pub struct FileRouteCache {
     pub stale_while_revalidate: Option<String>,
     #[serde(default, deserialize_with = "text")]
     pub stale_if_error: Option<String>,
+    /// `bypass`, `ignore`, or a list of cookie names.
+    pub cookies: Option<serde_yaml::Value>,
+    pub client_cache_control: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

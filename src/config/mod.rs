@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use admin::Admin;
-pub use cache::{Cache, RedisTier, RouteCache, MAX_OBJECT_SIZE_LIMIT};
+pub use cache::{
+    Cache, ClientCacheControl, CookiePolicy, RedisTier, RouteCache, MAX_OBJECT_SIZE_LIMIT,
+};
 pub use route::{HostMatch, Route};
 pub use server::Server;
 pub use upstream::{

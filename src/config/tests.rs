@@ -384,6 +384,8 @@ fn cache_blocks_parse() {
             max_ttl: Some(Duration::from_secs(86400)),
             stale_while_revalidate: Duration::from_secs(10),
             stale_if_error: Duration::from_secs(300),
+            cookies: CookiePolicy::Bypass,
+            client_cache_control: ClientCacheControl::Ignore,
         })
     );
     let off = BASE.replace(
@@ -653,4 +655,52 @@ fn yaml_strategy() -> impl proptest::strategy::Strategy<Value = String> {
             prop::collection::vec(inner, 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
         ]
     })
+}
+
+#[test]
+fn route_cache_cookies_and_client_cache_control() {
+    let with = |block: &str| {
+        BASE.replace(
+            "    upstream: assessments\n",
+            &format!("    upstream: assessments\n    cache: {block}\n"),
+        )
+    };
+    let cache = |block: &str| {
+        parse(&with(block)).unwrap().routes[0]
+            .cache
+            .clone()
+            .unwrap()
+    };
+    let defaults = cache("{ enabled: true }");
+    assert_eq!(defaults.cookies, CookiePolicy::Bypass);
+    assert_eq!(defaults.client_cache_control, ClientCacheControl::Ignore);
+    assert_eq!(cache("{ cookies: ignore }").cookies, CookiePolicy::Ignore);
+    assert_eq!(
+        cache("{ cookies: [lang, ab_test, lang] }").cookies,
+        CookiePolicy::Key(vec!["ab_test".into(), "lang".into()])
+    );
+    assert_eq!(
+        cache("{ client_cache_control: honor }").client_cache_control,
+        ClientCacheControl::Honor
+    );
+    rejects(
+        &with("{ cookies: always }"),
+        "routes[0].cache.cookies",
+        "expected bypass, ignore or a list",
+    );
+    rejects(
+        &with("{ cookies: [] }"),
+        "routes[0].cache.cookies",
+        "expected",
+    );
+    rejects(
+        &with("{ cookies: [\"a=b\"] }"),
+        "routes[0].cache.cookies[0]",
+        "cookie name",
+    );
+    rejects(
+        &with("{ client_cache_control: obey }"),
+        "routes[0].cache.client_cache_control",
+        "expected ignore or honor",
+    );
 }

@@ -143,13 +143,18 @@ impl ProxyHttp for Proxy {
 
     async fn cache_hit_filter(
         &self,
-        _session: &mut Session,
-        _meta: &CacheMeta,
+        session: &mut Session,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(Cache::hit_filter(&ctx.cache, is_fresh))
+        Ok(Cache::hit_filter(
+            session.req_header(),
+            meta,
+            &ctx.cache,
+            is_fresh,
+        ))
     }
 
     fn response_cache_filter(
@@ -174,7 +179,8 @@ impl ProxyHttp for Proxy {
         req: &RequestHeader,
     ) -> Option<HashBinary> {
         let algorithms = ctx.route_compression().map(|s| s.algorithms.as_slice());
-        cache::key::variance(meta, req, algorithms)
+        let cookies = ctx.route_cache().map_or(&[][..], |c| c.keyed_cookies());
+        cache::key::variance(meta, req, algorithms, cookies)
     }
 
     fn cache_not_modified_filter(

@@ -328,3 +328,163 @@ async fn a_corrupt_value_is_a_miss() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_wins_over_a_fill_that_started_before_it() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let o = spawn_origin("o").await;
+    let (a, b) = two_instances(&o, &redis).await;
+    let cases = [
+        (
+            "/slow/600?cc=max-age=60&k",
+            serde_json::json!({"key": "127.0.0.1/slow/600?cc=max-age=60&k"}),
+        ),
+        (
+            "/slow/600?cc=max-age=60&p",
+            serde_json::json!({"prefix": "127.0.0.1/slow/"}),
+        ),
+        (
+            "/slow/600?cc=max-age=60&tag=red",
+            serde_json::json!({"tag": "red"}),
+        ),
+    ];
+    for (path, purge) in cases {
+        // B starts a fill; A purges while the origin is still answering it.
+        let hits = o.hits();
+        let url = b.url(path);
+        let fill =
+            tokio::spawn(async move { client().get(url).send().await.unwrap().text().await });
+        wait_until(Duration::from_secs(2), || async { o.hits() == hits + 1 }).await;
+        let resp = client()
+            .post(a.admin_url("/cache/purge"))
+            .json(&purge)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{purge}");
+        let old = fill.await.unwrap().unwrap();
+        // Time for a write to Redis from the background to land, if one were made.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let key = format!("sy:obj:127.0.0.1{path}#-");
+        assert!(
+            !redis_has(&redis, &key),
+            "{purge}: the purged object is back in redis"
+        );
+        // Neither tier kept the old fill: A fetches anew, and B gets A's fresh copy.
+        let (_, cs, fresh) = cache_status(&a, path).await;
+        assert_eq!(cs, "switchyard; fwd=miss; stored", "{purge}");
+        assert_ne!(fresh, old, "{purge}");
+        let key = key.clone();
+        wait_until(Duration::from_secs(2), || async { redis_has(&redis, &key) }).await;
+        let (_, cs, body) = cache_status(&b, path).await;
+        assert!(cs.ends_with("detail=redis"), "{purge}: {cs}");
+        assert_eq!(body, fresh, "{purge}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_purge_answers_503_with_what_was_done() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let o = spawn_origin("o").await;
+    let a = instance(&o, &redis).await;
+    connected(&a).await;
+    cache_status(&a, "/pp/1?cc=max-age=60").await;
+    let purge = || async {
+        let resp = client()
+            .post(a.admin_url("/cache/purge"))
+            .json(&serde_json::json!({"prefix": "127.0.0.1/pp/"}))
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    // Redis answers nothing for a while: every step times out (50 ms), the scan included.
+    redis.command(redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL"));
+    let (status, body) = purge().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["purged"], 1, "{body}");
+    assert_eq!(body["redis_deleted"], 0, "{body}");
+    let failed = body["incomplete"].as_array().unwrap();
+    assert!(failed.contains(&serde_json::json!("scan")), "{body}");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (status, body) = purge().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("incomplete").is_none(), "{body}");
+}
+
+/// The tier alone, on a real Redis: a fill that started before a purge is refused by Redis
+/// itself, whatever the order its write and the purge arrive in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refuses_a_fill_older_than_a_matching_purge() {
+    use std::sync::Arc;
+    use switchyard::cache::redis::RedisTier;
+    use switchyard::cache::storage::PurgeMatch;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let tier = Arc::new(
+        RedisTier::new(switchyard::config::RedisTier {
+            url: redis.url(),
+            key_prefix: "t:".into(),
+            max_object_size: 1 << 20,
+            timeout: Duration::from_millis(500),
+            pool_size: 1,
+        })
+        .unwrap(),
+    );
+    tokio::spawn(Arc::clone(&tier).run(|_| {}));
+    let ready = Arc::clone(&tier);
+    wait_until(Duration::from_secs(5), || {
+        let t = Arc::clone(&ready);
+        async move { t.stats.connected.load(std::sync::atomic::Ordering::Relaxed) }
+    })
+    .await;
+    let ttl = Duration::from_secs(60);
+    let tags = vec!["red".to_string()];
+    let cases = [
+        ("h/key", PurgeMatch::Key("h/key".into())),
+        ("h/pre/x", PurgeMatch::Prefix("h/pre/".into())),
+        ("h/tagged", PurgeMatch::Tag("red".into())),
+    ];
+    for (primary, target) in cases {
+        let stored = |p: &str| redis_has(&redis, &format!("t:obj:{p}#-"));
+        let before = tier.generation();
+        let shared = tier.purge(&target).await;
+        assert!(shared.complete(), "{shared:?}");
+        assert!(tier.generation() > before);
+        // Started before the purge, written after it: refused.
+        tier.set(primary, None, &tags, b"old".to_vec(), ttl, before)
+            .await;
+        assert!(
+            !stored(primary),
+            "{target:?}: a fill older than the purge was stored"
+        );
+        // Started after it: stored. Another key is not held back by the purge.
+        tier.set(
+            primary,
+            None,
+            &tags,
+            b"new".to_vec(),
+            ttl,
+            tier.generation(),
+        )
+        .await;
+        assert!(stored(primary), "{target:?}");
+        tier.set("h/other", None, &[], b"x".to_vec(), ttl, before)
+            .await;
+        assert!(stored("h/other"), "{target:?}");
+        redis.command(redis::cmd("DEL").arg("t:obj:h/other#-"));
+    }
+    let refused = tier
+        .stats
+        .fills_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 3);
+}

@@ -8,6 +8,8 @@ fn route() -> RouteCache {
         max_ttl: None,
         stale_while_revalidate: Duration::ZERO,
         stale_if_error: Duration::ZERO,
+        cookies: CookiePolicy::Bypass,
+        client_cache_control: crate::config::ClientCacheControl::Ignore,
     }
 }
 
@@ -298,4 +300,40 @@ fn request_directives() {
         request_directive(&req(&[("Cache-Control", "max-age=60")])),
         RequestDirective::Normal
     );
+}
+
+#[test]
+fn cookie_requests_are_stored_only_with_shared_permission() {
+    let mut r = route();
+    r.default_ttl = Some(Duration::from_secs(60));
+    let cookie = req(&[("Cookie", "session=a")]);
+    // An API that sends no cache headers: default_ttl applies to anonymous requests only.
+    assert_eq!(ttl(&req(&[]), &resp(200, &[]), &r), Ok(60));
+    assert_eq!(ttl(&cookie, &resp(200, &[]), &r), Err("cookie"));
+    assert_eq!(
+        ttl(&cookie, &resp(200, &[("Cache-Control", "max-age=30")]), &r),
+        Err("cookie")
+    );
+    assert_eq!(
+        ttl(
+            &cookie,
+            &resp(200, &[("Cache-Control", "public, max-age=30")]),
+            &r
+        ),
+        Ok(30)
+    );
+    assert_eq!(
+        ttl(&cookie, &resp(200, &[("Cache-Control", "s-maxage=20")]), &r),
+        Ok(20)
+    );
+    // `public` without a lifetime: no default_ttl for a cookie request, so nothing to store.
+    assert_eq!(
+        ttl(&cookie, &resp(200, &[("Cache-Control", "public")]), &r),
+        Err("no-freshness")
+    );
+    // The route can say cookies do not matter, or key on some of them.
+    r.cookies = CookiePolicy::Ignore;
+    assert_eq!(ttl(&cookie, &resp(200, &[]), &r), Ok(60));
+    r.cookies = CookiePolicy::Key(vec!["lang".into()]);
+    assert_eq!(ttl(&cookie, &resp(200, &[]), &r), Ok(60));
 }

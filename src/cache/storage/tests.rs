@@ -191,3 +191,48 @@ fn stored_headers_own_their_bytes() {
         "Content-Type: text/plain\r\nx-trace: abc\r\nx-trace: def\r\n"
     );
 }
+
+/// Every insert is forced (requests coalesced on a fill read it next), so TinyLFU admission
+/// never runs; S3-FIFO's small queue is what keeps a one-pass scan from flushing the hot set:
+/// a new entry enters the small queue (10% of the cache) and leaves it evicted unless it was
+/// read again meanwhile, while entries read more than once move to the main queue.
+#[tokio::test]
+async fn a_hot_set_survives_a_scan_of_ten_times_the_cache() {
+    let s = storage(1 << 20, 64 << 10);
+    let body = [b'h'; 1000];
+    let hot: Vec<String> = (0..40).map(|i| format!("h/hot/{i}")).collect();
+    for key in &hot {
+        fill(s, key, &[], &body).await;
+    }
+    for _ in 0..3 {
+        for key in &hot {
+            assert!(read(s, key).await.is_some(), "{key} was not stored");
+        }
+    }
+    let per_entry = s.stats.bytes.load(Ordering::Relaxed) / hot.len() as u64;
+    let capacity = s.max_bytes() / per_entry;
+    let scan = 10 * capacity;
+    for i in 0..scan {
+        fill(s, &format!("h/scan/{i}"), &[], &body).await;
+    }
+    assert!(
+        s.stats.evictions.load(Ordering::Relaxed) >= scan - capacity,
+        "the scan did not go through the cache"
+    );
+    assert!(s.stats.bytes.load(Ordering::Relaxed) <= s.max_bytes());
+    let lost: Vec<&String> = missing(s, &hot).await;
+    assert!(
+        lost.is_empty(),
+        "hot keys evicted by a scan of {scan} keys: {lost:?}"
+    );
+}
+
+async fn missing<'a>(s: &'static MemoryStorage, keys: &'a [String]) -> Vec<&'a String> {
+    let mut lost = Vec::new();
+    for key in keys {
+        if read(s, key).await.is_none() {
+            lost.push(key);
+        }
+    }
+    lost
+}
