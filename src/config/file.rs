@@ -1,8 +1,9 @@
 //! The YAML file as written: serde structs that reject unknown keys, before any validation.
+//! They serialize back to the same key tree, which reload diffs to name what changed.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Reads a duration or size field: a string, or a bare number kept as its text so that
 /// validation can say which unit is missing.
@@ -22,7 +23,7 @@ fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
 }
 
 /// The whole file. Every section but `upstreams` and `routes` may be left out.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
@@ -36,7 +37,7 @@ pub struct FileConfig {
     pub routes: Vec<FileRoute>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCache {
     #[serde(default, deserialize_with = "text")]
@@ -48,7 +49,7 @@ pub struct FileCache {
     pub redis: Option<FileRedis>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRedis {
     pub url: String,
@@ -60,7 +61,7 @@ pub struct FileRedis {
     pub pool_size: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRouteCache {
     pub enabled: Option<bool>,
@@ -74,7 +75,7 @@ pub struct FileRouteCache {
     pub stale_if_error: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileServer {
     pub listen: Option<Vec<String>>,
@@ -97,7 +98,7 @@ pub struct FileServer {
     pub server_header: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileAdmin {
     pub listen: Option<String>,
@@ -105,7 +106,7 @@ pub struct FileAdmin {
     pub allow_insecure: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpstream {
     pub strategy: Option<String>,
@@ -124,7 +125,7 @@ pub struct FileUpstream {
     pub max_in_flight: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSticky {
     pub cookie: Option<String>,
@@ -133,7 +134,7 @@ pub struct FileSticky {
     pub secret: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilePassiveHealth {
     pub consecutive_failures: Option<i64>,
@@ -141,14 +142,14 @@ pub struct FilePassiveHealth {
     pub ejection_time: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileBackend {
     pub address: String,
     pub weight: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileHealthCheck {
     #[serde(rename = "type")]
@@ -163,7 +164,7 @@ pub struct FileHealthCheck {
     pub healthy_threshold: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRoute {
     #[serde(rename = "match", default)]
@@ -174,7 +175,7 @@ pub struct FileRoute {
     pub compression: Option<serde_yaml::Value>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCompression {
     pub algorithms: Option<Vec<String>>,
@@ -184,7 +185,7 @@ pub struct FileCompression {
     pub types: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLevels {
     pub gzip: Option<i64>,
@@ -192,7 +193,7 @@ pub struct FileLevels {
     pub zstd: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileMatch {
     pub host: Option<String>,

@@ -36,6 +36,9 @@ pub struct Config {
     pub cache: Cache,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
+    /// The file as read (environment expanded), as the key tree of [`file::FileConfig`]:
+    /// reload compares two of them key by key to name what changed.
+    pub source: std::sync::Arc<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -300,7 +303,11 @@ impl Config {
             };
             err(&path, e.into_inner().to_string())
         })?;
-        validate(raw).map_err(|(path, reason)| err(&path, reason))
+        // Cannot fail: the file structs have string keys only.
+        let source = serde_json::to_value(&raw).unwrap_or_default();
+        let mut config = validate(raw).map_err(|(path, reason)| err(&path, reason))?;
+        config.source = std::sync::Arc::new(source);
+        Ok(config)
     }
 }
 
@@ -552,6 +559,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     };
 
     Ok(Config {
+        source: Default::default(),
         cache,
         server: Server {
             listen,
