@@ -88,9 +88,12 @@ fn apply(shared: &Shared, mut config: Config) -> ReloadOutcome {
 /// `changed` without what a restart would take (a key under a `requires_restart` name).
 fn applied(mut changed: Vec<String>, requires_restart: &[String]) -> Vec<String> {
     changed.retain(|key| {
-        !requires_restart
-            .iter()
-            .any(|r| key == r || key.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with('.')))
+        !requires_restart.iter().any(|r| {
+            key == r
+                || key
+                    .strip_prefix(r.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
     });
     changed
 }

@@ -104,6 +104,7 @@ pub struct FileAdmin {
     pub listen: Option<String>,
     pub token: Option<String>,
     pub allow_insecure: Option<bool>,
+    pub hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -124,6 +124,9 @@ pub struct Admin {
     pub token: Option<String>,
     /// Allows a non-loopback admin address without a token.
     pub allow_insecure: bool,
+    /// More names a request's `Host` may give besides the listen address and `localhost`
+    /// (lowercase, each a host name or `name:port`).
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,6 +383,26 @@ fn threshold(path: &str, value: Option<i64>, default: u32) -> Result<u32, Invali
     }
 }
 
+/// `admin.hosts`: names as they appear in a `Host` header, lowercased.
+fn admin_hosts(hosts: Vec<String>) -> Result<Vec<String>, Invalid> {
+    hosts
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let h = h.trim().to_ascii_lowercase();
+            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic()) || h.contains(['/', '@'])
+            {
+                Err(invalid(
+                    &format!("admin.hosts[{i}]"),
+                    format!("`{h}` is not a host name (like admin.example.com or admin.example.com:9901)"),
+                ))
+            } else {
+                Ok(h)
+            }
+        })
+        .collect()
+}
+
 fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     let threads_default = std::thread::available_parallelism().map_or(1, |n| n.get());
     let listen = raw
@@ -429,6 +452,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         )?,
         token: raw.admin.token.filter(|t| !t.is_empty()),
         allow_insecure: raw.admin.allow_insecure.unwrap_or(false),
+        hosts: admin_hosts(raw.admin.hosts.unwrap_or_default())?,
     };
     if !admin.listen.ip().is_loopback() && admin.token.is_none() && !admin.allow_insecure {
         return Err(invalid(

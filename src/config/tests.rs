@@ -652,3 +652,23 @@ fn yaml_strategy() -> impl proptest::strategy::Strategy<Value = String> {
         ]
     })
 }
+
+#[test]
+fn admin_hosts_are_names() {
+    let base = BASE;
+    let ok = parse(&format!(
+        "admin:\n  hosts: [Admin.Internal, \"ops.example:8443\"]\n{base}"
+    ))
+    .unwrap();
+    assert_eq!(ok.admin.hosts, vec!["admin.internal", "ops.example:8443"]);
+    rejects(
+        &format!("admin:\n  hosts: [ok.example, \"http://x/\"]\n{base}"),
+        "admin.hosts[1]",
+        "is not a host name",
+    );
+    rejects(
+        &format!("admin:\n  hosts: [\"\"]\n{base}"),
+        "admin.hosts[0]",
+        "is not a host name",
+    );
+}

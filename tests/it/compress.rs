@@ -374,7 +374,9 @@ async fn event_arrivals(
     while let Some(chunk) = resp.chunk().await.unwrap() {
         decoder.write_all(&chunk).unwrap();
         decoder.flush().unwrap();
-        let complete = String::from_utf8_lossy(&sink.0.lock().unwrap()).matches("\n\n").count();
+        let complete = String::from_utf8_lossy(&sink.0.lock().unwrap())
+            .matches("\n\n")
+            .count();
         while arrivals.len() < complete {
             arrivals.push(std::time::Instant::now());
         }
