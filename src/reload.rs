@@ -125,6 +125,10 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         names.push("server.read_buffer".to_string());
         new.server.read_buffer = old.server.read_buffer;
     }
+    if old.server.upgrade_socket != new.server.upgrade_socket {
+        names.push("server.upgrade_socket".to_string());
+        new.server.upgrade_socket = old.server.upgrade_socket.clone();
+    }
     if old.server.grace_period != new.server.grace_period {
         names.push("server.grace_period".to_string());
         new.server.grace_period = old.server.grace_period;

@@ -96,6 +96,7 @@ pub struct FileServer {
     #[serde(default, deserialize_with = "text")]
     pub max_body_size: Option<String>,
     pub server_header: Option<String>,
+    pub upgrade_socket: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -65,6 +65,9 @@ pub struct Server {
     pub max_body_size: u64,
     /// The `Server` header on every response; `None` keeps the upstream's.
     pub server_header: Option<String>,
+    /// The socket a graceful upgrade hands the listeners over on; `None`: a name derived from
+    /// the config file's path in a private runtime directory (see `app::upgrade`).
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 /// The memory cache shared by every cache-enabled route.
@@ -393,7 +396,7 @@ fn admin_hosts(hosts: Vec<String>) -> Result<Vec<String>, Invalid> {
             if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic()) || h.contains(['/', '@'])
             {
                 Err(invalid(
-                    &format!("admin.hosts[{i}]"),
+                    format!("admin.hosts[{i}]"),
                     format!("`{h}` is not a host name (like admin.example.com or admin.example.com:9901)"),
                 ))
             } else {
@@ -582,6 +585,18 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         Some(_) => return Err(invalid("server.server_header", "must be printable ASCII")),
     };
 
+    let upgrade_socket = match raw.server.upgrade_socket {
+        None => None,
+        // sun_path holds 108 bytes with the terminating NUL.
+        Some(p) if p.is_empty() || p.len() > 107 || p.ends_with('/') => {
+            return Err(invalid(
+                "server.upgrade_socket",
+                "must be a file path of 1 to 107 bytes (a Unix socket path)",
+            ))
+        }
+        Some(p) => Some(std::path::PathBuf::from(p)),
+    };
+
     Ok(Config {
         source: Default::default(),
         cache,
@@ -614,6 +629,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
                 16 << 20,
             )?,
             server_header,
+            upgrade_socket,
         },
         admin,
         upstreams,

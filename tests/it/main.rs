@@ -17,3 +17,4 @@ mod reload;
 mod retries;
 mod routing;
 mod sticky;
+mod upgrade;
