@@ -1,6 +1,8 @@
 //! The admin listener: `GET /health`, `GET /stats` (JSON) and `GET /metrics` (Prometheus),
 //! behind a bearer token when one is configured.
 
+mod guard;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -152,6 +154,22 @@ impl ServeHttp for Admin {
             "/reload" | "/cache/purge" => &[Method::POST],
             _ => return text(StatusCode::NOT_FOUND, "404 Not Found\n"),
         };
+        if path != "/health" {
+            let runtime = self.shared.runtime();
+            let admin = &runtime.config.admin;
+            let headers = &session.req_header().headers;
+            let checked = guard::check_host(headers, admin.listen, &admin.hosts).and_then(|()| {
+                if allowed.contains(&Method::POST) {
+                    guard::check_mutation(headers)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(refused) = checked {
+                log::warn!("admin {method} {path} refused: {refused}");
+                return text(refused.status(), &format!("{refused}\n"));
+            }
+        }
         if path != "/health" && !self.authorized(session) {
             let mut resp = text(
                 StatusCode::UNAUTHORIZED,

@@ -1,6 +1,8 @@
 //! Builds the Pingora server from a config (proxy, admin, health checks, demo origins) and runs
 //! it until a signal ends it.
 
+pub mod upgrade;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::demo::DemoOrigin;
-use crate::proxy::frontend::Frontend;
+use crate::proxy::frontend::{Frontend, LAST_CALL};
 use crate::proxy::Proxy;
 use crate::reload;
 use crate::state::Shared;
@@ -61,6 +63,11 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         );
     }
 
+    let paths = upgrade::resolve(
+        config.server.upgrade_socket.as_deref(),
+        options.config_path.as_deref(),
+    )?;
+
     let shared = Shared::new(config, options.config_path.clone());
 
     let mut conf = ServerConf {
@@ -73,13 +80,21 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         work_stealing: false,
         ..ServerConf::default()
     };
-    conf.upgrade_sock = "/tmp/switchyard_upgrade.sock".into();
-    conf.pid_file = "/tmp/switchyard.pid".into();
+    conf.upgrade_sock = paths.socket.to_string_lossy().into_owned();
+    conf.pid_file = paths.pid_file.to_string_lossy().into_owned();
     let opt = Opt {
         upgrade: options.upgrade,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if options.upgrade {
+        log::info!(
+            "waiting for the listening sockets on {}: send SIGQUIT to the running instance",
+            paths.socket.display()
+        );
+        // Pingora waits about 6 s for them (5 retries, 1 s apart).
+        upgrade::tighten_socket_when_created(paths.socket.clone(), Duration::from_secs(10));
+    }
     server.bootstrap();
 
     let mut app = HttpProxy::new(
@@ -236,14 +251,18 @@ impl ShutdownSignalWatch for Signals {
 }
 
 /// Once shutdown starts (listeners closed), exits as soon as no request is in flight rather than
-/// always sleeping the whole grace period.
+/// always sleeping the whole grace period. On a graceful upgrade that is after Pingora's close
+/// timeout, not when the sockets have been sent: until then this process still accepts and
+/// reads requests on its keep-alive connections, and exiting would reset them.
 fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>, grace: Duration) {
     let mut phases = server.watch_execution_phase();
     std::thread::spawn(move || loop {
         match phases.blocking_recv() {
-            Ok(ExecutionPhase::GracefulTerminate)
-            | Ok(ExecutionPhase::GracefulUpgradeCloseTimeout) => {
+            Ok(ExecutionPhase::GracefulTerminate) | Ok(ExecutionPhase::ShutdownStarted) => {
                 let deadline = Instant::now() + grace;
+                // Connections waiting for a request get `LAST_CALL` to receive one; a request
+                // that arrives then must not meet an exiting process.
+                std::thread::sleep((LAST_CALL + Duration::from_millis(50)).min(grace));
                 let mut idle_polls = 0;
                 while Instant::now() < deadline {
                     idle_polls = if shared.unfinished_requests() == 0 {

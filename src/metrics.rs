@@ -518,7 +518,10 @@ mod tests {
             out
         })
         .unwrap();
-        assert!(text.contains("# TYPE switchyard_test_total counter"), "{text}");
+        assert!(
+            text.contains("# TYPE switchyard_test_total counter"),
+            "{text}"
+        );
         assert!(
             text.contains("switchyard_test_total{backend=\"a\\\"b\\\\c\\nd\"} 3"),
             "{text}"

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
+use serde_json::Value;
 
-use crate::config::{Config, ConfigError, Upstream};
+use crate::config::{Config, ConfigError};
 use crate::state::{LastReload, Runtime, Shared};
 use crate::watch::FileWatch;
 
@@ -75,7 +76,7 @@ pub fn reload(shared: &Shared, trigger: &str) -> Result<ReloadOutcome, ReloadErr
 fn apply(shared: &Shared, mut config: Config) -> ReloadOutcome {
     let old = shared.runtime();
     let requires_restart = keep_restart_only(&old.config, &mut config);
-    let changed = diff(&old.config, &config);
+    let changed = applied(diff(&old.config, &config), &requires_restart);
     let version = old.version + 1;
     shared.install(Runtime::with_previous(version, config, Some(&old)));
     ReloadOutcome {
@@ -83,6 +84,19 @@ fn apply(shared: &Shared, mut config: Config) -> ReloadOutcome {
         changed,
         requires_restart,
     }
+}
+
+/// `changed` without what a restart would take (a key under a `requires_restart` name).
+fn applied(mut changed: Vec<String>, requires_restart: &[String]) -> Vec<String> {
+    changed.retain(|key| {
+        !requires_restart.iter().any(|r| {
+            key == r
+                || key
+                    .strip_prefix(r.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    });
+    changed
 }
 
 /// Copies the running listen addresses, thread count and grace period into `new`, naming the
@@ -112,6 +126,10 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         names.push("server.read_buffer".to_string());
         new.server.read_buffer = old.server.read_buffer;
     }
+    if old.server.upgrade_socket != new.server.upgrade_socket {
+        names.push("server.upgrade_socket".to_string());
+        new.server.upgrade_socket = old.server.upgrade_socket.clone();
+    }
     if old.server.grace_period != new.server.grace_period {
         names.push("server.grace_period".to_string());
         new.server.grace_period = old.server.grace_period;
@@ -128,56 +146,47 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     names
 }
 
-/// Key paths that differ between two configs.
+/// Key paths that differ between two configs, sorted, derived from the file model (see
+/// [`crate::config::file::FileConfig`]) so that no key can be left out: a changed value is
+/// named down to its key (`server.header_timeout`, `upstreams.a.health_check.interval`), a
+/// list as a whole (`routes`, `upstreams.a.backends`), and an upstream that appeared or went as
+/// `upstreams.<name> (added)` / `(removed)`.
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     let mut changed = Vec::new();
-    if old.server.trusted_proxies != new.server.trusted_proxies {
-        changed.push("server.trusted_proxies".to_string());
-    }
-    if old.server.watch_config != new.server.watch_config {
-        changed.push("server.watch_config".to_string());
-    }
-    if old.admin.token != new.admin.token {
-        changed.push("admin.token".to_string());
-    }
-    for (name, up) in &new.upstreams {
-        match old.upstreams.get(name) {
-            None => changed.push(format!("upstreams.{name} (added)")),
-            Some(before) => changed.extend(
-                upstream_diff(before, up)
-                    .into_iter()
-                    .map(|key| format!("upstreams.{name}.{key}")),
-            ),
-        }
-    }
-    for name in old.upstreams.keys() {
-        if !new.upstreams.contains_key(name) {
-            changed.push(format!("upstreams.{name} (removed)"));
-        }
-    }
-    if old.routes != new.routes {
-        changed.push("routes".to_string());
-    }
+    diff_values("", &old.source, &new.source, &mut changed);
+    changed.sort();
     changed
 }
 
-fn upstream_diff(a: &Upstream, b: &Upstream) -> Vec<&'static str> {
-    let checks: [(&str, bool); 9] = [
-        ("strategy", a.strategy != b.strategy),
-        ("backends", a.backends != b.backends),
-        ("health_check", a.health_check != b.health_check),
-        ("connect_timeout", a.connect_timeout != b.connect_timeout),
-        ("read_timeout", a.read_timeout != b.read_timeout),
-        ("hash_key", a.hash_key != b.hash_key),
-        ("sticky", a.sticky != b.sticky),
-        ("retries", a.retry != b.retry),
-        ("passive_health", a.passive_health != b.passive_health),
-    ];
-    checks
-        .into_iter()
-        .filter(|(_, differs)| *differs)
-        .map(|(key, _)| key)
-        .collect()
+fn diff_values(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, after) in b {
+                match a.get(key) {
+                    Some(before) => diff_values(&join(key), before, after, out),
+                    None => out.push(format!("{} (added)", join(key))),
+                }
+            }
+            out.extend(
+                a.keys()
+                    .filter(|key| !b.contains_key(*key))
+                    .map(|key| format!("{} (removed)", join(key))),
+            );
+        }
+        (a, b) if a != b => out.push(if path.is_empty() {
+            "(document)".to_string()
+        } else {
+            path.to_string()
+        }),
+        _ => {}
+    }
 }
 
 /// Watches the config file (see [`crate::watch`]) and reloads after changes settle, when
@@ -232,7 +241,59 @@ mod tests {
             BASE.replace("routes:\n  - upstream: a\n", "")
         );
         let new = parse(&two);
-        assert_eq!(diff(&old, &new), vec!["upstreams.b (added)", "routes"]);
+        assert_eq!(diff(&old, &new), vec!["routes", "upstreams.b (added)"]);
+        assert_eq!(diff(&new, &old), vec!["routes", "upstreams.b (removed)"]);
+    }
+
+    #[test]
+    fn diff_names_every_key_of_the_model() {
+        let old = parse(&format!("server:\n  listen: [\"127.0.0.1:0\"]\n{BASE}"));
+        let new = parse(&format!(
+            "server:\n  listen: [\"127.0.0.1:0\"]\n  header_timeout: 3s\n  max_connections: 10\n  server_header: x\nadmin:\n  allow_insecure: true\n{}    max_in_flight: 5\n    read_timeout: 2s\n    health_check: {{interval: 1s}}\n{}",
+            &BASE[..BASE.find("routes:").unwrap()],
+            &BASE[BASE.find("routes:").unwrap()..],
+        ));
+        assert_eq!(
+            diff(&old, &new),
+            vec![
+                "admin.allow_insecure",
+                "server.header_timeout",
+                "server.max_connections",
+                "server.server_header",
+                "upstreams.a.health_check",
+                "upstreams.a.max_in_flight",
+                "upstreams.a.read_timeout",
+            ]
+        );
+        let slower = parse(&format!(
+            "{}    max_in_flight: 5\n    read_timeout: 2s\n    health_check: {{interval: 2s}}\n{}",
+            &BASE[..BASE.find("routes:").unwrap()],
+            &BASE[BASE.find("routes:").unwrap()..],
+        ));
+        assert_eq!(
+            diff(&new, &slower),
+            vec![
+                "admin.allow_insecure",
+                "server.header_timeout",
+                "server.listen",
+                "server.max_connections",
+                "server.server_header",
+                "upstreams.a.health_check.interval",
+            ]
+        );
+    }
+
+    #[test]
+    fn restart_only_keys_are_not_listed_as_applied() {
+        let old = parse(&format!("server:\n  listen: [\"127.0.0.1:8080\"]\n{BASE}"));
+        let mut new = parse(&format!(
+            "server:\n  listen: [\"127.0.0.1:9090\"]\n  threads: 7\ncache:\n  max_size: 1GiB\n{BASE}"
+        ));
+        let restart = keep_restart_only(&old, &mut new);
+        assert_eq!(restart, vec!["server.listen", "server.threads", "cache"]);
+        assert!(applied(diff(&old, &new), &restart).is_empty());
+        let kept = vec!["cache.max_size".to_string(), "cache_x".to_string()];
+        assert_eq!(applied(kept, &["cache".into()]), vec!["cache_x"]);
     }
 
     #[test]

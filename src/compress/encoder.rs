@@ -53,6 +53,17 @@ impl Encoder {
         Ok(Bytes::from(std::mem::take(self.output())))
     }
 
+    /// Emits everything fed so far in a form the client can decode now (gzip's sync flush,
+    /// a brotli flush meta-block, the end of a zstd block); the stream goes on after it.
+    pub fn flush(&mut self) -> std::io::Result<Bytes> {
+        match self {
+            Encoder::Gzip(e) => e.flush()?,
+            Encoder::Brotli(e) => e.flush()?,
+            Encoder::Zstd(e) => e.flush()?,
+        }
+        Ok(Bytes::from(std::mem::take(self.output())))
+    }
+
     /// Ends the stream; returns the remaining bytes.
     pub fn finish(self) -> std::io::Result<Bytes> {
         let out = match self {

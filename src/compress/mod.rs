@@ -96,12 +96,7 @@ impl Default for Settings {
 
 impl Settings {
     fn compresses_type(&self, content_type: &str) -> bool {
-        let media = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let media = media_type(content_type);
         let Some((kind, _)) = media.split_once('/') else {
             return false;
         };
@@ -113,6 +108,16 @@ impl Settings {
                     .is_some_and(|prefix| prefix == kind)
         })
     }
+}
+
+/// The media type of a `Content-Type` value, lowercase, without parameters.
+fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// Why a response is sent as it is, or `Ok` when it may be encoded.
@@ -135,6 +140,11 @@ pub fn eligible(settings: &Settings, resp: &ResponseHeader) -> Result<(), &'stat
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // Server-sent events are read event by event as they come; an encoder in between would
+    // only add latency, whatever `types` says.
+    if media_type(content_type) == "text/event-stream" {
+        return Err("event stream");
+    }
     if !settings.compresses_type(content_type) {
         return Err("type");
     }
@@ -280,7 +290,9 @@ impl Stream {
     }
 
     /// Replaces `body` (a chunk of the identity body) by its encoded form; at the end of the
-    /// stream appends the encoder's trailer.
+    /// stream appends the encoder's trailer. Every chunk is flushed through the encoder, so
+    /// what the upstream sent before a pause (an event, a line of a log stream) reaches the
+    /// client at once instead of waiting in the encoder's window.
     pub fn filter(
         &mut self,
         body: &mut Option<Bytes>,
@@ -294,6 +306,9 @@ impl Stream {
         let mut out = BytesMut::new();
         if !input.is_empty() {
             out.extend_from_slice(&encoder.encode(&input)?);
+            if !end_of_stream {
+                out.extend_from_slice(&encoder.flush()?);
+            }
         }
         if end_of_stream {
             if let Some(encoder) = self.encoder.take() {
@@ -341,6 +356,13 @@ mod tests {
             Err("type")
         );
         assert_eq!(eligible(&s, &resp(200, &[])), Err("type"));
+        let sse = [("Content-Type", "Text/Event-Stream; charset=utf-8")];
+        assert_eq!(eligible(&s, &resp(200, &sse)), Err("event stream"));
+        let all = Settings {
+            types: vec!["*/*".into()],
+            ..Settings::default()
+        };
+        assert_eq!(eligible(&all, &resp(200, &sse)), Err("event stream"));
         let mut small = html.to_vec();
         small.push(("Content-Length", "100"));
         assert_eq!(eligible(&s, &resp(200, &small)), Err("small"));

@@ -12,6 +12,9 @@ pub struct Admin {
     pub token: Option<String>,
     /// Allows a non-loopback admin address without a token.
     pub allow_insecure: bool,
+    /// More names a request's `Host` may give besides the listen address and `localhost`
+    /// (lowercase, each a host name or `name:port`).
+    pub hosts: Vec<String>,
 }
 
 impl TryFrom<FileAdmin> for Admin {
@@ -25,6 +28,7 @@ impl TryFrom<FileAdmin> for Admin {
                 .socket_addr(raw.listen.as_deref().unwrap_or("127.0.0.1:9901"))?,
             token: raw.token.filter(|t| !t.is_empty()),
             allow_insecure: raw.allow_insecure.unwrap_or(false),
+            hosts: hosts(&key.field("hosts"), raw.hosts.unwrap_or_default())?,
         };
         if !admin.listen.ip().is_loopback() && admin.token.is_none() && !admin.allow_insecure {
             return Err(key.field("listen").invalid(format!(
@@ -34,4 +38,22 @@ impl TryFrom<FileAdmin> for Admin {
         }
         Ok(admin)
     }
+}
+
+/// `admin.hosts`: names as they appear in a `Host` header, lowercased.
+fn hosts(key: &Key, hosts: Vec<String>) -> Result<Vec<String>, Invalid> {
+    hosts
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let h = h.trim().to_ascii_lowercase();
+            if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic()) || h.contains(['/', '@']) {
+                Err(key.index(i).invalid(format!(
+                    "`{h}` is not a host name (like admin.example.com or admin.example.com:9901)"
+                )))
+            } else {
+                Ok(h)
+            }
+        })
+        .collect()
 }

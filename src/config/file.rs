@@ -1,8 +1,9 @@
 //! The YAML file as written: serde structs that reject unknown keys, before any validation.
+//! They serialize back to the same key tree, which reload diffs to name what changed.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Reads a duration or size field: a string, or a bare number kept as its text so that
 /// validation can say which unit is missing.
@@ -22,7 +23,7 @@ fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
 }
 
 /// The whole file. Every section but `upstreams` and `routes` may be left out.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
@@ -36,7 +37,7 @@ pub struct FileConfig {
     pub routes: Vec<FileRoute>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCache {
     #[serde(default, deserialize_with = "text")]
@@ -48,7 +49,7 @@ pub struct FileCache {
     pub redis: Option<FileRedis>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRedis {
     pub url: String,
@@ -60,7 +61,7 @@ pub struct FileRedis {
     pub pool_size: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRouteCache {
     pub enabled: Option<bool>,
@@ -77,7 +78,7 @@ pub struct FileRouteCache {
     pub client_cache_control: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileServer {
     pub listen: Option<Vec<String>>,
@@ -98,17 +99,19 @@ pub struct FileServer {
     #[serde(default, deserialize_with = "text")]
     pub max_body_size: Option<String>,
     pub server_header: Option<String>,
+    pub upgrade_socket: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileAdmin {
     pub listen: Option<String>,
     pub token: Option<String>,
     pub allow_insecure: Option<bool>,
+    pub hosts: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpstream {
     pub strategy: Option<String>,
@@ -127,7 +130,7 @@ pub struct FileUpstream {
     pub max_in_flight: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSticky {
     pub cookie: Option<String>,
@@ -136,7 +139,7 @@ pub struct FileSticky {
     pub secret: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilePassiveHealth {
     pub consecutive_failures: Option<i64>,
@@ -144,14 +147,14 @@ pub struct FilePassiveHealth {
     pub ejection_time: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileBackend {
     pub address: String,
     pub weight: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileHealthCheck {
     #[serde(rename = "type")]
@@ -166,7 +169,7 @@ pub struct FileHealthCheck {
     pub healthy_threshold: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRoute {
     #[serde(rename = "match", default)]
@@ -177,7 +180,7 @@ pub struct FileRoute {
     pub compression: Option<serde_yaml::Value>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCompression {
     pub algorithms: Option<Vec<String>>,
@@ -187,7 +190,7 @@ pub struct FileCompression {
     pub types: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLevels {
     pub gzip: Option<i64>,
@@ -195,7 +198,7 @@ pub struct FileLevels {
     pub zstd: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileMatch {
     pub host: Option<String>,

@@ -50,6 +50,9 @@ pub struct Config {
     pub cache: Cache,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
+    /// The file as read (environment expanded), as the key tree of [`file::FileConfig`]:
+    /// reload compares two of them key by key to name what changed.
+    pub source: std::sync::Arc<serde_json::Value>,
 }
 
 impl Config {
@@ -93,7 +96,11 @@ impl Config {
             };
             err(&path, e.into_inner().to_string())
         })?;
-        validate(raw).map_err(|e| err(&e.path, e.reason))
+        // Cannot fail: the file structs have string keys only.
+        let source = serde_json::to_value(&raw).unwrap_or_default();
+        let mut config = validate(raw).map_err(|e| err(&e.path, e.reason))?;
+        config.source = std::sync::Arc::new(source);
+        Ok(config)
     }
 }
 
@@ -134,6 +141,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     let routes = route::routes(raw.routes, &upstreams, raw.compression.as_ref())?;
     let cache = Cache::try_from(raw.cache)?;
     Ok(Config {
+        source: Default::default(),
         server,
         admin,
         cache,

@@ -1,6 +1,7 @@
 //! `server`: listeners, threads, shutdown, trusted proxies, client limits and timeouts.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -32,6 +33,9 @@ pub struct Server {
     pub max_body_size: u64,
     /// The `Server` header on every response; `None` keeps the upstream's.
     pub server_header: Option<String>,
+    /// The socket a graceful upgrade hands the listeners over on; `None`: a name derived from
+    /// the config file's path in a private runtime directory (see `app::upgrade`).
+    pub upgrade_socket: Option<PathBuf>,
 }
 
 impl TryFrom<FileServer> for Server {
@@ -91,7 +95,18 @@ impl TryFrom<FileServer> for Server {
                     .invalid("must be printable ASCII"))
             }
         };
+        let upgrade_socket = match raw.upgrade_socket {
+            None => None,
+            // sun_path holds 108 bytes with the terminating NUL.
+            Some(p) if p.is_empty() || p.len() > 107 || p.ends_with('/') => {
+                return Err(key
+                    .field("upgrade_socket")
+                    .invalid("must be a file path of 1 to 107 bytes (a Unix socket path)"))
+            }
+            Some(p) => Some(PathBuf::from(p)),
+        };
         Ok(Server {
+            upgrade_socket,
             listen,
             threads,
             grace_period: key

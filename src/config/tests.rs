@@ -704,3 +704,23 @@ fn route_cache_cookies_and_client_cache_control() {
         "expected ignore or honor",
     );
 }
+
+#[test]
+fn admin_hosts_are_names() {
+    let base = BASE;
+    let ok = parse(&format!(
+        "admin:\n  hosts: [Admin.Internal, \"ops.example:8443\"]\n{base}"
+    ))
+    .unwrap();
+    assert_eq!(ok.admin.hosts, vec!["admin.internal", "ops.example:8443"]);
+    rejects(
+        &format!("admin:\n  hosts: [ok.example, \"http://x/\"]\n{base}"),
+        "admin.hosts[1]",
+        "is not a host name",
+    );
+    rejects(
+        &format!("admin:\n  hosts: [\"\"]\n{base}"),
+        "admin.hosts[0]",
+        "is not a host name",
+    );
+}

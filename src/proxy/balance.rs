@@ -10,7 +10,6 @@ use pingora_proxy::Session;
 
 use super::client;
 use super::ctx::RequestCtx;
-use super::errors;
 use super::retry::{self, Failure};
 use crate::config::Strategy;
 use crate::metrics::Metrics;

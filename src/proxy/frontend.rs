@@ -88,6 +88,9 @@ impl Frontend {
             if shutdown.wait_for(|stopping| *stopping).await.is_err() {
                 std::future::pending::<()>().await;
             }
+            // A request the client sent as the shutdown began may be on its way: closing now
+            // would reset it. It is served (with `Connection: close`) if it comes soon.
+            tokio::time::sleep(LAST_CALL).await;
         };
         let mut byte = [0u8; 1];
         tokio::select! {
@@ -229,6 +232,10 @@ impl Frontend {
         }
     }
 }
+
+/// Once shutdown begins (SIGTERM, or the end of a graceful upgrade), how long a connection
+/// waiting for its next request still waits before it is closed.
+pub const LAST_CALL: Duration = Duration::from_millis(300);
 
 /// Gives the connection slot back when the connection ends, however it ends.
 struct Slot<'a>(&'a AtomicUsize);

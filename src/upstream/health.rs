@@ -18,6 +18,12 @@ pub fn spawn_all<'a>(pools: impl IntoIterator<Item = &'a Arc<Pool>>) -> JoinSet<
     let mut tasks = JoinSet::new();
     for pool in pools {
         if pool.health_check.is_none() {
+            // A check of the previous config may have marked a backend down after this
+            // pool was built; without checks nothing would bring it back.
+            for backend in &pool.backends {
+                backend.reset_health();
+            }
+            pool.rebuild();
             continue;
         }
         // Health may have changed while the previous config's checks were stopping.

@@ -6,7 +6,7 @@ pub mod sticky;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{self, HashKey, HealthCheck, PassiveHealth, RetryPolicy, Strategy};
@@ -85,6 +85,13 @@ impl Backend {
 
     pub fn ejections_total(&self) -> u64 {
         self.ejections_total.load(Ordering::Relaxed)
+    }
+
+    /// Forgets what active checks found: healthy, no run of results.
+    pub(crate) fn reset_health(&self) {
+        self.check_successes.store(0, Ordering::Relaxed);
+        self.check_failures.store(0, Ordering::Relaxed);
+        self.healthy.store(true, Ordering::Release);
     }
 
     /// Counts a failed exchange with this backend (connect error, timeout, broken response).
@@ -169,6 +176,11 @@ impl Pool {
                 match kept {
                     Some(backend) => {
                         backend.weight.store(spec.weight, Ordering::Relaxed);
+                        if conf.health_check.is_none() {
+                            // Nothing would ever check it again: a pool without checks
+                            // counts every backend healthy (passive ejection still applies).
+                            backend.reset_health();
+                        }
                         Arc::clone(backend)
                     }
                     None => Arc::new(Backend::new(spec)),
@@ -291,16 +303,20 @@ impl Pool {
         if failures < passive.consecutive_failures || backend.is_ejected() {
             return;
         }
-        let others_available = self
-            .backends
-            .iter()
-            .enumerate()
-            .any(|(i, b)| i != index && b.is_available());
-        if !others_available {
-            return;
-        }
-        if backend.ejected.swap(true, Ordering::AcqRel) {
-            return;
+        {
+            // Checking that another backend is left and ejecting this one is one step: two
+            // backends failing at once must not both see the other one still available.
+            // Process-wide, so that the old and the new pool of a reload (which share their
+            // backends) cannot race either; it is taken only on an ejection decision.
+            let _decide = EJECTION.lock().unwrap_or_else(|e| e.into_inner());
+            let others_available = self
+                .backends
+                .iter()
+                .enumerate()
+                .any(|(i, b)| i != index && b.is_available());
+            if !others_available || backend.ejected.swap(true, Ordering::AcqRel) {
+                return;
+            }
         }
         backend.passive_failures.store(0, Ordering::Relaxed);
         backend.ejections_total.fetch_add(1, Ordering::Relaxed);
@@ -333,6 +349,9 @@ impl Pool {
         self.rr.rebuild(&members);
     }
 }
+
+/// Serializes ejection decisions (see [`Pool::report`]).
+static EJECTION: Mutex<()> = Mutex::new(());
 
 /// Ends an ejection.
 pub fn readmit(upstream: &str, backend: &Backend) {

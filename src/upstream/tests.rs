@@ -172,12 +172,82 @@ fn state_carries_over_to_the_next_pool() {
     drop(held);
     assert_eq!(second.backends[0].in_flight(), 0);
 
-    // A backend known down stays down.
-    let third = Pool::with_previous(
+    // With checks still configured, a backend known down stays down.
+    let mut checked = upstream(&[1, 1, 1], Strategy::RoundRobin);
+    checked.health_check = Some(check());
+    let third = Pool::with_previous("p", &checked, Some(&first));
+    assert!(!third.backends[1].is_healthy());
+    assert!((0..10).all(|_| third.select(None, &[]).unwrap().0 != 1));
+}
+
+fn check() -> config::HealthCheck {
+    config::HealthCheck {
+        kind: config::CheckKind::Tcp,
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        healthy_threshold: 2,
+        unhealthy_threshold: 3,
+    }
+}
+
+#[test]
+fn removing_health_checks_brings_every_backend_back() {
+    let mut checked = upstream(&[1, 1, 1], Strategy::RoundRobin);
+    checked.health_check = Some(check());
+    let first = Pool::new("p", &checked);
+    first.set_healthy(1, false);
+    first.backends[1].check_failures.store(5, Ordering::Relaxed);
+    // The same backends, no checks: nothing would ever put backend 1 back.
+    let second = Pool::with_previous(
         "p",
         &upstream(&[1, 1, 1], Strategy::RoundRobin),
         Some(&first),
     );
-    assert!(!third.backends[1].is_healthy());
-    assert!((0..10).all(|_| third.select(None, &[]).unwrap().0 != 1));
+    assert!(second.backends[1].is_healthy());
+    assert!(second.has_candidate(&[0, 2]));
+    let picks: Vec<usize> = (0..30)
+        .map(|_| second.select(None, &[]).unwrap().0)
+        .collect();
+    assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 10);
+    // A check that was still running when the checks stopped cannot leave it down either.
+    let second = Arc::new(second);
+    second.backends[1].healthy.store(false, Ordering::Release);
+    let tasks = super::health::spawn_all([&second]);
+    assert!(tasks.is_empty());
+    assert!(second.backends[1].is_healthy());
+}
+
+#[test]
+fn concurrent_failures_never_eject_the_last_backend() {
+    let mut conf = upstream(&[1, 1], Strategy::RoundRobin);
+    conf.passive_health = Some(PassiveHealth {
+        consecutive_failures: 1,
+        ejection_time: Duration::from_secs(60),
+    });
+    // Both backends fail at the same moment, many times over: one of them must stay.
+    let pools: Arc<Vec<Arc<Pool>>> = Arc::new(
+        (0..20_000)
+            .map(|_| Arc::new(Pool::new("p", &conf)))
+            .collect(),
+    );
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            let (pools, start) = (Arc::clone(&pools), Arc::clone(&start));
+            std::thread::spawn(move || {
+                for p in pools.iter() {
+                    start.wait();
+                    p.report(i, false);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let both = pools
+        .iter()
+        .filter(|p| p.backends.iter().all(|b| b.is_ejected()))
+        .count();
+    assert_eq!(both, 0, "both backends ejected in {both} rounds");
 }

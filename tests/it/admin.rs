@@ -129,3 +129,107 @@ async fn unknown_admin_paths_are_404() {
         .unwrap();
     assert_eq!(resp.status(), 405);
 }
+
+/// The status of a POST to the admin endpoint.
+async fn admin_post(
+    proxy: &crate::common::Proxy,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> u16 {
+    let mut request = client().post(proxy.admin_url(path));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_and_rebound_requests_are_refused() {
+    let a = spawn_origin("a").await;
+    let proxy = spawn_proxy(&format!(
+        "admin:\n  listen: 127.0.0.1:0\n  hosts: [admin.internal]\n{}",
+        config(&[a.addr])
+    ))
+    .await;
+    let own = format!("http://{}", proxy.admin);
+    let purge = r#"{"prefix": "127.0.0.1/"}"#;
+    // What a page in a local browser can send: a form post, a simple fetch, a rebound name.
+    assert_eq!(
+        admin_post(
+            &proxy,
+            "/reload",
+            &[("origin", "http://evil.example")],
+            None
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        admin_post(&proxy, "/reload", &[("origin", "null")], None).await,
+        403
+    );
+    for form in ["text/plain", "application/x-www-form-urlencoded"] {
+        assert_eq!(
+            admin_post(
+                &proxy,
+                "/cache/purge",
+                &[("content-type", form)],
+                Some(purge)
+            )
+            .await,
+            415,
+            "{form}"
+        );
+    }
+    assert_eq!(
+        admin_post(&proxy, "/cache/purge", &[], Some(purge)).await,
+        415
+    );
+    let rebound = format!("evil.example:{}", proxy.admin.port());
+    assert_eq!(
+        admin_post(&proxy, "/reload", &[("host", &rebound)], None).await,
+        403
+    );
+    let stats = client()
+        .get(proxy.admin_url("/stats"))
+        .header("host", &rebound)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), 403, "a rebound page could read /stats");
+    assert_eq!(proxy.stats().await["version"], 1, "a refused reload ran");
+
+    // The admin's own requests.
+    let json = ("content-type", "application/json");
+    assert_eq!(admin_post(&proxy, "/reload", &[], None).await, 200);
+    assert_eq!(
+        admin_post(&proxy, "/reload", &[("origin", &own)], None).await,
+        200
+    );
+    assert_eq!(
+        admin_post(&proxy, "/cache/purge", &[json], Some(purge)).await,
+        200
+    );
+    let port = proxy.admin.port();
+    for host in [
+        format!("localhost:{port}"),
+        format!("admin.internal:{port}"),
+    ] {
+        assert_eq!(
+            admin_post(
+                &proxy,
+                "/cache/purge",
+                &[json, ("host", &host)],
+                Some(purge)
+            )
+            .await,
+            200,
+            "{host}"
+        );
+    }
+    assert_eq!(proxy.stats().await["version"], 3);
+}

@@ -473,6 +473,7 @@ async fn purge_by_key_prefix_and_tag() {
     assert_eq!(o.hits() - hits_before, 4, "a purged object was served");
     let bad = client()
         .post(proxy.admin_url("/cache/purge"))
+        .header("content-type", "application/json")
         .body("{\"url\": 1}")
         .send()
         .await

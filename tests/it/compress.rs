@@ -265,3 +265,160 @@ async fn compression_false_turns_a_route_off() {
     assert_eq!(a.encoding, None);
     assert!(a.headers.get("vary").is_none());
 }
+
+/// The send time of each event of a [`spawn_streaming_origin`] answer.
+type Sent = std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>;
+
+const EVENTS: usize = 4;
+const EVENT_GAP: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// An origin answering every request with a chunked body of [`EVENTS`] events (`data: n`),
+/// one every [`EVENT_GAP`], with the given `Content-Type`; records when it sent each one.
+async fn spawn_streaming_origin(
+    content_type: &'static str,
+) -> (std::net::SocketAddr, Sent, tokio::task::JoinHandle<()>) {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent: Sent = Default::default();
+    let log = sent.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let log = log.clone();
+                    async move {
+                        log.lock().unwrap().clear();
+                        let events = futures_util::stream::unfold(0usize, move |i| {
+                            let log = log.clone();
+                            async move {
+                                if i == EVENTS {
+                                    return None;
+                                }
+                                if i > 0 {
+                                    tokio::time::sleep(EVENT_GAP).await;
+                                }
+                                log.lock().unwrap().push(std::time::Instant::now());
+                                let event = format!("data: event {i} {}\n\n", "x".repeat(200));
+                                Some((
+                                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(
+                                        event,
+                                    ))),
+                                    i + 1,
+                                ))
+                            }
+                        });
+                        hyper::Response::builder()
+                            .header("content-type", content_type)
+                            .header("cache-control", "no-cache")
+                            .body(StreamBody::new(events))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, sent, task)
+}
+
+/// A `Write` into a shared buffer, for the streaming decoders.
+#[derive(Clone, Default)]
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Requests `path` with `accept` and reads the body as it comes, decoding `encoding`; returns
+/// the `Content-Encoding` answered and when each event arrived in full.
+async fn event_arrivals(
+    proxy: &Proxy,
+    accept: &str,
+    encoding: Option<Algorithm>,
+) -> (Option<String>, Vec<std::time::Instant>) {
+    use std::io::Write;
+    let sink = Sink::default();
+    let mut decoder: Box<dyn Write + Send> = match encoding {
+        None => Box::new(sink.clone()),
+        Some(Algorithm::Gzip) => Box::new(flate2::write::GzDecoder::new(sink.clone())),
+        Some(Algorithm::Brotli) => Box::new(brotli::DecompressorWriter::new(sink.clone(), 4096)),
+        Some(Algorithm::Zstd) => Box::new(zstd::stream::write::Decoder::new(sink.clone()).unwrap()),
+    };
+    let mut resp = client()
+        .get(proxy.url("/events"))
+        .header("accept-encoding", accept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answered = resp
+        .headers()
+        .get("content-encoding")
+        .map(|v| v.to_str().unwrap().to_string());
+    let mut arrivals = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        decoder.write_all(&chunk).unwrap();
+        decoder.flush().unwrap();
+        let complete = String::from_utf8_lossy(&sink.0.lock().unwrap())
+            .matches("\n\n")
+            .count();
+        while arrivals.len() < complete {
+            arrivals.push(std::time::Instant::now());
+        }
+    }
+    (answered, arrivals)
+}
+
+fn assert_prompt(what: &str, sent: &Sent, arrivals: &[std::time::Instant]) {
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), EVENTS, "{what}: events received");
+    assert_eq!(sent.len(), EVENTS, "{what}: events sent");
+    for (i, (sent, arrived)) in sent.iter().zip(arrivals).enumerate() {
+        let late = arrived.saturating_duration_since(*sent);
+        assert!(
+            late < std::time::Duration::from_millis(100),
+            "{what}: event {i} arrived {late:?} after it was sent"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_are_not_compressed_and_arrive_one_by_one() {
+    let (addr, sent, _origin) = spawn_streaming_origin("text/event-stream").await;
+    let proxy = spawn_proxy(&format!(
+        "compression:\n  algorithms: [br, zstd, gzip]\nupstreams:\n  pool:\n    backends: [{{address: {addr}}}]\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: pool\n"
+    ))
+    .await;
+    let (encoding, arrivals) = event_arrivals(&proxy, "gzip, br, zstd", None).await;
+    assert_eq!(encoding, None, "text/event-stream was compressed");
+    assert_prompt("event-stream", &sent, &arrivals);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_streams_are_flushed_chunk_by_chunk() {
+    let (addr, sent, _origin) = spawn_streaming_origin("text/plain; charset=utf-8").await;
+    let proxy = spawn_proxy(&format!(
+        "compression:\n  algorithms: [br, zstd, gzip]\nupstreams:\n  pool:\n    backends: [{{address: {addr}}}]\nroutes:\n  - match: {{ path_prefix: / }}\n    upstream: pool\n"
+    ))
+    .await;
+    for alg in Algorithm::ALL {
+        let (encoding, arrivals) = event_arrivals(&proxy, alg.name(), Some(alg)).await;
+        assert_eq!(encoding.as_deref(), Some(alg.name()));
+        assert_prompt(alg.name(), &sent, &arrivals);
+    }
+}

@@ -22,3 +22,4 @@ mod reload;
 mod retries;
 mod routing;
 mod sticky;
+mod upgrade;

@@ -288,3 +288,42 @@ async fn a_thousand_reloads_leak_no_tasks_or_memory() {
     );
     assert_eq!(proxy.get("/").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_checks_brings_a_down_backend_back_and_changed_names_every_key() {
+    let a = spawn_origin("a").await;
+    let b = spawn_origin("b").await;
+    let check = "    health_check: { path: /health, interval: 100ms, timeout: 200ms, unhealthy_threshold: 1 }\n";
+    let proxy = spawn_proxy(&pool_config(&[(&a, 1), (&b, 1)], check)).await;
+    b.set_health(503);
+    wait_until(Duration::from_secs(5), || async {
+        !proxy.backend_healthy("pool", b.addr).await
+    })
+    .await;
+    // Same backends, no checks, and keys the old hand-kept list did not know.
+    proxy.rewrite_config(&format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  threads: 2\n  grace_period: 5s\n  header_timeout: 3s\n{}",
+        pool_config(
+            &[(&a, 1), (&b, 1)],
+            "    max_in_flight: 100\n    read_timeout: 7s\n"
+        )
+    ));
+    let (status, body) = proxy.reload().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["changed"],
+        serde_json::json!([
+            "server.header_timeout",
+            "upstreams.pool.health_check",
+            "upstreams.pool.max_in_flight",
+            "upstreams.pool.read_timeout",
+        ])
+    );
+    assert_eq!(body["requires_restart"], serde_json::json!([]));
+    assert!(
+        proxy.backend_healthy("pool", b.addr).await,
+        "b stays down with nothing left to check it"
+    );
+    let seen = origins_seen(&proxy, 10).await;
+    assert_eq!(seen.iter().filter(|o| *o == "b").count(), 5, "{seen:?}");
+}
