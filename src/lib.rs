@@ -6,7 +6,8 @@
 //! Modules in the order a request meets them:
 //! - [`config`]: the YAML file, read and validated into a [`config::Config`].
 //! - [`state`]: the running config as an atomically swapped runtime, shared by all parts.
-//! - [`proxy`]: the `ProxyHttp` phases; [`proxy::route`] picks the route.
+//! - [`proxy`]: the front end (connections, request headers) and the `ProxyHttp` phases.
+//! - [`route`]: picks the route by host and path.
 //! - [`cache`]: the response cache (RFC 9111) on a TinyUFO memory storage.
 //! - [`compress`]: gzip, brotli and zstd, negotiated per request.
 //! - [`etag`]: ETags and conditional requests.
@@ -34,6 +35,7 @@ pub mod fields;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod route;
 pub mod state;
 pub mod upstream;
 pub mod watch;

@@ -14,7 +14,7 @@ use crate::cache::Cache;
 use crate::compress::CompressionStats;
 use crate::config::{Config, HostMatch, Route};
 use crate::metrics::{Metrics, RouteSeries, Snapshot};
-use crate::proxy::route::Router;
+use crate::route::Router;
 use crate::upstream::{Backend, Pool};
 
 /// One version of the running configuration with everything built from it. A request loads it

@@ -16,7 +16,7 @@ const KNOWN_ENCODINGS: [Algorithm; 3] = [Algorithm::Brotli, Algorithm::Gzip, Alg
 /// `api.example.com/items?page=2`: the host in lower case without its port, then the path and
 /// query as sent.
 pub fn primary(host: &str, req: &RequestHeader) -> String {
-    let host = crate::proxy::route::strip_port(host);
+    let host = crate::route::strip_port(host);
     let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
     format!("{}{path}", host.to_ascii_lowercase())
 }

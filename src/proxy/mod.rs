@@ -11,7 +11,6 @@ pub mod headers;
 pub mod limits;
 pub mod reader;
 pub mod retry;
-pub mod route;
 
 use std::sync::Arc;
 
