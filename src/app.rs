@@ -133,7 +133,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
 
     let mut triggers = background_service(
         "reload triggers",
-        ReloadOnSignal {
+        reload::ReloadOnSignal {
             shared: Arc::clone(&shared),
         },
     );
@@ -332,30 +332,6 @@ impl BackgroundService for SharedTier {
         tokio::select! {
             _ = shutdown.changed() => {}
             _ = redis.run(apply) => {}
-        }
-    }
-}
-
-/// Reloads the config on SIGHUP.
-struct ReloadOnSignal {
-    shared: Arc<Shared>,
-}
-
-#[async_trait]
-impl BackgroundService for ReloadOnSignal {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            log::error!("cannot listen for SIGHUP; reload with POST /reload instead");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = hup.recv() => {
-                    let shared = Arc::clone(&self.shared);
-                    let _ = tokio::task::spawn_blocking(move || reload::reload(&shared, "SIGHUP")).await;
-                }
-            }
         }
     }
 }

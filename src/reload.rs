@@ -5,8 +5,12 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use serde::Serialize;
 use serde_json::Value;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, ConfigError};
 use crate::state::{LastReload, Runtime, Shared};
@@ -215,6 +219,30 @@ pub fn watch_file(shared: Arc<Shared>) -> Option<FileWatch> {
                 path.display()
             );
             None
+        }
+    }
+}
+
+/// Reloads the config on SIGHUP.
+pub struct ReloadOnSignal {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadOnSignal {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            log::error!("cannot listen for SIGHUP; reload with POST /reload instead");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup.recv() => {
+                    let shared = Arc::clone(&self.shared);
+                    let _ = tokio::task::spawn_blocking(move || reload(&shared, "SIGHUP")).await;
+                }
+            }
         }
     }
 }
