@@ -5,6 +5,7 @@
 pub mod blob;
 pub mod key;
 pub mod policy;
+pub mod purge;
 pub mod redis;
 pub mod storage;
 

@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use super::storage::PurgeMatch;
+use super::purge::PurgeMatch;
 use crate::config::RedisTier as RedisConf;
 use crate::digest::hex;
 use purge::FILL;

@@ -26,6 +26,7 @@ use pingora_http::ResponseHeader;
 use tinyufo::TinyUfo;
 
 use super::blob;
+pub use super::purge::PurgeMatch;
 use super::redis::{FromRedis, RedisTier};
 use crate::etag;
 
@@ -51,24 +52,6 @@ pub struct FillStart {
     seq: u64,
     /// The Redis tier's purge generation.
     generation: u64,
-}
-
-/// A purge that a fill started before it must respect.
-#[derive(Debug, Clone)]
-pub enum PurgeMatch {
-    Key(String),
-    Prefix(String),
-    Tag(String),
-}
-
-impl PurgeMatch {
-    fn matches(&self, primary: &str, tags: &[String]) -> bool {
-        match self {
-            PurgeMatch::Key(k) => primary == k,
-            PurgeMatch::Prefix(p) => primary.starts_with(p.as_str()),
-            PurgeMatch::Tag(t) => tags.iter().any(|tag| tag == t),
-        }
-    }
 }
 
 /// One stored response.

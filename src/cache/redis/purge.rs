@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{PurgeMessage, RedisTier};
-use crate::cache::storage::PurgeMatch;
+use crate::cache::purge::PurgeMatch;
 
 /// How long a tombstone is kept: longer than any fill (origin time plus body transfer) runs.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
