@@ -87,6 +87,19 @@ pub fn not_modified(req: &RequestHeader, resp: &ResponseHeader) -> bool {
         && SystemTime::from(modified) <= SystemTime::now()
 }
 
+/// The response phase for every route: exposes a generated ETag and, for a response that did
+/// not come from the cache (Pingora answers conditional hits itself through
+/// `cache_not_modified_filter`), turns a 200 whose validators match the request into its 304.
+/// `true`: a 304 was made, so the body must not be sent.
+pub fn on_response(req: &RequestHeader, resp: &mut ResponseHeader, from_cache: bool) -> bool {
+    expose(resp);
+    if from_cache || !not_modified(req, resp) {
+        return false;
+    }
+    make_304(resp);
+    true
+}
+
 /// Turns a 200 into its 304: same validators and cache headers, no body or body headers.
 pub fn make_304(resp: &mut ResponseHeader) {
     to_304(resp);

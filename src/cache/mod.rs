@@ -22,7 +22,6 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 use crate::config::{self, ClientCacheControl, RouteCache};
-use crate::etag;
 use crate::fields;
 use policy::{Decision, RequestDirective};
 use redis::{FromRedis, RedisTier, SharedPurge};
@@ -37,8 +36,6 @@ pub struct CacheState {
     pub revalidate: bool,
     /// Why the response was not stored.
     pub pass: Option<&'static str>,
-    /// A passing-through 200 became a 304: its body is not sent.
-    pub drop_body: bool,
     /// The request carries a `Cookie` on a route with the default cookie rule: nothing stored
     /// is served to it, and its response is stored only with explicit shared permission.
     pub cookie: bool,
@@ -247,9 +244,9 @@ impl Cache {
         }
     }
 
-    /// `response_filter`: `Cache-Status`, `Age`, the generated ETag, and 304s for
-    /// conditional requests that passed through. Returns the lookup result, `None` when the
-    /// route does not cache.
+    /// `response_filter`: says what the cache did (`Cache-Status`, `Age`) and strips the
+    /// internal tag fields. Conditional requests are `etag::on_response`'s. Returns the lookup
+    /// result, `None` when the route does not cache.
     pub fn finish_response(
         &self,
         session: &Session,
@@ -257,21 +254,9 @@ impl Cache {
         route_caches: bool,
         state: &mut CacheState,
     ) -> Option<Lookup> {
-        etag::expose(resp);
         fields::remove_where(resp, |name| TAG_FIELDS.contains(&name.as_str()));
         let phase = session.cache.phase();
-        let served_from_cache = matches!(
-            phase,
-            CachePhase::Hit
-                | CachePhase::Stale
-                | CachePhase::StaleUpdating
-                | CachePhase::Revalidated
-                | CachePhase::RevalidatedNoCache(_)
-        );
-        if !served_from_cache && etag::not_modified(session.req_header(), resp) {
-            etag::make_304(resp);
-            state.drop_body = true;
-        }
+        let served_from_cache = served_from_cache(session);
         if !route_caches {
             return None;
         }
@@ -415,4 +400,16 @@ fn remaining_ttl(meta: &CacheMeta) -> u64 {
     meta.fresh_until()
         .duration_since(SystemTime::now())
         .map_or(0, |d| d.as_secs())
+}
+
+/// Whether this response comes from the cache (a hit, stale, or revalidated by a 304).
+pub fn served_from_cache(session: &Session) -> bool {
+    matches!(
+        session.cache.phase(),
+        CachePhase::Hit
+            | CachePhase::Stale
+            | CachePhase::StaleUpdating
+            | CachePhase::Revalidated
+            | CachePhase::RevalidatedNoCache(_)
+    )
 }

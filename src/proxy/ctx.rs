@@ -54,6 +54,8 @@ pub struct RequestCtx {
     pub etag_suffix: Option<compress::Algorithm>,
     /// Request body bytes read so far by this attempt.
     pub body_bytes: u64,
+    /// The response became a 304 on its way out (`etag::on_response`): its body is not sent.
+    pub drop_body: bool,
     /// The first attempt's backend, picked before the upstream phase (see
     /// `proxy_upstream_filter`).
     pub peer: Option<Box<HttpPeer>>,
@@ -82,6 +84,7 @@ impl RequestCtx {
             upstream_head: false,
             etag_suffix: None,
             body_bytes: 0,
+            drop_body: false,
             peer: None,
             _active: active,
         }

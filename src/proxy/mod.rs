@@ -303,6 +303,12 @@ impl ProxyHttp for Proxy {
         if let Some(server) = ctx.server_header() {
             upstream_response.insert_header(http::header::SERVER, server)?;
         }
+        // Conditional requests on every route, cached or not (hits are Pingora's).
+        ctx.drop_body = etag::on_response(
+            session.req_header(),
+            upstream_response,
+            cache::served_from_cache(session),
+        );
         let route_caches = ctx.route_cache().is_some();
         let lookup = self.shared.cache.finish_response(
             session,
@@ -328,7 +334,7 @@ impl ProxyHttp for Proxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if ctx.cache.drop_body {
+        if ctx.drop_body {
             *body = None;
         }
         Ok(None)
