@@ -34,6 +34,24 @@ pub fn keeps_connection(e: &Error) -> bool {
     e.esource() != &ErrorSource::Downstream
 }
 
+/// The reason phrase of `code` (`Error` for a code without one).
+pub fn reason(code: u16) -> &'static str {
+    http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
+}
+
+/// The one-line text body of an error answer: `503 Service Unavailable: no healthy backend`.
+pub fn body(code: u16, detail: &str) -> String {
+    let reason = reason(code);
+    if detail.is_empty() {
+        format!("{code} {reason}\n")
+    } else {
+        format!("{code} {reason}: {detail}\n")
+    }
+}
+
 /// Sends `code` with a one-line text body such as `503 Service Unavailable: no healthy backend`,
 /// with `server` as the `Server` header.
 pub async fn respond(
@@ -42,15 +60,7 @@ pub async fn respond(
     detail: &str,
     server: Option<&str>,
 ) -> Result<()> {
-    let reason = http::StatusCode::from_u16(code)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let body = if detail.is_empty() {
-        format!("{code} {reason}\n")
-    } else {
-        format!("{code} {reason}: {detail}\n")
-    };
+    let body = body(code, detail);
     let mut resp = ResponseHeader::build(code, Some(5))?;
     if let Some(server) = server {
         resp.insert_header(http::header::SERVER, server)?;

@@ -16,6 +16,7 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::errors;
 use super::reader::{self, Head, HeaderError, READ_CHUNK};
 use super::Proxy;
 use crate::config::Server;
@@ -110,11 +111,8 @@ impl Frontend {
     /// Answers `status` with a one-line body and closes, reading a little of what the client
     /// still sends so that the answer is not lost to a reset.
     async fn refuse(mut stream: Stream, status: u16, detail: &str, server: &Server) {
-        let reason = http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("Error");
-        let body = format!("{status} {reason}: {detail}\n");
+        let reason = errors::reason(status);
+        let body = errors::body(status, detail);
         let mut head = format!(
             "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
             body.len()
