@@ -14,6 +14,7 @@
 //! - [`fields`]: list fields and field removal, shared by the proxy, cache and compression.
 //! - [`upstream`]: pools, backend selection and active health checks.
 //! - [`metrics`]: Prometheus series.
+//! - [`logging`]: the logger, with Pingora's pool race counted instead of logged as an error.
 //! - [`admin`]: the admin listener (health, stats, metrics, reload).
 //! - [`reload`]: live config reload (SIGHUP, admin, file watch).
 //! - [`watch`]: debounced file watching (the config file; certificates later).
@@ -32,6 +33,7 @@ pub mod demo;
 pub mod digest;
 pub mod etag;
 pub mod fields;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -49,7 +49,7 @@ impl RouteSeries {
 
 /// Times Pingora's connection pool found a pooled upstream connection but could not take it
 /// over (its idle-watch task still held it), so the request opened a new connection. Counted
-/// by the logger, which sees Pingora's "failed to acquire reusable stream" line (see `main.rs`).
+/// by the logger, which sees Pingora's "failed to acquire reusable stream" line (see `logging.rs`).
 pub static POOL_ACQUIRE_RACES: AtomicU64 = AtomicU64::new(0);
 
 /// The registry and the series updated per request.
