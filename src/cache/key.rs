@@ -6,7 +6,7 @@ use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheMeta, VarianceBuilder};
 use pingora_http::RequestHeader;
 
-use crate::compress::negotiate::{accepts, negotiate};
+use crate::compress::negotiate::{accepts, accepts_coding, coding_name, elements, negotiate};
 use crate::compress::Algorithm;
 use crate::fields;
 
@@ -35,7 +35,7 @@ pub fn normalize_accept_encoding(value: Option<&str>) -> String {
         .filter(|alg| accepts(value, **alg))
         .map(|alg| alg.name().to_string())
         .collect();
-    let mut others: Vec<String> = codings(value)
+    let mut others: Vec<String> = elements(value)
         .filter(|(coding, q)| *q > 0.0 && !matches!(coding.as_str(), "identity" | "*"))
         .map(|(coding, _)| coding)
         .filter(|coding| !KNOWN_ENCODINGS.iter().any(|alg| alg.name() == coding))
@@ -50,34 +50,6 @@ pub fn normalize_accept_encoding(value: Option<&str>) -> String {
     }
 }
 
-/// `Accept-Encoding` elements as (coding in lower case, q), `x-gzip` and `x-compress` read as
-/// `gzip` and `compress` (RFC 9110 §8.4.1); an invalid q is 0. The compression module's parser
-/// answers only for the codings it produces; a stored response can carry any coding.
-fn codings(value: &str) -> impl Iterator<Item = (String, f32)> + '_ {
-    value.split(',').filter_map(|item| {
-        let mut parts = item.split(';');
-        let coding = parts.next()?.trim().to_ascii_lowercase();
-        if coding.is_empty() {
-            return None;
-        }
-        let coding = coding
-            .strip_prefix("x-")
-            .filter(|c| matches!(*c, "gzip" | "compress"))
-            .map_or(coding.clone(), str::to_string);
-        let q = parts
-            .filter_map(|p| p.split_once('='))
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
-            .map_or(1.0, |(_, v)| {
-                v.trim()
-                    .parse::<f32>()
-                    .ok()
-                    .filter(|q| (0.0..=1.0).contains(q))
-                    .unwrap_or(0.0)
-            });
-        Some((coding, q))
-    })
-}
-
 /// Whether a client with this `Accept-Encoding` can take a response with this
 /// `Content-Encoding` (`None`: not encoded). Every coding applied must be accepted by name or
 /// through `*`. Without `Accept-Encoding` only an unencoded response is: RFC 9110 §12.5.3
@@ -88,24 +60,9 @@ pub fn acceptable(accept_encoding: Option<&str>, content_encoding: Option<&str>)
     };
     content_encoding
         .split(',')
-        .map(|c| c.trim().to_ascii_lowercase())
+        .map(coding_name)
         .filter(|c| !c.is_empty() && c != "identity")
-        .all(|applied| {
-            let applied = applied
-                .strip_prefix("x-")
-                .filter(|c| matches!(*c, "gzip" | "compress"))
-                .map_or(applied.clone(), str::to_string);
-            let Some(accept) = accept_encoding else {
-                return false;
-            };
-            let q = |name: &str| {
-                codings(accept)
-                    .filter(|(coding, _)| coding == name)
-                    .map(|(_, q)| q)
-                    .reduce(f32::max)
-            };
-            q(&applied).or_else(|| q("*")).is_some_and(|q| q > 0.0)
-        })
+        .all(|applied| accept_encoding.is_some_and(|accept| accepts_coding(accept, &applied)))
 }
 
 /// The variance name under which a keyed cookie counts: `:` cannot be in a header name, so it

@@ -9,51 +9,71 @@ struct Preference {
     q: f32,
 }
 
-/// Parses `gzip;q=0.8, br, *;q=0` into codings (lower case) with their q-values. Invalid
-/// q-values make the element count as `q=0`, the safe reading.
+/// Parses `gzip;q=0.8, br, *;q=0` into codings (lower case) with their q-values.
 fn parse(value: &str) -> Vec<Preference> {
-    value
-        .split(',')
-        .filter_map(|item| {
-            let mut parts = item.split(';');
-            let coding = parts.next()?.trim().to_ascii_lowercase();
-            if coding.is_empty() {
-                return None;
-            }
-            let mut q = 1.0;
-            for param in parts {
-                let Some((name, value)) = param.split_once('=') else {
-                    continue;
-                };
-                if name.trim().eq_ignore_ascii_case("q") {
-                    q = value
-                        .trim()
-                        .parse::<f32>()
-                        .ok()
-                        .filter(|q| (0.0..=1.0).contains(q))
-                        .unwrap_or(0.0);
-                }
-            }
-            Some(Preference { coding, q })
-        })
+    elements(value)
+        .map(|(coding, q)| Preference { coding, q })
         .collect()
 }
 
-/// The q-value the client gives `coding` (`x-gzip` counts as `gzip`).
+/// The elements of an `Accept-Encoding` value as (coding, q): codings by [`coding_name`], an
+/// absent q is 1, and an invalid one makes the element count as `q=0`, the safe reading.
+pub fn elements(value: &str) -> impl Iterator<Item = (String, f32)> + '_ {
+    value.split(',').filter_map(|item| {
+        let mut parts = item.split(';');
+        let coding = coding_name(parts.next()?);
+        if coding.is_empty() {
+            return None;
+        }
+        let mut q = 1.0;
+        for param in parts {
+            let Some((name, value)) = param.split_once('=') else {
+                continue;
+            };
+            if name.trim().eq_ignore_ascii_case("q") {
+                q = value
+                    .trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|q| (0.0..=1.0).contains(q))
+                    .unwrap_or(0.0);
+            }
+        }
+        Some((coding, q))
+    })
+}
+
+/// A content coding as compared: trimmed, lower case, `x-gzip` and `x-compress` read as
+/// `gzip` and `compress` (RFC 9110 §8.4.1).
+pub fn coding_name(raw: &str) -> String {
+    let coding = raw.trim().to_ascii_lowercase();
+    match coding.as_str() {
+        "x-gzip" => "gzip".to_string(),
+        "x-compress" => "compress".to_string(),
+        _ => coding,
+    }
+}
+
+/// The q-value the client gives `coding`.
 fn q_of(prefs: &[Preference], coding: &str) -> Option<f32> {
     prefs
         .iter()
-        .filter(|p| p.coding == coding || (coding == "gzip" && p.coding == "x-gzip"))
+        .filter(|p| p.coding == coding)
         .map(|p| p.q)
         .reduce(f32::max)
 }
 
-/// Whether a client with this `Accept-Encoding` accepts `alg` (its q, or `*`'s, above 0).
-pub fn accepts(accept_encoding: &str, alg: Algorithm) -> bool {
+/// Whether a client with this `Accept-Encoding` accepts `coding` (its q, or `*`'s, above 0).
+pub fn accepts_coding(accept_encoding: &str, coding: &str) -> bool {
     let prefs = parse(accept_encoding);
-    q_of(&prefs, alg.name())
+    q_of(&prefs, coding)
         .or_else(|| q_of(&prefs, "*"))
         .is_some_and(|q| q > 0.0)
+}
+
+/// Whether a client with this `Accept-Encoding` accepts `alg`.
+pub fn accepts(accept_encoding: &str, alg: Algorithm) -> bool {
+    accepts_coding(accept_encoding, alg.name())
 }
 
 /// Picks the encoding for a response: the highest q among `enabled` (ties go to the order of
