@@ -11,7 +11,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
-use crate::cache::storage::PurgeMatch;
+use crate::cache::purge::PurgeMatch;
 use crate::digest::constant_time_eq;
 use crate::reload::{self, ReloadError};
 use crate::state::Shared;

@@ -12,8 +12,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::cache::memory::StorageStats;
 use crate::cache::redis::{RedisStats, OPS};
-use crate::cache::storage::StorageStats;
 use crate::cache::Lookup;
 use crate::compress::CompressionStats;
 use crate::upstream::{Backend, Pool};

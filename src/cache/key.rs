@@ -1,17 +1,14 @@
 //! Cache keys: `<host><path?query>` (the form purges use), and the variance of a response that
-//! `Vary`s on request headers (with `Accept-Encoding` reduced to the codings the client accepts)
-//! or of a route keyed on cookies.
+//! `Vary`s on request headers (`Accept-Encoding` through [`variant_value`], which
+//! `compress` owns) or of a route keyed on cookies.
 
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheMeta, VarianceBuilder};
 use pingora_http::RequestHeader;
 
-use crate::compress::negotiate::{accepts, accepts_coding, coding_name, elements, negotiate};
+use crate::compress::negotiate::variant_value;
 use crate::compress::Algorithm;
 use crate::fields;
-
-/// Encodings `Accept-Encoding` is reduced to, in a fixed order.
-const KNOWN_ENCODINGS: [Algorithm; 3] = [Algorithm::Brotli, Algorithm::Gzip, Algorithm::Zstd];
 
 /// `api.example.com/items?page=2`: the host in lower case without its port, then the path and
 /// query as sent.
@@ -19,50 +16,6 @@ pub fn primary(host: &str, req: &RequestHeader) -> String {
     let host = crate::route::strip_port(host);
     let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
     format!("{}{path}", host.to_ascii_lowercase())
-}
-
-/// The codings a client accepts: those Switchyard can produce (also through `*`), in a fixed
-/// order, then any other coding it names with a q above 0 (`deflate`, `dcb`, …), sorted, as
-/// `br,gzip,deflate`; `identity` when none. Clients that differ only in q-values or order
-/// share a variant; a client that accepts a coding an origin may answer with (`deflate`) does
-/// not share one with a client that does not.
-pub fn normalize_accept_encoding(value: Option<&str>) -> String {
-    let Some(value) = value else {
-        return "identity".into();
-    };
-    let mut accepted: Vec<String> = KNOWN_ENCODINGS
-        .iter()
-        .filter(|alg| accepts(value, **alg))
-        .map(|alg| alg.name().to_string())
-        .collect();
-    let mut others: Vec<String> = elements(value)
-        .filter(|(coding, q)| *q > 0.0 && !matches!(coding.as_str(), "identity" | "*"))
-        .map(|(coding, _)| coding)
-        .filter(|coding| !KNOWN_ENCODINGS.iter().any(|alg| alg.name() == coding))
-        .collect();
-    others.sort();
-    others.dedup();
-    accepted.extend(others);
-    if accepted.is_empty() {
-        "identity".into()
-    } else {
-        accepted.join(",")
-    }
-}
-
-/// Whether a client with this `Accept-Encoding` can take a response with this
-/// `Content-Encoding` (`None`: not encoded). Every coding applied must be accepted by name or
-/// through `*`. Without `Accept-Encoding` only an unencoded response is: RFC 9110 §12.5.3
-/// would allow any coding, but a cache cannot tell such a client from one that decodes none.
-pub fn acceptable(accept_encoding: Option<&str>, content_encoding: Option<&str>) -> bool {
-    let Some(content_encoding) = content_encoding else {
-        return true;
-    };
-    content_encoding
-        .split(',')
-        .map(coding_name)
-        .filter(|c| !c.is_empty() && c != "identity")
-        .all(|applied| accept_encoding.is_some_and(|accept| accepts_coding(accept, &applied)))
 }
 
 /// The variance name under which a keyed cookie counts: `:` cannot be in a header name, so it
@@ -97,7 +50,7 @@ pub fn variance(
             .iter()
             .filter_map(|v| v.to_str().ok());
         // `=value` when present, nothing when absent: an empty value is not a missing cookie.
-        let value = crate::upstream::sticky::cookie_value(headers, cookie)
+        let value = fields::cookie_value(headers, cookie)
             .map_or_else(Vec::new, |v| format!("={v}").into_bytes());
         builder.add_owned_name_value(cookie_variance_name(cookie), value);
     }
@@ -107,13 +60,7 @@ pub fn variance(
                 .headers
                 .get(http::header::ACCEPT_ENCODING)
                 .and_then(|v| v.to_str().ok());
-            match algorithms {
-                Some(algorithms) => negotiate(raw, algorithms)
-                    .map_or("identity", Algorithm::name)
-                    .as_bytes()
-                    .to_vec(),
-                None => normalize_accept_encoding(raw).into_bytes(),
-            }
+            variant_value(raw, algorithms).into_bytes()
         } else {
             let values: Vec<&[u8]> = req
                 .headers
@@ -159,49 +106,6 @@ mod tests {
         );
         assert_eq!(primary("[::1]:80", &req("/", &[])), "[::1]/");
         assert_eq!(primary("h", &req("/x", &[])), "h/x");
-    }
-
-    #[test]
-    fn accept_encoding_is_reduced_to_known_codings() {
-        let n = |v| normalize_accept_encoding(Some(v));
-        assert_eq!(n("gzip, deflate, br"), "br,gzip,deflate");
-        assert_eq!(n("br;q=1.0, gzip;q=0.8, *;q=0.1"), "br,gzip,zstd");
-        assert_eq!(n("deflate"), "deflate", "deflate is not identity");
-        assert_eq!(n("dcz, dcb;q=0.5, deflate;q=0"), "dcb,dcz");
-        assert_eq!(n("gzip;q=0, br"), "br");
-        assert_eq!(n("GZIP"), "gzip");
-        assert_eq!(n("*"), "br,gzip,zstd");
-        assert_eq!(n("*;q=0, gzip"), "gzip");
-        assert_eq!(n("identity;q=0, x-gzip"), "gzip");
-        assert_eq!(n("x-compress"), "compress");
-        assert_eq!(n("br;q=abc"), "identity", "an invalid q-value is q=0");
-        assert_eq!(normalize_accept_encoding(None), "identity");
-        assert_eq!(n("gzip, deflate, br"), n("br;q=0.9, deflate, gzip;q=0.5"));
-        assert_ne!(n("gzip, deflate, br"), n("br, gzip"));
-    }
-
-    #[test]
-    fn stored_codings_must_be_acceptable() {
-        let ok = |ae: Option<&str>, ce: Option<&str>| acceptable(ae, ce);
-        assert!(ok(None, None));
-        assert!(ok(Some("gzip"), None));
-        assert!(ok(None, Some("identity")));
-        assert!(
-            !ok(None, Some("deflate")),
-            "no Accept-Encoding: identity only"
-        );
-        assert!(!ok(Some("gzip, br"), Some("deflate")));
-        assert!(ok(Some("gzip, deflate"), Some("deflate")));
-        assert!(ok(Some("DEFLATE"), Some("Deflate")));
-        assert!(!ok(Some("deflate;q=0, *"), Some("deflate")));
-        assert!(ok(Some("*"), Some("dcz")));
-        assert!(ok(Some("x-gzip"), Some("gzip")));
-        assert!(ok(Some("gzip"), Some("x-gzip")));
-        assert!(
-            !ok(Some("gzip"), Some("gzip, br")),
-            "every applied coding counts"
-        );
-        assert!(!ok(Some(""), Some("gzip")));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 pub mod blob;
 pub mod key;
+pub mod memory;
+pub mod meta;
 pub mod policy;
 pub mod purge;
 pub mod redis;
@@ -21,11 +23,14 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
+use crate::compress::negotiate::acceptable;
 use crate::config::{self, ClientCacheControl, RouteCache};
 use crate::fields;
+use meta::TAG_FIELDS;
 use policy::{Decision, RequestDirective};
+use purge::PurgeMatch;
 use redis::{FromRedis, RedisTier, SharedPurge};
-use storage::{FillStart, MemoryStorage, PurgeMatch, TAG_FIELDS};
+use storage::{FillStart, TieredStorage};
 
 /// Per-request cache state, in the request context.
 #[derive(Debug, Default)]
@@ -91,7 +96,7 @@ pub struct CacheCounters {
 /// The process-wide cache: storage and lock live as long as the process (Pingora needs
 /// `'static`), so they are made once, at start.
 pub struct Cache {
-    pub storage: &'static MemoryStorage,
+    pub storage: &'static TieredStorage,
     lock: &'static CacheKeyLockImpl,
     pub counters: CacheCounters,
 }
@@ -118,7 +123,7 @@ impl Cache {
                 }
             });
         Cache {
-            storage: MemoryStorage::leak(conf.max_size, conf.max_object_size, redis),
+            storage: TieredStorage::leak(conf.max_size, conf.max_object_size, redis),
             lock,
             counters: CacheCounters::default(),
         }
@@ -128,7 +133,7 @@ impl Cache {
     /// other instances' memory. Returns the memory entries removed and, with a shared tier,
     /// what the purge did there.
     pub async fn purge(&self, target: PurgeMatch) -> (usize, Option<SharedPurge>) {
-        let memory = self.storage.purge(target.clone());
+        let memory = self.storage.purge_local(target.clone());
         let shared = match &self.storage.redis {
             Some(redis) => Some(redis.purge(&target).await),
             None => None,
@@ -199,7 +204,7 @@ impl Cache {
             .headers
             .get(http::header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok());
-        if state.cookie || !key::acceptable(accept, encoding) {
+        if state.cookie || !acceptable(accept, encoding) {
             return Some(ForcedFreshness::ForceMiss);
         }
         (state.revalidate && is_fresh).then_some(ForcedFreshness::ForceExpired)
@@ -358,7 +363,7 @@ impl Cache {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let served = get(&c.hits) + get(&c.stale_served) + get(&c.revalidated);
         let lookups = served + get(&c.misses) + get(&c.expired);
-        let s = &self.storage.stats;
+        let s = &self.storage.memory.stats;
         let redis = self.storage.redis.as_ref().map(|r| {
             let rs = &r.stats;
             serde_json::json!({
@@ -375,7 +380,7 @@ impl Cache {
             "redis": redis,
             "entries": get(&s.entries),
             "bytes": get(&s.bytes),
-            "max_bytes": self.storage.max_bytes(),
+            "max_bytes": self.storage.memory.max_bytes(),
             "hits": get(&c.hits),
             "misses": get(&c.misses),
             "stale_served": get(&c.stale_served),

@@ -1,5 +1,6 @@
-//! Response compression in the proxy phases: headers on the upstream response (before the
-//! cache stores it), then the body, chunk by chunk.
+//! Response compression in the proxy phases: the upstream response gets the encoding
+//! `compress::choose` picks (before the cache stores it), then the body is encoded chunk by
+//! chunk.
 
 use bytes::Bytes;
 use pingora_error::{Error, ErrorType, Result};
@@ -7,7 +8,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
-use crate::compress::{self, negotiate::negotiate, CompressionStats, Stream};
+use crate::compress::{self, CompressionStats, Stream};
 
 /// Going upstream: note a HEAD, and undo variant suffixes in `If-None-Match`.
 pub fn on_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) {
@@ -37,32 +38,17 @@ pub fn on_upstream_response(
         return Ok(());
     };
     if resp.status == http::StatusCode::NOT_MODIFIED {
-        // The origin validated the identity tag; the client (or cache) holds a variant.
-        if let Some(alg) = ctx.etag_suffix {
-            if let Some(tag) = resp
-                .headers
-                .get(http::header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| compress::variant_etag(v, alg))
-            {
-                resp.insert_header(http::header::ETAG, tag)?;
-            }
-        }
+        compress::on_not_modified(resp, ctx.etag_suffix);
         return Ok(());
     }
-    if compress::eligible(settings, resp).is_err() {
-        return Ok(());
-    }
-    compress::merge_vary(resp, "Accept-Encoding");
     let accept = session
         .req_header()
         .headers
         .get(http::header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let Some(alg) = negotiate(accept, &settings.algorithms) else {
+    let Some(alg) = compress::choose(settings, accept, resp) else {
         return Ok(());
     };
-    compress::encode_headers(resp, alg);
     if !ctx.upstream_head {
         let stream = Stream::start(alg, &settings.levels, stats)
             .map_err(|e| Error::because(ErrorType::InternalError, "starting the encoder", e))?;

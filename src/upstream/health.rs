@@ -5,12 +5,48 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::Pool;
 use crate::config::{CheckKind, HealthCheck};
+
+/// Where the checks get their pools: the running config's, and a signal for each new version.
+/// (The running config lives above this module, in `state`.)
+pub trait PoolSource: Send + Sync + 'static {
+    /// The pools of the running config.
+    fn pools(&self) -> Vec<Arc<Pool>>;
+    /// Changes with every new config version.
+    fn versions(&self) -> watch::Receiver<u64>;
+    /// How many check loops run now, for `/stats`.
+    fn checks_running(&self, n: usize);
+}
+
+/// Runs the active health checks of the running config, restarting them on every reload,
+/// until shutdown.
+pub struct HealthChecks<S>(pub Arc<S>);
+
+#[async_trait]
+impl<S: PoolSource> BackgroundService for HealthChecks<S> {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut versions = self.0.versions();
+        loop {
+            versions.borrow_and_update();
+            // Dropping the set stops the previous config's checks.
+            let tasks = spawn_all(self.0.pools().iter());
+            self.0.checks_running(tasks.len());
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                changed = versions.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
 
 /// Starts one check loop per backend of every pool that has checks configured.
 /// Dropping the returned set stops them all.

@@ -424,8 +424,8 @@ async fn a_partial_purge_answers_503_with_what_was_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_refuses_a_fill_older_than_a_matching_purge() {
     use std::sync::Arc;
+    use switchyard::cache::purge::PurgeMatch;
     use switchyard::cache::redis::RedisTier;
-    use switchyard::cache::storage::PurgeMatch;
     let Some(redis) = RedisServer::start() else {
         return;
     };
