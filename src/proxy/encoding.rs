@@ -10,11 +10,22 @@ use pingora_proxy::Session;
 use super::ctx::RequestCtx;
 use crate::compress::{self, CompressionStats, Stream};
 
+/// The response encoding of one request (`RequestCtx::encoding`).
+#[derive(Debug, Default)]
+pub struct Encoding {
+    /// The encoder of the response body, when it is being compressed.
+    stream: Option<Stream>,
+    /// The request went upstream as HEAD (so the response has no body).
+    upstream_head: bool,
+    /// A variant suffix stripped from `If-None-Match` going upstream.
+    etag_suffix: Option<compress::Algorithm>,
+}
+
 /// Going upstream: note a HEAD, and undo variant suffixes in `If-None-Match`.
 pub fn on_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) {
-    ctx.upstream_head = req.method == http::Method::HEAD;
+    ctx.encoding.upstream_head = req.method == http::Method::HEAD;
     if ctx.route_compression().is_some() {
-        ctx.etag_suffix = compress::strip_variant_suffixes(req);
+        ctx.encoding.etag_suffix = compress::strip_variant_suffixes(req);
     }
 }
 
@@ -38,7 +49,7 @@ pub fn on_upstream_response(
         return Ok(());
     };
     if resp.status == http::StatusCode::NOT_MODIFIED {
-        compress::on_not_modified(resp, ctx.etag_suffix);
+        compress::on_not_modified(resp, ctx.encoding.etag_suffix);
         return Ok(());
     }
     let accept = session
@@ -49,10 +60,10 @@ pub fn on_upstream_response(
     let Some(alg) = compress::choose(settings, accept, resp) else {
         return Ok(());
     };
-    if !ctx.upstream_head {
+    if !ctx.encoding.upstream_head {
         let stream = Stream::start(alg, &settings.levels, stats)
             .map_err(|e| Error::because(ErrorType::InternalError, "starting the encoder", e))?;
-        ctx.compress = Some(stream);
+        ctx.encoding.stream = Some(stream);
     }
     Ok(())
 }
@@ -64,7 +75,7 @@ pub fn on_upstream_body(
     ctx: &mut RequestCtx,
     stats: &CompressionStats,
 ) -> Result<()> {
-    if let Some(stream) = ctx.compress.as_mut() {
+    if let Some(stream) = ctx.encoding.stream.as_mut() {
         stream
             .filter(body, end_of_stream, stats)
             .map_err(|e| Error::because(ErrorType::InternalError, "compressing the body", e))?;

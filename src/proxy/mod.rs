@@ -69,13 +69,14 @@ impl ProxyHttp for Proxy {
             .as_downstream()
             .as_http1()
             .map(|h1| h1.get_headers_raw_bytes());
-        if let Err((code, reason)) =
+        if let Err(refusal) =
             limits::check(session.req_header(), raw.as_deref(), &runtime.config.server)
         {
             ctx.runtime = Some(runtime);
             // The request may be framed ambiguously: never read another from this connection.
             session.set_keepalive(None);
-            errors::respond(session, code, reason, ctx.server_header()).await?;
+            let reason = refusal.to_string();
+            errors::respond(session, refusal.status(), &reason, ctx.server_header()).await?;
             return Ok(true);
         }
         // After the header, reads wait as long as a slow upload may pause.
@@ -89,7 +90,7 @@ impl ProxyHttp for Proxy {
         match found {
             Some((index, pool)) => {
                 ctx.route = Some(index);
-                ctx.pool = pool;
+                ctx.upstream.pool = pool;
                 balance::prepare(session, ctx);
                 Ok(false)
             }
@@ -211,7 +212,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
         if !session.cache.can_serve_stale_error() {
-            ctx.peer = Some(balance::pick(session, ctx)?);
+            ctx.upstream.peer = Some(balance::pick(session, ctx)?);
         }
         Ok(true)
     }
@@ -224,7 +225,7 @@ impl ProxyHttp for Proxy {
         // Each attempt sends the whole body again: a retry replays what was already read
         // through `request_body_filter`, so the count starts over.
         ctx.body_bytes = 0;
-        match ctx.peer.take() {
+        match ctx.upstream.peer.take() {
             Some(peer) => Ok(peer),
             None => balance::pick(session, ctx),
         }
@@ -256,7 +257,7 @@ impl ProxyHttp for Proxy {
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
-            trusted: ctx.peer_trusted,
+            trusted: ctx.upstream.peer_trusted,
             host: host.as_deref(),
             proto: "http",
             port: session
@@ -288,7 +289,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
             // The backend is done with this request, even if the client is still reading.
-            ctx.attempt = None;
+            ctx.upstream.attempt = None;
         }
         encoding::on_upstream_body(body, end_of_stream, ctx, &self.shared.compression)?;
         Ok(None)
@@ -321,7 +322,7 @@ impl ProxyHttp for Proxy {
                 self.shared.metrics.observe_cache(series, lookup);
             }
         }
-        if let Some(cookie) = ctx.set_cookie.take() {
+        if let Some(cookie) = ctx.upstream.set_cookie.take() {
             upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
         }
         Ok(())
@@ -381,7 +382,7 @@ impl ProxyHttp for Proxy {
         // into a closed connection.
         let reusable = ctx.runtime.is_some()
             && errors::keeps_connection(e)
-            && ctx.tried.is_empty()
+            && ctx.upstream.tried.is_empty()
             && session.as_downstream_mut().is_body_done();
         if !reusable {
             session.set_keepalive(None);
@@ -409,7 +410,7 @@ impl ProxyHttp for Proxy {
             None => 0,
         };
         // The request is over: give the backend slot back before metrics work.
-        ctx.attempt = None;
+        ctx.upstream.attempt = None;
         let seconds = ctx.started.elapsed().as_secs_f64();
         match ctx.series() {
             Some(series) => self

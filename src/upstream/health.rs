@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -87,7 +88,7 @@ async fn check_loop(pool: Arc<Pool>, index: usize) {
 }
 
 /// Applies one check result to the backend's consecutive counters and health.
-fn record(pool: &Pool, index: usize, check: &HealthCheck, result: Result<(), String>) {
+fn record(pool: &Pool, index: usize, check: &HealthCheck, result: Result<(), ProbeError>) {
     let backend = &pool.backends[index];
     match result {
         Ok(()) => {
@@ -121,18 +122,39 @@ fn record(pool: &Pool, index: usize, check: &HealthCheck, result: Result<(), Str
     }
 }
 
+/// Why a probe failed, as the log line says it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("send: {0}")]
+    Send(String),
+    #[error("read: {0}")]
+    Read(String),
+    #[error("status line too long")]
+    LongStatusLine,
+    #[error("connection closed before a status line")]
+    Closed,
+    #[error("bad status line `{0}`")]
+    BadStatusLine(String),
+    #[error("status {0}")]
+    Status(u16),
+}
+
 /// One probe within the check's timeout.
-pub async fn probe(addr: SocketAddr, host: &str, check: &HealthCheck) -> Result<(), String> {
+pub async fn probe(addr: SocketAddr, host: &str, check: &HealthCheck) -> Result<(), ProbeError> {
     match tokio::time::timeout(check.timeout, probe_inner(addr, host, &check.kind)).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+        Err(_) => Err(ProbeError::Timeout(check.timeout)),
     }
 }
 
-async fn probe_inner(addr: SocketAddr, host: &str, kind: &CheckKind) -> Result<(), String> {
+async fn probe_inner(addr: SocketAddr, host: &str, kind: &CheckKind) -> Result<(), ProbeError> {
     let mut stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| ProbeError::Connect(e.to_string()))?;
     let (path, expect) = match kind {
         CheckKind::Tcp => return Ok(()),
         CheckKind::Http {
@@ -146,7 +168,7 @@ async fn probe_inner(addr: SocketAddr, host: &str, kind: &CheckKind) -> Result<(
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(|e| ProbeError::Send(e.to_string()))?;
     let status = read_status(&mut stream).await?;
     let healthy = match expect {
         Some(code) => status == code,
@@ -155,12 +177,12 @@ async fn probe_inner(addr: SocketAddr, host: &str, kind: &CheckKind) -> Result<(
     if healthy {
         Ok(())
     } else {
-        Err(format!("status {status}"))
+        Err(ProbeError::Status(status))
     }
 }
 
 /// Reads just enough of the response to parse the status line.
-async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
+async fn read_status(stream: &mut TcpStream) -> Result<u16, ProbeError> {
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     loop {
@@ -168,20 +190,20 @@ async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
             return parse_status_line(&buf[..end]);
         }
         if buf.len() > 4096 {
-            return Err("status line too long".into());
+            return Err(ProbeError::LongStatusLine);
         }
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("read: {e}"))?;
+            .map_err(|e| ProbeError::Read(e.to_string()))?;
         if n == 0 {
-            return Err("connection closed before a status line".into());
+            return Err(ProbeError::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
     }
 }
 
-fn parse_status_line(line: &[u8]) -> Result<u16, String> {
+fn parse_status_line(line: &[u8]) -> Result<u16, ProbeError> {
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     match (parts.next(), parts.next()) {
@@ -189,8 +211,8 @@ fn parse_status_line(line: &[u8]) -> Result<u16, String> {
             .parse::<u16>()
             .ok()
             .filter(|c| (100..=599).contains(c))
-            .ok_or_else(|| format!("bad status line `{}`", line.trim())),
-        _ => Err(format!("bad status line `{}`", line.trim())),
+            .ok_or_else(|| ProbeError::BadStatusLine(line.trim().to_string())),
+        _ => Err(ProbeError::BadStatusLine(line.trim().to_string())),
     }
 }
 
