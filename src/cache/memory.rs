@@ -1,6 +1,6 @@
 //! The memory tier: stored responses in TinyUFO (S3-FIFO eviction, every store admitted),
 //! bounded in bytes, with an index by primary key and tag for purges. It knows nothing of
-//! the Redis tier; [`super::storage::TieredStorage`] composes the two.
+//! the Redis tier; `TieredStorage` (`storage.rs`) composes the two.
 //!
 //! Lookups touch only the TinyUFO map (lock free). Inserts, evictions and purges keep the
 //! index under one mutex.

@@ -14,75 +14,9 @@ use super::retry::{self, Failure};
 use crate::config::Strategy;
 use crate::metrics::Metrics;
 use crate::upstream::selection::ring::hash_key;
-use crate::upstream::{InFlight, Pool};
 
 /// How long an idle upstream connection stays in the reuse pool.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A request's dealings with its upstream (`RequestCtx::upstream`): the pool, the backends
-/// tried, the attempt in progress and what the request allows.
-#[derive(Debug)]
-pub struct Attempts {
-    pub(super) pool: Option<Arc<Pool>>,
-    /// Backends already tried by this request (indexes into `pool.backends`).
-    pub(super) tried: Vec<usize>,
-    /// Index in `pool.backends` of the backend the request is on now, with its in-flight
-    /// guard; dropping it ends the in-flight count.
-    pub(super) attempt: Option<(usize, InFlight)>,
-    /// The `ip_hash` key hash of this request.
-    pub(super) hash: Option<u64>,
-    /// Whether the TCP peer is a trusted proxy.
-    pub(super) peer_trusted: bool,
-    /// Whether the request may be sent again (idempotent, or no body).
-    pub(super) resendable: bool,
-    /// A `Set-Cookie` to add to the response (sticky sessions).
-    pub(super) set_cookie: Option<String>,
-    /// Set when a pooled connection went stale and no other backend is left: go to the same
-    /// backend again.
-    pub(super) reconnect: Option<usize>,
-    /// Retries after a pooled connection failed before any response byte (see
-    /// [`on_proxy_error`]).
-    pub(super) stale_retries: u8,
-    /// Attempts that do not count against `retries`: those that followed a stale pooled
-    /// connection.
-    pub(super) free_attempts: usize,
-    /// A response header arrived on the current attempt.
-    pub(super) answered: bool,
-    /// The first attempt's backend, picked before the upstream phase (see
-    /// `proxy_upstream_filter`).
-    pub(super) peer: Option<Box<HttpPeer>>,
-}
-
-impl Default for Attempts {
-    fn default() -> Attempts {
-        Attempts {
-            pool: None,
-            tried: Vec::new(),
-            attempt: None,
-            hash: None,
-            peer_trusted: false,
-            resendable: true,
-            set_cookie: None,
-            reconnect: None,
-            stale_retries: 0,
-            free_attempts: 0,
-            answered: false,
-            peer: None,
-        }
-    }
-}
-
-impl Attempts {
-    /// Attempts made so far that count against the pool's `retries`.
-    pub fn attempts(&self) -> usize {
-        self.tried.len().saturating_sub(self.free_attempts)
-    }
-
-    /// The pool and backend index of the current attempt.
-    pub fn current(&self) -> Option<(&Arc<Pool>, usize)> {
-        Some((self.pool.as_ref()?, self.attempt.as_ref()?.0))
-    }
-}
 
 fn now_unix() -> u64 {
     SystemTime::now()

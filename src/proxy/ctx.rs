@@ -3,17 +3,18 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::balance::Attempts;
-use super::encoding::Encoding;
+use pingora_core::upstreams::peer::HttpPeer;
+
 use crate::cache::CacheState;
 use crate::compress;
 use crate::config::{Route, RouteCache};
 use crate::metrics::RouteSeries;
 use crate::state::{ActiveRequest, Runtime};
+use crate::upstream::{InFlight, Pool};
 
 /// State of one client request (`ProxyHttp::CTX`). Each part belongs to the module that uses
 /// it: `upstream` to `balance` (attempts, retries, the backend), `encoding` to `encoding`,
-/// `cache` to `cache`.
+/// `cache` to `cache`. The parts are defined here so that no module imports another's state.
 #[derive(Debug)]
 pub struct RequestCtx {
     pub(super) started: Instant,
@@ -75,4 +76,80 @@ impl RequestCtx {
     pub fn route_compression(&self) -> Option<&compress::Settings> {
         self.route()?.compression.as_ref()
     }
+}
+
+/// A request's dealings with its upstream (`RequestCtx::upstream`), kept by `balance.rs`: the pool, the backends
+/// tried, the attempt in progress and what the request allows.
+#[derive(Debug)]
+pub struct Attempts {
+    pub(super) pool: Option<Arc<Pool>>,
+    /// Backends already tried by this request (indexes into `pool.backends`).
+    pub(super) tried: Vec<usize>,
+    /// Index in `pool.backends` of the backend the request is on now, with its in-flight
+    /// guard; dropping it ends the in-flight count.
+    pub(super) attempt: Option<(usize, InFlight)>,
+    /// The `ip_hash` key hash of this request.
+    pub(super) hash: Option<u64>,
+    /// Whether the TCP peer is a trusted proxy.
+    pub(super) peer_trusted: bool,
+    /// Whether the request may be sent again (idempotent, or no body).
+    pub(super) resendable: bool,
+    /// A `Set-Cookie` to add to the response (sticky sessions).
+    pub(super) set_cookie: Option<String>,
+    /// Set when a pooled connection went stale and no other backend is left: go to the same
+    /// backend again.
+    pub(super) reconnect: Option<usize>,
+    /// Retries after a pooled connection failed before any response byte (see
+    /// `balance::on_proxy_error`).
+    pub(super) stale_retries: u8,
+    /// Attempts that do not count against `retries`: those that followed a stale pooled
+    /// connection.
+    pub(super) free_attempts: usize,
+    /// A response header arrived on the current attempt.
+    pub(super) answered: bool,
+    /// The first attempt's backend, picked before the upstream phase (see
+    /// `proxy_upstream_filter`).
+    pub(super) peer: Option<Box<HttpPeer>>,
+}
+
+impl Default for Attempts {
+    fn default() -> Attempts {
+        Attempts {
+            pool: None,
+            tried: Vec::new(),
+            attempt: None,
+            hash: None,
+            peer_trusted: false,
+            resendable: true,
+            set_cookie: None,
+            reconnect: None,
+            stale_retries: 0,
+            free_attempts: 0,
+            answered: false,
+            peer: None,
+        }
+    }
+}
+
+impl Attempts {
+    /// Attempts made so far that count against the pool's `retries`.
+    pub fn attempts(&self) -> usize {
+        self.tried.len().saturating_sub(self.free_attempts)
+    }
+
+    /// The pool and backend index of the current attempt.
+    pub fn current(&self) -> Option<(&Arc<Pool>, usize)> {
+        Some((self.pool.as_ref()?, self.attempt.as_ref()?.0))
+    }
+}
+
+/// The response encoding of one request (`RequestCtx::encoding`), kept by `encoding.rs`.
+#[derive(Debug, Default)]
+pub struct Encoding {
+    /// The encoder of the response body, when it is being compressed.
+    pub(super) stream: Option<compress::Stream>,
+    /// The request went upstream as HEAD (so the response has no body).
+    pub(super) upstream_head: bool,
+    /// A variant suffix stripped from `If-None-Match` going upstream.
+    pub(super) etag_suffix: Option<compress::Algorithm>,
 }

@@ -10,17 +10,6 @@ use pingora_proxy::Session;
 use super::ctx::RequestCtx;
 use crate::compress::{self, CompressionStats, Stream};
 
-/// The response encoding of one request (`RequestCtx::encoding`).
-#[derive(Debug, Default)]
-pub struct Encoding {
-    /// The encoder of the response body, when it is being compressed.
-    stream: Option<Stream>,
-    /// The request went upstream as HEAD (so the response has no body).
-    upstream_head: bool,
-    /// A variant suffix stripped from `If-None-Match` going upstream.
-    etag_suffix: Option<compress::Algorithm>,
-}
-
 /// Going upstream: note a HEAD, and undo variant suffixes in `If-None-Match`.
 pub fn on_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) {
     ctx.encoding.upstream_head = req.method == http::Method::HEAD;
