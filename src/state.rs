@@ -162,6 +162,7 @@ impl Shared {
         self.metrics.render(&Snapshot {
             config_version: runtime.version,
             storage: &self.cache.storage.memory.stats,
+            invalidations: &self.cache.counters.invalidations,
             redis: self.cache.storage.redis.as_ref().map(|tier| &tier.stats),
             compression: &self.compression,
             pools: &runtime.pools,

@@ -3,6 +3,7 @@
 //! Pingora runs the cache state machine; this module answers its questions.
 
 pub mod blob;
+pub mod invalidate;
 pub mod key;
 pub mod memory;
 pub mod meta;
@@ -46,6 +47,8 @@ pub struct CacheState {
     pub cookie: bool,
     /// The purge orders when the request started; a fill for it is ordered after them.
     pub fill_start: Option<FillStart>,
+    /// The origin's 304 to a revalidation, whose fields freshen the stored response.
+    pub freshened: Option<Box<ResponseHeader>>,
 }
 
 /// What happened in the cache for one request, for stats and metrics.
@@ -91,6 +94,8 @@ pub struct CacheCounters {
     pub revalidated: AtomicU64,
     pub bypass: AtomicU64,
     pub coalesced: AtomicU64,
+    /// Stored responses dropped after an unsafe method (RFC 9111 §4.4).
+    pub invalidations: AtomicU64,
 }
 
 /// The process-wide cache: storage and lock live as long as the process (Pingora needs
@@ -139,6 +144,43 @@ impl Cache {
             None => None,
         };
         (memory, shared)
+    }
+
+    /// Invalidation after an unsafe method (RFC 9111 §4.4): drops what is stored for the
+    /// target URI and its same-host `Location`/`Content-Location`, in memory and (with the
+    /// shared tier) on every instance, before the response goes out. Runs for routes that
+    /// cache; returns how many keys were invalidated.
+    pub async fn invalidate(
+        &self,
+        host: &str,
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+    ) -> usize {
+        let targets = invalidate::targets(host, req, resp);
+        for primary in &targets {
+            let (_, shared) = self.purge(PurgeMatch::Key(primary.clone())).await;
+            if let Some(shared) = shared.filter(|s| !s.complete()) {
+                log::warn!(
+                    "invalidating {primary} after {}: shared tier steps failed: {:?}",
+                    req.method,
+                    shared.failed
+                );
+            }
+        }
+        self.counters
+            .invalidations
+            .fetch_add(targets.len() as u64, Ordering::Relaxed);
+        targets.len()
+    }
+
+    /// `upstream_response_filter`: an origin's 304 to a revalidation is kept, so that its
+    /// fields freshen the stored response ([`policy::freshen`]).
+    pub fn on_upstream_response(session: &Session, resp: &ResponseHeader, state: &mut CacheState) {
+        if resp.status == http::StatusCode::NOT_MODIFIED
+            && session.cache.phase() == CachePhase::Stale
+        {
+            state.freshened = Some(Box::new(resp.clone()));
+        }
     }
 
     /// `request_cache_filter`: turns the cache on for this request when the route caches and
@@ -215,12 +257,19 @@ impl Cache {
         req: &RequestHeader,
         resp: &ResponseHeader,
         route: Option<&RouteCache>,
+        targeted: &[http::HeaderName],
         state: &mut CacheState,
     ) -> RespCacheable {
         let Some(route) = route else {
             return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
         };
-        match policy::decide(req, resp, route, SystemTime::now()) {
+        // After a 304, Pingora merged only a few of its fields into the stored header.
+        let freshened = state
+            .freshened
+            .take()
+            .map(|update| policy::freshen(resp, &update));
+        let resp = freshened.as_ref().unwrap_or(resp);
+        match policy::decide(req, resp, route, targeted, SystemTime::now()) {
             Decision::Store(mut meta) => {
                 if let Some(start) = state.fill_start {
                     meta.extensions_mut().insert(start);
@@ -388,6 +437,7 @@ impl Cache {
             "revalidated": get(&c.revalidated),
             "bypass": get(&c.bypass),
             "coalesced": get(&c.coalesced),
+            "invalidations": get(&c.invalidations),
             "evictions": get(&s.evictions),
             "hit_ratio": if lookups == 0 { 0.0 } else { served as f64 / lookups as f64 },
         })

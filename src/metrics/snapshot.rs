@@ -19,6 +19,8 @@ use crate::upstream::{Backend, Pool};
 pub struct Snapshot<'a> {
     pub config_version: u64,
     pub storage: &'a StorageStats,
+    /// Stored responses invalidated after unsafe methods.
+    pub invalidations: &'a AtomicU64,
     pub redis: Option<&'a RedisStats>,
     pub compression: &'a CompressionStats,
     pub pools: &'a BTreeMap<String, Arc<Pool>>,
@@ -52,6 +54,15 @@ impl Snapshot<'_> {
                 "Responses evicted to stay under max_size",
                 MetricType::COUNTER,
                 [(vec![], load(&self.storage.evictions))],
+            ),
+            family(
+                "switchyard_cache_invalidations_total",
+                "Stored responses invalidated, by reason (RFC 9111 §4.4: unsafe-method)",
+                MetricType::COUNTER,
+                [(
+                    vec![("reason", "unsafe-method".to_string())],
+                    load(self.invalidations),
+                )],
             ),
         ];
         let rows = self.compression.snapshot();

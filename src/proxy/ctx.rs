@@ -67,6 +67,14 @@ impl RequestCtx {
             .as_deref()
     }
 
+    /// The targeted cache-control fields to remove from responses, when `cache.strip_targeted`.
+    pub fn strip_targeted(&self) -> Option<&[http::HeaderName]> {
+        let cache = &self.runtime.as_ref()?.config.cache;
+        cache
+            .strip_targeted
+            .then_some(cache.targeted_fields.as_slice())
+    }
+
     /// The cache policy of the matched route, when it caches.
     pub fn route_cache(&self) -> Option<&RouteCache> {
         self.route()?.cache.as_ref()

@@ -26,6 +26,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::cache::{self, Cache};
 use crate::etag;
+use crate::fields;
 use crate::state::Shared;
 use ctx::RequestCtx;
 
@@ -163,11 +164,16 @@ impl ProxyHttp for Proxy {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
+        let runtime = ctx.runtime.clone();
+        let targeted = runtime
+            .as_ref()
+            .map_or(&[][..], |rt| rt.config.cache.targeted_fields.as_slice());
         let route = ctx.route_cache().cloned();
         Ok(Cache::decide(
             session.req_header(),
             resp,
             route.as_ref(),
+            targeted,
             &mut ctx.cache,
         ))
     }
@@ -277,7 +283,9 @@ impl ProxyHttp for Proxy {
         // Before the cache sees the response: hop-by-hop fields are never stored (RFC 9111 §3.1).
         headers::strip_hop_by_hop(upstream_response);
         balance::on_upstream_status(ctx, upstream_response.status.as_u16())?;
-        encoding::on_upstream_response(session, upstream_response, ctx, &self.shared.compression)
+        encoding::on_upstream_response(session, upstream_response, ctx, &self.shared.compression)?;
+        Cache::on_upstream_response(session, upstream_response, &mut ctx.cache);
+        Ok(())
     }
 
     fn upstream_response_body_filter(
@@ -311,6 +319,17 @@ impl ProxyHttp for Proxy {
             cache::served_from_cache(session),
         );
         let route_caches = ctx.route_cache().is_some();
+        if route_caches && !cache::served_from_cache(session) {
+            let req = session.req_header();
+            let host = request_host(req).unwrap_or("");
+            self.shared
+                .cache
+                .invalidate(host, req, upstream_response)
+                .await;
+        }
+        if let Some(strip) = ctx.strip_targeted() {
+            fields::remove_where(upstream_response, |name| strip.contains(name));
+        }
         let lookup = self.shared.cache.finish_response(
             session,
             upstream_response,
