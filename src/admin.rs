@@ -11,7 +11,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
-use crate::cache::purge::PurgeMatch;
+use crate::cache::purge::{PurgeMatch, MAX_PATTERN_WILDCARDS};
 use crate::digest::constant_time_eq;
 use crate::reload::{self, ReloadError};
 use crate::state::Shared;
@@ -227,14 +227,15 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
     }
 }
 
-/// `{"key": …}`, `{"prefix": …}` or `{"tag": …}`.
+/// `{"key": …}`, `{"prefix": …}`, `{"tag": …}` or `{"pattern": …}` (a glob: `*` within a
+/// path segment, `**` across segments).
 fn purge_target(body: &[u8]) -> Result<PurgeMatch, String> {
     let doc: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
     let obj = doc
         .as_object()
         .ok_or("expected an object like {\"key\": \"host/path\"}")?;
     if obj.len() != 1 {
-        return Err("give exactly one of key, prefix or tag".into());
+        return Err("give exactly one of key, prefix, tag or pattern".into());
     }
     let (kind, value) = obj.iter().next().ok_or("empty object")?;
     let value = value
@@ -246,7 +247,13 @@ fn purge_target(body: &[u8]) -> Result<PurgeMatch, String> {
         "key" => Ok(PurgeMatch::Key(value)),
         "prefix" => Ok(PurgeMatch::Prefix(value)),
         "tag" => Ok(PurgeMatch::Tag(value)),
-        other => Err(format!("unknown field `{other}`; give key, prefix or tag")),
+        "pattern" if value.matches('*').count() > MAX_PATTERN_WILDCARDS => {
+            Err(format!("pattern has more than {MAX_PATTERN_WILDCARDS} `*`"))
+        }
+        "pattern" => Ok(PurgeMatch::Pattern(value)),
+        other => Err(format!(
+            "unknown field `{other}`; give key, prefix, tag or pattern"
+        )),
     }
 }
 
@@ -311,6 +318,10 @@ mod tests {
     #[test]
     fn purge_bodies() {
         assert!(matches!(purge_target(br#"{"key": "h/a"}"#), Ok(PurgeMatch::Key(k)) if k == "h/a"));
+        assert!(matches!(
+            purge_target(br#"{"pattern": "h/*/x"}"#),
+            Ok(PurgeMatch::Pattern(p)) if p == "h/*/x"
+        ));
         assert!(matches!(
             purge_target(br#"{"prefix": "h/"}"#),
             Ok(PurgeMatch::Prefix(_))

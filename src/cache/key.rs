@@ -18,6 +18,63 @@ pub fn primary(host: &str, req: &RequestHeader) -> String {
     format!("{}{path}", host.to_ascii_lowercase())
 }
 
+/// `Accept-Language` as a variant sees it: tags in lower case, those with q=0 dropped, by
+/// q-value (highest first) and then by name, with q written only when below 1. Requests that
+/// differ only in case, spacing, the order of equal preferences or the spelling of q-values
+/// (`q=1.0`, `q=0.50`) share a variant.
+pub fn normalize_accept_language<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut tags: Vec<(String, u16)> = values
+        .flat_map(|v| v.split(','))
+        .filter_map(|element| {
+            let mut parts = element.split(';');
+            let tag = parts.next()?.trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .or_else(|| p.trim().strip_prefix("Q="))
+                })
+                .next()
+                .map_or(Some(1000), |q| {
+                    q.trim()
+                        .parse::<f32>()
+                        .ok()
+                        .map(|q| (q.clamp(0.0, 1.0) * 1000.0).round() as u16)
+                })?;
+            (!tag.is_empty() && q > 0).then_some((tag, q))
+        })
+        .collect();
+    tags.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    tags.dedup_by(|a, b| a.0 == b.0);
+    tags.iter()
+        .map(|(tag, q)| match *q {
+            1000 => tag.clone(),
+            q => format!(
+                "{tag};q={}",
+                format!("{:.3}", f32::from(q) / 1000.0).trim_end_matches('0')
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Another `Vary`ed field's lines as one value: elements split on commas, trimmed, empty ones
+/// dropped, joined by `,` (whitespace differences make no new variant).
+fn normalize_list<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for element in values.flat_map(|v| v.split(|&b| b == b',')) {
+        let element = element.trim_ascii();
+        if element.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(element);
+    }
+    out
+}
+
 /// The variance name under which a keyed cookie counts: `:` cannot be in a header name, so it
 /// never meets a `Vary`ed field.
 fn cookie_variance_name(cookie: &str) -> String {
@@ -62,13 +119,13 @@ pub fn variance(
                 .and_then(|v| v.to_str().ok());
             variant_value(raw, algorithms).into_bytes()
         } else {
-            let values: Vec<&[u8]> = req
-                .headers
-                .get_all(name.as_str())
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect();
-            values.join(&b","[..])
+            let values = req.headers.get_all(name.as_str());
+            if name == "accept-language" {
+                normalize_accept_language(values.iter().filter_map(|v| v.to_str().ok()))
+                    .into_bytes()
+            } else {
+                normalize_list(values.iter().map(|v| v.as_bytes()))
+            }
         };
         builder.add_owned_name_value(name, value);
     }
@@ -106,6 +163,30 @@ mod tests {
         );
         assert_eq!(primary("[::1]:80", &req("/", &[])), "[::1]/");
         assert_eq!(primary("h", &req("/x", &[])), "h/x");
+    }
+
+    #[test]
+    fn accept_language_variants_are_normalised() {
+        let n = |v: &str| normalize_accept_language(std::iter::once(v));
+        assert_eq!(n("en-US, de;q=0.5"), "en-us,de;q=0.5");
+        assert_eq!(n("de;q=0.50,EN-us;q=1.0"), "en-us,de;q=0.5");
+        assert_eq!(n("fr, en"), n("en ,fr"));
+        assert_eq!(n("fr;q=0, en"), "en");
+        assert_ne!(n("en, de;q=0.5"), n("de, en;q=0.5"));
+        assert_eq!(n("en;q=abc, de"), "de", "an invalid q is dropped");
+        let m = meta(Some("Accept-Language"));
+        let v = |value: &str| variance(&m, &req("/", &[("Accept-Language", value)]), None, &[]);
+        assert_eq!(v("en-US,de;q=0.5"), v("de;q=0.5, en-us"));
+        assert_ne!(v("en-US"), v("de"));
+    }
+
+    #[test]
+    fn other_varied_fields_ignore_whitespace() {
+        let m = meta(Some("X-Tenant"));
+        let v = |value: &str| variance(&m, &req("/", &[("X-Tenant", value)]), None, &[]);
+        assert_eq!(v("a, b"), v("a,b"));
+        assert_eq!(v(" a ,b,"), v("a,b"));
+        assert_ne!(v("a,b"), v("b,a"));
     }
 
     #[test]

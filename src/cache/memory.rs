@@ -15,7 +15,7 @@ use pingora_cache::CacheMeta;
 use tinyufo::TinyUfo;
 
 use super::meta::tags_of;
-use super::purge::PurgeMatch;
+use super::purge::{glob_matches, literal_prefix, PurgeMatch};
 
 /// Bytes an entry is charged for besides its body and header fields: its metadata, the header
 /// map, the eviction and purge indexes. With `PER_FIELD` and `LARGE_BODY_PAD`, measured so that
@@ -250,6 +250,16 @@ impl MemoryTier {
                 .get(t)
                 .map(|s| s.iter().copied().collect())
                 .unwrap_or_default(),
+            PurgeMatch::Pattern(p) => {
+                let start = literal_prefix(p);
+                index
+                    .by_primary
+                    .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+                    .take_while(|(primary, _)| primary.starts_with(start))
+                    .filter(|(primary, _)| glob_matches(p, primary))
+                    .flat_map(|(_, set)| set.iter().copied())
+                    .collect()
+            }
         };
         for key in &keys {
             self.remove(&mut index, key);

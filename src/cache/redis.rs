@@ -321,6 +321,7 @@ impl RedisTier {
                 "key" => PurgeMatch::Key(message.value),
                 "prefix" => PurgeMatch::Prefix(message.value),
                 "tag" => PurgeMatch::Tag(message.value),
+                "pattern" => PurgeMatch::Pattern(message.value),
                 _ => continue,
             };
             self.stats.purges_received.fetch_add(1, Ordering::Relaxed);

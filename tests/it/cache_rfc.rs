@@ -478,8 +478,8 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     assert_eq!(o.count("GET", "/swr"), 2);
 }
 
-/// A `Range` request on a stored response is answered 206 from the cache; `If-Range` with
-/// another validator gets the whole 200.
+/// A `Range` request on a stored response is answered 206 from the cache (several ranges as
+/// `multipart/byteranges`); `If-Range` with another validator gets the whole 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_are_served_from_the_stored_response() {
     let o = Scripted::start().await;
@@ -515,9 +515,104 @@ async fn ranges_are_served_from_the_stored_response() {
     )
     .await;
     assert_eq!((same.status, same.body.as_str()), (206, "2345"));
+    let several = send(&proxy, "GET", "/file", &[("Range", "bytes=0-1,4-5")]).await;
+    assert_eq!(several.status, 206);
+    assert!(several
+        .header("content-type")
+        .starts_with("multipart/byteranges; boundary="));
+    for part in [
+        "Content-Range: bytes 0-1/10\r\n\r\n01",
+        "Content-Range: bytes 4-5/10\r\n\r\n45",
+    ] {
+        assert!(several.body.contains(part), "{:?}", several.body);
+    }
     assert_eq!(
         o.count("GET", "/file"),
         1,
         "every range came from the cache"
     );
+}
+
+async fn purge(proxy: &Proxy, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let resp = client()
+        .post(proxy.admin_url("/cache/purge"))
+        .json(&body)
+        .send()
+        .await
+        .expect("purge");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("purge answer"))
+}
+
+/// `{"pattern": …}`: `*` matches within one path segment, `**` across segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_purge_removes_the_keys_it_matches_only() {
+    let o = Scripted::start().await;
+    o.set(
+        "/users",
+        Reply::ok(&[("Cache-Control", "max-age=600")], "u"),
+    );
+    let proxy = o.proxy("").await;
+    let paths = [
+        "/users/1/profile",
+        "/users/2/profile",
+        "/users/1/settings",
+        "/users/1/a/profile",
+    ];
+    for path in paths {
+        o.set(path, Reply::ok(&[("Cache-Control", "max-age=600")], path));
+        get(&proxy, path).await;
+    }
+    let (status, body) = purge(
+        &proxy,
+        serde_json::json!({"pattern": "127.0.0.1/users/*/profile"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["purged"]),
+        (200, &serde_json::json!(2)),
+        "{body}"
+    );
+    for (path, kept) in [
+        ("/users/1/profile", false),
+        ("/users/2/profile", false),
+        ("/users/1/settings", true),
+        ("/users/1/a/profile", true),
+    ] {
+        let status = get(&proxy, path).await.header("cache-status").to_string();
+        assert_eq!(status.contains("hit"), kept, "{path}: {status}");
+    }
+    let (_, body) = purge(&proxy, serde_json::json!({"pattern": "127.0.0.1/users/**"})).await;
+    assert_eq!(body["purged"], 4, "{body}");
+    let (status, body) = purge(&proxy, serde_json::json!({"pattern": "*".repeat(17)})).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+/// `Vary: Accept-Language`: requests that differ in case, spacing, order of equal preferences
+/// or q spelling share a variant; another language does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equivalent_accept_language_values_share_a_variant() {
+    let o = Scripted::start().await;
+    o.set(
+        "/hello",
+        Reply::ok(
+            &[
+                ("Cache-Control", "max-age=600"),
+                ("Vary", "Accept-Language"),
+            ],
+            "hello",
+        ),
+    );
+    let proxy = o.proxy("").await;
+    let lang = |value: &'static str| {
+        let proxy = &proxy;
+        async move { send(proxy, "GET", "/hello", &[("Accept-Language", value)]).await }
+    };
+    lang("en-US, de;q=0.5").await;
+    for same in ["de;q=0.50,EN-us", "en-us,de;q=0.5", " en-US ,de;q=0.5"] {
+        let answer = lang(same).await;
+        assert!(answer.header("cache-status").contains("hit"), "{same}");
+    }
+    assert!(lang("de").await.header("cache-status").contains("fwd=miss"));
+    assert_eq!(o.count("GET", "/hello"), 2);
 }
