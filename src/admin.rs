@@ -1,6 +1,7 @@
 //! The admin listener: `GET /health`, `GET /stats` (JSON) and `GET /metrics` (Prometheus),
 //! behind a bearer token when one is configured.
 
+mod cache;
 mod guard;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
 use crate::cache::purge::{PurgeMatch, MAX_PATTERN_WILDCARDS};
+use crate::cache::Lookup;
 use crate::digest::constant_time_eq;
 use crate::reload::{self, ReloadError};
 use crate::state::Shared;
@@ -77,8 +79,38 @@ impl Admin {
                 "at": humantime::format_rfc3339_millis(r.at).to_string(),
             })
         });
+        let routes: Vec<Value> = runtime
+            .route_series
+            .iter()
+            .zip(&runtime.config.routes)
+            .map(|(series, route)| {
+                let mut cache = serde_json::Map::new();
+                let (mut served, mut lookups) = (0, 0);
+                for (lookup, n) in series.lookups() {
+                    cache.insert(lookup.as_str().to_string(), json!(n));
+                    if matches!(lookup, Lookup::Hit | Lookup::Stale | Lookup::Revalidated) {
+                        served += n;
+                    }
+                    if lookup != Lookup::Bypass {
+                        lookups += n;
+                    }
+                }
+                let ratio = if lookups == 0 {
+                    0.0
+                } else {
+                    served as f64 / lookups as f64
+                };
+                cache.insert("hit_ratio".into(), json!(ratio));
+                json!({
+                    "route": series.route(),
+                    "upstream": series.upstream(),
+                    "cache": route.cache.is_some().then_some(Value::Object(cache)),
+                })
+            })
+            .collect();
         json!({
             "version": runtime.version,
+            "routes": routes,
             "uptime_seconds": self.shared.started.elapsed().as_secs_f64(),
             "requests_total": self.shared.requests_total(),
             "active_requests": self.shared.active_requests(),
@@ -150,7 +182,9 @@ impl ServeHttp for Admin {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let allowed: &[Method] = match path.as_str() {
-            "/health" | "/stats" | "/metrics" => &[Method::GET, Method::HEAD],
+            "/health" | "/stats" | "/metrics" | "/cache/entry" | "/cache/top" => {
+                &[Method::GET, Method::HEAD]
+            }
             "/reload" | "/cache/purge" => &[Method::POST],
             _ => return text(StatusCode::NOT_FOUND, "404 Not Found\n"),
         };
@@ -198,6 +232,26 @@ impl ServeHttp for Admin {
             "/stats" => json_reply(StatusCode::OK, &self.stats()),
             "/reload" => self.reload().await,
             "/cache/purge" => self.purge(session).await,
+            "/cache/entry" => {
+                let query = session.req_header().uri.query();
+                match cache::query_param(query, "key").filter(|k| !k.is_empty()) {
+                    Some(key) => {
+                        json_reply(StatusCode::OK, &cache::entry(&self.shared.cache, &key))
+                    }
+                    None => json_reply(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"error": "give the key: /cache/entry?key=<host><path?query>"}),
+                    ),
+                }
+            }
+            "/cache/top" => {
+                let query = session.req_header().uri.query();
+                let n = cache::query_param(query, "n")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(20)
+                    .clamp(1, 256);
+                json_reply(StatusCode::OK, &cache::top(&self.shared.cache, n))
+            }
             _ => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",

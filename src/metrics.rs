@@ -43,6 +43,20 @@ impl RouteSeries {
     pub fn route(&self) -> &str {
         &self.route
     }
+
+    /// The upstream this route sends to.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// Cache lookups on this route by result, since start (the registry keeps a series across
+    /// reloads while the route label stays).
+    pub fn lookups(&self) -> impl Iterator<Item = (Lookup, u64)> + '_ {
+        Lookup::ALL
+            .iter()
+            .zip(&self.lookups)
+            .map(|(lookup, counter)| (*lookup, counter.get().map_or(0, IntCounter::get)))
+    }
 }
 
 /// Times Pingora's connection pool found a pooled upstream connection but could not take it

@@ -121,6 +121,17 @@ impl MemoryTier {
         self.map.get(key)
     }
 
+    /// Every stored variant of `primary` (for inspection).
+    pub fn variants(&self, primary: &str) -> Vec<Arc<Entry>> {
+        let keys: Vec<HashBinary> = self
+            .index()
+            .by_primary
+            .get(primary)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default();
+        keys.iter().filter_map(|key| self.map.get(key)).collect()
+    }
+
     /// This tier's purge sequence: a fill that started at it is not stored when a purge since
     /// then covers it.
     pub fn purge_seq(&self) -> u64 {

@@ -11,6 +11,7 @@ pub mod policy;
 pub mod purge;
 pub mod redis;
 pub mod storage;
+pub mod top;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -104,6 +105,8 @@ pub struct Cache {
     pub storage: &'static TieredStorage,
     lock: &'static CacheKeyLockImpl,
     pub counters: CacheCounters,
+    /// The most requested keys of the last minute (`GET /cache/top`).
+    pub top: top::TopKeys,
 }
 
 impl std::fmt::Debug for Cache {
@@ -131,6 +134,7 @@ impl Cache {
             storage: TieredStorage::leak(conf.max_size, conf.max_object_size, redis),
             lock,
             counters: CacheCounters::default(),
+            top: top::TopKeys::default(),
         }
     }
 
@@ -402,6 +406,16 @@ impl Cache {
             Lookup::Bypass => &self.counters.bypass,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let hit = match lookup {
+            Lookup::Hit | Lookup::Stale | Lookup::Revalidated => Some(true),
+            Lookup::Miss | Lookup::Expired => Some(false),
+            Lookup::Bypass => None,
+        };
+        if let (Some(hit), Some(key)) = (hit, session.cache.maybe_cache_key()) {
+            if let Some(primary) = key.primary_key_str() {
+                self.top.record(primary, hit);
+            }
+        }
         let _ = resp.insert_header("Cache-Status", status);
         Some(lookup)
     }

@@ -616,3 +616,75 @@ async fn equivalent_accept_language_values_share_a_variant() {
     assert!(lang("de").await.header("cache-status").contains("fwd=miss"));
     assert_eq!(o.count("GET", "/hello"), 2);
 }
+
+/// `/cache/entry` shows the stored variants of a key, `/cache/top` the most requested keys
+/// with hits and misses, `/stats` each route's hit ratio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_shows_entries_top_keys_and_route_hit_ratios() {
+    let o = Scripted::start().await;
+    o.set(
+        "/page",
+        Reply::ok(
+            &[
+                ("Cache-Control", "max-age=600"),
+                ("Vary", "Accept-Language"),
+                ("Surrogate-Key", "pages"),
+                ("X-Kind", "page"),
+            ],
+            "page body",
+        ),
+    );
+    o.set(
+        "/other",
+        Reply::ok(&[("Cache-Control", "max-age=600")], "o"),
+    );
+    let proxy = o.proxy("").await;
+    for lang in ["en", "de", "en", "en"] {
+        send(&proxy, "GET", "/page?x=1", &[("Accept-Language", lang)]).await;
+    }
+    get(&proxy, "/other").await;
+
+    let admin = |path: &str| {
+        let url = proxy.admin_url(path);
+        async move {
+            let resp = client().get(url).send().await.expect("admin");
+            (
+                resp.status().as_u16(),
+                resp.json::<serde_json::Value>().await.expect("json"),
+            )
+        }
+    };
+    let (status, entry) = admin("/cache/entry?key=127.0.0.1%2Fpage%3Fx%3D1").await;
+    assert_eq!(status, 200);
+    let variants = entry["variants"].as_array().expect("variants");
+    assert_eq!(variants.len(), 2, "{entry}");
+    for v in variants {
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["body_bytes"], 9);
+        assert_eq!(v["tags"], serde_json::json!(["pages"]));
+        assert!(v["ttl_seconds"].as_u64().unwrap() > 590, "{v}");
+        assert!(v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == &serde_json::json!(["x-kind", "page"])));
+    }
+    let (_, none) = admin("/cache/entry?key=127.0.0.1/nothing").await;
+    assert_eq!(none["variants"], serde_json::json!([]));
+    assert_eq!(admin("/cache/entry").await.0, 400);
+
+    let (_, top) = admin("/cache/top?n=1").await;
+    let keys = top["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["key"], "127.0.0.1/page?x=1");
+    assert_eq!(
+        (&keys[0]["hits"], &keys[0]["misses"]),
+        (&serde_json::json!(2), &serde_json::json!(2))
+    );
+
+    let stats = proxy.stats().await;
+    let route = &stats["routes"][0];
+    assert_eq!(route["cache"]["hit"], 2, "{route}");
+    assert_eq!(route["cache"]["miss"], 3, "{route}");
+    assert_eq!(route["cache"]["hit_ratio"], 0.4, "{route}");
+}
