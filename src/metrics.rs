@@ -61,6 +61,8 @@ pub struct Metrics {
     reloads_total: IntCounterVec,
     cache_lookups: IntCounterVec,
     upstream_connects: IntCounterVec,
+    tls_handshake_errors: IntCounterVec,
+    client_requests: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -128,8 +130,31 @@ impl Metrics {
         registry
             .register(Box::new(upstream_connects.clone()))
             .expect("unique metric name");
+        let tls_handshake_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tls_handshake_errors_total",
+                "TLS handshakes that failed, by reason (timeout, plain_http, not_tls, closed, protocol, version, alpn)",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let client_requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_client_requests_total",
+                "Client requests by protocol (http/1.1, h2) and whether they came over TLS",
+            ),
+            &["protocol", "tls"],
+        )
+        .expect("static metric definition");
+        for counter in [&tls_handshake_errors, &client_requests] {
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("unique metric name");
+        }
         Metrics {
             registry,
+            tls_handshake_errors,
+            client_requests,
             requests_total,
             request_duration,
             reloads_total,
@@ -144,6 +169,19 @@ impl Metrics {
         let reused = if reused { "true" } else { "false" };
         self.upstream_connects
             .with_label_values(&[upstream, backend, reused])
+            .inc();
+    }
+
+    /// Counts one failed TLS handshake.
+    pub fn observe_tls_handshake_error(&self, reason: &str) {
+        self.tls_handshake_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts one client request by protocol (`http/1.1`, `h2`) and transport.
+    pub fn observe_protocol(&self, protocol: &str, tls: bool) {
+        let tls = if tls { "true" } else { "false" };
+        self.client_requests
+            .with_label_values(&[protocol, tls])
             .inc();
     }
 
@@ -230,6 +268,8 @@ pub struct Snapshot<'a> {
     pub redis: Option<&'a RedisStats>,
     pub compression: &'a CompressionStats,
     pub pools: &'a BTreeMap<String, Arc<Pool>>,
+    /// The TLS certificates in use.
+    pub certificates: &'a [crate::tls::Certificate],
 }
 
 impl Snapshot<'_> {
@@ -335,6 +375,20 @@ impl Snapshot<'_> {
             MetricType::COUNTER,
             [(vec![], load(&POOL_ACQUIRE_RACES))],
         ));
+        if !self.certificates.is_empty() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            out.push(family(
+                "switchyard_tls_certificate_expiry_seconds",
+                "Seconds until each TLS certificate expires, by its first DNS name",
+                MetricType::GAUGE,
+                self.certificates.iter().map(|c| {
+                    let name = c.names.first().cloned().unwrap_or_default();
+                    (vec![("name", name)], (c.not_after - now) as f64)
+                }),
+            ));
+        }
         out.extend(self.backend_families());
         out
     }

@@ -36,6 +36,10 @@ pub struct Server {
     /// The socket a graceful upgrade hands the listeners over on; `None`: a name derived from
     /// the config file's path in a private runtime directory (see `app::upgrade`).
     pub upgrade_socket: Option<PathBuf>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
+    pub h2c: bool,
+    /// Streams a client may open at once on one HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl TryFrom<FileServer> for Server {
@@ -105,8 +109,24 @@ impl TryFrom<FileServer> for Server {
             }
             Some(p) => Some(PathBuf::from(p)),
         };
+        if raw.proxy_protocol == Some(true) {
+            return Err(key
+                .field("proxy_protocol")
+                .invalid("the PROXY protocol is not supported yet"));
+        }
+        let h2_max_concurrent_streams = match raw.h2_max_concurrent_streams {
+            None => 100,
+            Some(n) if (1..=10_000).contains(&n) => n as u32,
+            Some(_) => {
+                return Err(key
+                    .field("h2_max_concurrent_streams")
+                    .invalid("must be between 1 and 10000"))
+            }
+        };
         Ok(Server {
             upgrade_socket,
+            h2c: raw.h2c.unwrap_or(false),
+            h2_max_concurrent_streams,
             listen,
             threads,
             grace_period: key

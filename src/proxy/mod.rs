@@ -7,6 +7,7 @@ pub mod ctx;
 pub mod encoding;
 pub mod errors;
 pub mod frontend;
+pub mod handshake;
 pub mod headers;
 pub mod limits;
 pub mod reader;
