@@ -167,6 +167,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     server.add_service(triggers);
     // Held until the process ends (`run_forever` does not return).
     let _config_watch = reload::watch_file(Arc::clone(&shared));
+    reload::watch_certificates(Arc::clone(&shared));
 
     if shared.cache.storage.redis.is_some() {
         let mut tier = background_service(

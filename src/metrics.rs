@@ -63,6 +63,8 @@ pub struct Metrics {
     upstream_connects: IntCounterVec,
     tls_handshake_errors: IntCounterVec,
     client_requests: IntCounterVec,
+    /// `client_requests` for (http/1.1, h2) × (plain, TLS), resolved on first use.
+    protocols: [OnceLock<IntCounter>; 4],
 }
 
 impl Default for Metrics {
@@ -155,6 +157,7 @@ impl Metrics {
             registry,
             tls_handshake_errors,
             client_requests,
+            protocols: Default::default(),
             requests_total,
             request_duration,
             reloads_total,
@@ -177,11 +180,15 @@ impl Metrics {
         self.tls_handshake_errors.with_label_values(&[reason]).inc();
     }
 
-    /// Counts one client request by protocol (`http/1.1`, `h2`) and transport.
-    pub fn observe_protocol(&self, protocol: &str, tls: bool) {
-        let tls = if tls { "true" } else { "false" };
-        self.client_requests
-            .with_label_values(&[protocol, tls])
+    /// Counts one client request by protocol (HTTP/1.1 or HTTP/2) and transport.
+    pub fn observe_protocol(&self, h2: bool, tls: bool) {
+        let slot = usize::from(h2) * 2 + usize::from(tls);
+        self.protocols[slot]
+            .get_or_init(|| {
+                let protocol = if h2 { "h2" } else { "http/1.1" };
+                let tls = if tls { "true" } else { "false" };
+                self.client_requests.with_label_values(&[protocol, tls])
+            })
             .inc();
     }
 

@@ -56,6 +56,8 @@ pub struct RequestCtx {
     pub body_bytes: u64,
     /// The response became a 304 on its way out (`etag::on_response`): its body is not sent.
     pub drop_body: bool,
+    /// The request arrived over TLS.
+    pub tls: bool,
     /// The first attempt's backend, picked before the upstream phase (see
     /// `proxy_upstream_filter`).
     pub peer: Option<Box<HttpPeer>>,
@@ -86,6 +88,7 @@ impl RequestCtx {
             body_bytes: 0,
             drop_body: false,
             peer: None,
+            tls: false,
             _active: active,
         }
     }
@@ -105,6 +108,16 @@ impl RequestCtx {
             .server
             .server_header
             .as_deref()
+    }
+
+    /// The matched route.
+    pub fn route_config(&self) -> Option<&crate::config::Route> {
+        self.route_at(self.route?)
+    }
+
+    /// The route at `index` in the running config.
+    pub fn route_at(&self, index: usize) -> Option<&crate::config::Route> {
+        self.runtime.as_ref()?.config.routes.get(index)
     }
 
     /// The cache policy of the matched route, when it caches.
