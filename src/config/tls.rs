@@ -178,3 +178,132 @@ pub(super) fn check_ports(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Alpn, Config, TlsVersion};
+
+    const REST: &str =
+        "upstreams:\n  a:\n    backends: [{address: 127.0.0.1:1}]\nroutes:\n  - upstream: a\n";
+
+    /// A directory with `good.pem`/`good.key` (a self-signed pair for `t.test`) and
+    /// `other.key` (a key of another certificate).
+    fn files() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let good = rcgen::generate_simple_self_signed(vec!["t.test".to_string()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["t.test".to_string()]).unwrap();
+        std::fs::write(dir.path().join("good.pem"), good.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("good.key"), good.key_pair.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("other.key"), other.key_pair.serialize_pem()).unwrap();
+        dir
+    }
+
+    fn parse(dir: &tempfile::TempDir, tls: &str) -> Result<Config, String> {
+        let text = tls.replace("DIR", &dir.path().display().to_string());
+        Config::parse(&format!("{text}{REST}"), "t.yaml").map_err(|e| e.to_string())
+    }
+
+    const PAIR: &str = "  certificates:\n    - cert: DIR/good.pem\n      key: DIR/good.key\n";
+
+    #[test]
+    fn a_valid_block_and_its_defaults() {
+        let dir = files();
+        let config = parse(&dir, &format!("tls:\n  listen: [\"127.0.0.1:0\"]\n{PAIR}")).unwrap();
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.min_version, TlsVersion::V1_2);
+        assert_eq!(tls.alpn, vec![Alpn::H2, Alpn::Http11]);
+        assert!(tls.watch);
+        assert_eq!(tls.certificates[0].names, vec!["t.test"]);
+        assert_eq!(tls.files().len(), 2);
+        let config = parse(
+            &dir,
+            &format!("tls:\n{PAIR}  min_version: 1.3\n  alpn: [http/1.1]\n  watch: false\n"),
+        )
+        .unwrap();
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.listen, vec!["0.0.0.0:443".parse().unwrap()]);
+        assert_eq!(tls.min_version, TlsVersion::V1_3);
+        assert_eq!(tls.alpn, vec![Alpn::Http11]);
+    }
+
+    #[test]
+    fn bad_files_name_the_file_the_key_path_and_the_reason() {
+        let dir = files();
+        let d = dir.path().display().to_string();
+        let missing = parse(
+            &dir,
+            "tls:\n  certificates:\n    - cert: DIR/none.pem\n      key: DIR/good.key\n",
+        )
+        .unwrap_err();
+        assert!(
+            missing.starts_with(&format!(
+                "t.yaml: tls.certificates[0].cert: cannot read {d}/none.pem:"
+            )),
+            "{missing}"
+        );
+        let not_pem = parse(
+            &dir,
+            "tls:\n  certificates:\n    - cert: DIR/good.key\n      key: DIR/good.key\n",
+        )
+        .unwrap_err();
+        assert!(
+            not_pem.starts_with(&format!(
+                "t.yaml: tls.certificates[0].cert: {d}/good.key: no PEM certificate"
+            )),
+            "{not_pem}"
+        );
+        let mismatch = parse(
+            &dir,
+            "tls:\n  certificates:\n    - cert: DIR/good.pem\n      key: DIR/other.key\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            mismatch,
+            format!("t.yaml: tls.certificates[0].key: {d}/other.key: does not match the certificate in {d}/good.pem")
+        );
+    }
+
+    #[test]
+    fn other_values_are_checked() {
+        let dir = files();
+        for (block, path) in [
+            ("tls:\n  certificates: []\n", "tls.certificates"),
+            (&format!("tls:\n{PAIR}  default_certificate: 1\n"), "tls.default_certificate"),
+            (&format!("tls:\n{PAIR}  min_version: \"1.1\"\n"), "tls.min_version"),
+            (&format!("tls:\n{PAIR}  alpn: [h3]\n"), "tls.alpn[0]"),
+            (&format!("tls:\n{PAIR}  alpn: []\n"), "tls.alpn"),
+            (&format!("tls:\n{PAIR}  proxy_protocol: true\n"), "tls.proxy_protocol"),
+            (&format!("tls:\n{PAIR}  sni: x\n"), "tls"),
+            (
+                &format!("server:\n  listen: [\"0.0.0.0:8080\"]\ntls:\n  listen: [\"127.0.0.1:8080\"]\n{PAIR}"),
+                "tls.listen[0]",
+            ),
+        ] {
+            let err = parse(&dir, block).unwrap_err();
+            assert!(err.starts_with(&format!("t.yaml: {path}")), "{block} -> {err}");
+        }
+    }
+
+    #[test]
+    fn route_redirect_and_hsts_and_server_h2_keys() {
+        let route = |extra: &str| {
+            Config::parse(
+                &format!("server:\n  h2c: true\n  h2_max_concurrent_streams: 50\nupstreams:\n  a:\n    backends: [{{address: 127.0.0.1:1}}]\nroutes:\n  - upstream: a\n{extra}"),
+                "t.yaml",
+            )
+        };
+        let config = route("    https_redirect: true\n    hsts: \"max-age=60\"\n").unwrap();
+        assert!(config.routes[0].https_redirect);
+        assert_eq!(config.routes[0].hsts.as_deref(), Some("max-age=60"));
+        assert!(config.server.h2c);
+        assert_eq!(config.server.h2_max_concurrent_streams, 50);
+        let err = route("    hsts: \"yes please\"\n").unwrap_err();
+        assert_eq!(err.path, "routes[0].hsts");
+        let err = Config::parse(
+            &format!("server:\n  h2_max_concurrent_streams: 0\n{REST}"),
+            "t.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "server.h2_max_concurrent_streams");
+    }
+}

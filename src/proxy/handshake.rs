@@ -58,7 +58,7 @@ pub async fn accept(stream: Stream, shared: &Shared) -> Option<Stream> {
     match tokio::time::timeout(timeout, acceptor.tls_handshake(*l4)).await {
         Ok(Ok(tls)) => Some(Box::new(tls)),
         Ok(Err(e)) => {
-            let reason = classify(&format!("{e:?}"));
+            let reason = classify(&format!("{e} {e:?}"));
             log::debug!("TLS handshake failed ({reason}): {e}");
             fail(reason);
             None
@@ -74,11 +74,11 @@ pub async fn accept(stream: Stream, shared: &Shared) -> Option<Stream> {
 /// wrapped in I/O errors).
 fn classify(error: &str) -> &'static str {
     let e = error.to_ascii_lowercase();
-    if e.contains("noapplicationprotocol") || e.contains("application protocol") {
+    if e.contains("noapplicationprotocol") || e.contains("known protocol") {
         "alpn"
     } else if e.contains("protocolversion")
         || e.contains("protocol version")
-        || e.contains("peerincompatible")
+        || e.contains("incompatible")
     {
         "version"
     } else if e.contains("eof") || e.contains("reset") || e.contains("closed") {
@@ -99,6 +99,8 @@ mod tests {
             "version"
         );
         assert_eq!(classify("NoApplicationProtocol"), "alpn");
+        assert_eq!(classify("peer is incompatible: Tls12NotOffered"), "version");
+        assert_eq!(classify("peer doesn't support any known protocol"), "alpn");
         assert_eq!(classify("unexpected EOF"), "closed");
         assert_eq!(classify("InvalidMessage(...)"), "protocol");
     }
