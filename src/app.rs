@@ -68,6 +68,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         .map(|t| t.listen.clone())
         .unwrap_or_default();
     let h2_streams = config.server.h2_max_concurrent_streams;
+    let h2_idle = config.server.keepalive_timeout;
     let h2_header_list = u32::try_from(config.server.max_header_size).unwrap_or(u32::MAX);
     let admin_listen = config.admin.listen;
     if config.admin.token.is_none() && !config.admin.listen.ip().is_loopback() {
@@ -121,6 +122,8 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     // looks for again), so h2c is on here whatever `server.h2c` says.
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
+    // An idle HTTP/2 connection is closed like an idle HTTP/1.1 one.
+    server_options.h2_idle_timeout = Some(h2_idle);
     app.server_options = Some(server_options);
     let mut h2 = default_h2_options();
     h2.max_concurrent_streams(h2_streams);

@@ -244,7 +244,7 @@ impl Frontend {
             // Wait for the next request holding only the stream: buffers, the config version
             // and the proxy's per-request state exist only while a request is handled, so idle
             // keep-alive connections stay small.
-            let (buf, deadline) = match pipelined.take() {
+            let (mut buf, deadline) = match pipelined.take() {
                 Some(buf) => (buf, Instant::now() + timing.header_timeout),
                 None if first => {
                     let deadline = accepted + timing.header_timeout;
@@ -260,11 +260,14 @@ impl Frontend {
                     (buf, Instant::now() + timing.header_timeout)
                 }
             };
-            let mut buf = buf;
-            if first && !tls && timing.h2c && buf.first() == Some(&b'P') {
-                if Self::h2c_preface(&mut stream, &mut buf, deadline).await? {
-                    return self.serve_h2(stream, &buf, shutdown).await;
-                }
+            // HTTP/2 with prior knowledge announces itself before a first request.
+            if first
+                && !tls
+                && timing.h2c
+                && buf.first() == Some(&b'P')
+                && Self::h2c_preface(&mut stream, &mut buf, deadline).await?
+            {
+                return self.serve_h2(stream, &buf, shutdown).await;
             }
             // From its first byte to its response, a graceful shutdown waits for this request.
             let _started = self.shared.start_request();
