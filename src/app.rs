@@ -260,6 +260,7 @@ fn demo_tls() -> anyhow::Result<Tls> {
         min_version: TlsVersion::V1_2,
         alpn: vec![Alpn::H2, Alpn::Http11],
         watch: false,
+        proxy_protocol: false,
     })
 }
 

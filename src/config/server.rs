@@ -38,6 +38,8 @@ pub struct Server {
     pub upgrade_socket: Option<PathBuf>,
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
     pub h2c: bool,
+    /// Every plain connection starts with a PROXY protocol (v1 or v2) header.
+    pub proxy_protocol: bool,
     /// Streams a client may open at once on one HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
 }
@@ -109,11 +111,6 @@ impl TryFrom<FileServer> for Server {
             }
             Some(p) => Some(PathBuf::from(p)),
         };
-        if raw.proxy_protocol == Some(true) {
-            return Err(key
-                .field("proxy_protocol")
-                .invalid("the PROXY protocol is not supported yet"));
-        }
         let h2_max_concurrent_streams = match raw.h2_max_concurrent_streams {
             None => 100,
             Some(n) if (1..=10_000).contains(&n) => n as u32,
@@ -126,6 +123,7 @@ impl TryFrom<FileServer> for Server {
         Ok(Server {
             upgrade_socket,
             h2c: raw.h2c.unwrap_or(false),
+            proxy_protocol: raw.proxy_protocol.unwrap_or(false),
             h2_max_concurrent_streams,
             listen,
             threads,

@@ -43,6 +43,8 @@ pub struct Tls {
     pub alpn: Vec<Alpn>,
     /// Reload when a certificate or key file changes.
     pub watch: bool,
+    /// Every connection starts with a PROXY protocol header, before the ClientHello.
+    pub proxy_protocol: bool,
 }
 
 impl Tls {
@@ -68,11 +70,6 @@ pub(super) fn tls(raw: FileTls) -> Result<Tls, Invalid> {
         .enumerate()
         .map(|(i, a)| key.field("listen").index(i).socket_addr(a))
         .collect::<Result<Vec<_>, _>>()?;
-    if raw.proxy_protocol == Some(true) {
-        return Err(key
-            .field("proxy_protocol")
-            .invalid("the PROXY protocol is not supported yet"));
-    }
     let list = key.field("certificates");
     let raw_certs = raw.certificates.unwrap_or_default();
     if raw_certs.is_empty() {
@@ -148,6 +145,7 @@ pub(super) fn tls(raw: FileTls) -> Result<Tls, Invalid> {
         min_version,
         alpn,
         watch: raw.watch.unwrap_or(true),
+        proxy_protocol: raw.proxy_protocol.unwrap_or(false),
     })
 }
 
@@ -272,7 +270,7 @@ mod tests {
             (&format!("tls:\n{PAIR}  min_version: \"1.1\"\n"), "tls.min_version"),
             (&format!("tls:\n{PAIR}  alpn: [h3]\n"), "tls.alpn[0]"),
             (&format!("tls:\n{PAIR}  alpn: []\n"), "tls.alpn"),
-            (&format!("tls:\n{PAIR}  proxy_protocol: true\n"), "tls.proxy_protocol"),
+            (&format!("tls:\n{PAIR}  proxy_protocol: yes\n"), "tls.proxy_protocol"),
             (&format!("tls:\n{PAIR}  sni: x\n"), "tls"),
             (
                 &format!("server:\n  listen: [\"0.0.0.0:8080\"]\ntls:\n  listen: [\"127.0.0.1:8080\"]\n{PAIR}"),

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::errors;
 use super::handshake;
+use super::proxy_protocol;
 use super::reader::{self, Head, HeaderError, READ_CHUNK};
 use super::Proxy;
 use crate::config::Server;
@@ -106,6 +107,33 @@ impl Frontend {
                 l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip())
             })
         })
+    }
+
+    /// Whether connections on this kind of listener start with a PROXY protocol header.
+    fn expects_proxy_header(&self, tls: bool) -> bool {
+        let runtime = self.shared.runtime();
+        if tls {
+            runtime
+                .config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.proxy_protocol)
+        } else {
+            runtime.config.server.proxy_protocol
+        }
+    }
+
+    /// Reads the PROXY protocol header; `None` (the connection closes) without a valid one.
+    async fn proxy_header(&self, stream: Stream) -> Option<Stream> {
+        let timeout = self.shared.runtime().config.server.header_timeout;
+        let mut l4 = handshake::plain(stream)?;
+        match proxy_protocol::read(&mut l4, timeout).await {
+            Ok(()) => Some(l4),
+            Err(reason) => {
+                log::debug!("closing a client connection: {reason}");
+                None
+            }
+        }
     }
 
     /// Reads on from a first byte `P` until the h2c preface is complete or ruled out: `Some`
@@ -341,6 +369,11 @@ impl ServerApp for Frontend {
         let open = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
         let _slot = Slot(&self.connections);
         let tls = self.arrived_on_tls(&stream);
+        let stream = if self.expects_proxy_header(tls) {
+            Box::pin(self.proxy_header(stream)).await?
+        } else {
+            stream
+        };
         let stream = if tls {
             Box::pin(handshake::accept(stream, &self.shared)).await?
         } else {

@@ -10,6 +10,7 @@ pub mod frontend;
 pub mod handshake;
 pub mod headers;
 pub mod limits;
+pub mod proxy_protocol;
 pub mod reader;
 pub mod redirect;
 pub mod retry;

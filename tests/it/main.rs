@@ -18,6 +18,7 @@ mod health;
 mod ip_hash;
 mod least_conn;
 mod lifecycle;
+mod proxy_protocol;
 mod redis;
 mod reload;
 mod retries;
