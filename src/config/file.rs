@@ -153,6 +153,9 @@ pub struct FileUpstream {
     pub retry_on: Option<Vec<serde_yaml::Value>>,
     pub passive_health: Option<FilePassiveHealth>,
     pub max_in_flight: Option<i64>,
+    /// `false`, `true`, or a block `{sni, verify, ca}`.
+    pub tls: Option<serde_yaml::Value>,
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

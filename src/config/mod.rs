@@ -15,6 +15,7 @@ mod server;
 mod tls;
 pub mod units;
 mod upstream;
+mod upstream_tls;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +31,7 @@ pub use upstream::{
     BackendSpec, CheckKind, HashKey, HealthCheck, PassiveHealth, RetryPolicy, Sticky, Strategy,
     Upstream, MAX_RETRIES, MAX_WEIGHT,
 };
+pub use upstream_tls::UpstreamTls;
 
 use file::FileConfig;
 use key::{Invalid, Key};

@@ -26,3 +26,4 @@ mod routing;
 mod sticky;
 mod tls;
 mod upgrade;
+mod upstream_tls;
