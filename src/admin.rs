@@ -108,9 +108,29 @@ impl Admin {
                 })
             })
             .collect();
+        let tls = runtime.config.tls.as_ref().map(|tls| {
+            let certificates: Vec<Value> = tls
+                .certificates
+                .iter()
+                .map(|c| {
+                    json!({
+                        "names": c.names,
+                        "not_after": c.expires(),
+                        "cert": c.cert_path.as_ref().map(|p| p.display().to_string()),
+                        "key": c.key_path.as_ref().map(|p| p.display().to_string()),
+                    })
+                })
+                .collect();
+            json!({
+                "listen": tls.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "default_certificate": tls.default_certificate,
+                "certificates": certificates,
+            })
+        });
         json!({
             "version": runtime.version,
             "routes": routes,
+            "tls": tls,
             "uptime_seconds": self.shared.started.elapsed().as_secs_f64(),
             "requests_total": self.shared.requests_total(),
             "active_requests": self.shared.active_requests(),

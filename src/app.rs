@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
+use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -19,12 +21,13 @@ use pingora_core::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::cache::storage::SharedTier;
-use crate::config::Config;
+use crate::config::{Alpn, Config, Tls, TlsVersion};
 use crate::demo::DemoOrigin;
 use crate::proxy::frontend::Frontend;
 use crate::proxy::Proxy;
 use crate::reload;
 use crate::state::Shared;
+use crate::tls::Certificate;
 use crate::upstream::health::HealthChecks;
 use pingora_proxy::HttpProxy;
 
@@ -41,6 +44,10 @@ pub struct RunOptions {
 
 /// Runs Switchyard with `config` until SIGTERM or SIGINT (graceful) ends it.
 pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
+    let self_signed = options.demo && config.tls.is_none();
+    if self_signed {
+        config.tls = Some(demo_tls()?);
+    }
     if !options.upgrade {
         claim_addresses(&mut config)?;
     }
@@ -53,6 +60,14 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     let threads = config.server.threads;
     let read_buffer = config.server.read_buffer;
     let listen = config.server.listen.clone();
+    let tls_listen = config
+        .tls
+        .as_ref()
+        .map(|t| t.listen.clone())
+        .unwrap_or_default();
+    let h2_streams = config.server.h2_max_concurrent_streams;
+    let h2_idle = config.server.keepalive_timeout;
+    let h2_header_list = u32::try_from(config.server.max_header_size).unwrap_or(u32::MAX);
     let admin_listen = config.admin.listen;
     if config.admin.token.is_none() && !config.admin.listen.ip().is_loopback() {
         log::warn!(
@@ -100,11 +115,25 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         server.configuration.clone(),
     );
     app.handle_init_modules();
+    // The front end hands only HTTP/2 connections to Pingora's own connection handling (a TLS
+    // stream that chose `h2`, or a plain one that began with the h2c preface, which Pingora
+    // looks for again), so h2c is on here whatever `server.h2c` says.
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = true;
+    // An idle HTTP/2 connection is closed like an idle HTTP/1.1 one.
+    server_options.h2_idle_timeout = Some(h2_idle);
+    app.server_options = Some(server_options);
+    let mut h2 = default_h2_options();
+    h2.max_concurrent_streams(h2_streams);
+    h2.max_header_list_size(h2_header_list);
+    app.h2_options = Some(h2);
     let mut proxy = Service::new(
         "switchyard proxy".to_string(),
-        Frontend::new(app, Arc::clone(&shared)),
+        Frontend::new(app, Arc::clone(&shared), tls_listen.clone()),
     );
-    for addr in &listen {
+    // TLS listeners are plain TCP to Pingora: the front end runs the handshake itself, with
+    // the certificates, minimum version and ALPN of the running config.
+    for addr in listen.iter().chain(&tls_listen) {
         proxy.add_listener(
             ListenerConfig::tcp(addr.to_string())
                 .l4_buffer(L4BufferSettings::new(read_buffer, 1460)),
@@ -134,6 +163,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     server.add_service(triggers);
     // Held until the process ends (`run_forever` does not return).
     let _config_watch = reload::watch_file(Arc::clone(&shared));
+    reload::watch_certificates(Arc::clone(&shared));
 
     if shared.cache.storage.redis.is_some() {
         let mut tier = background_service("redis cache tier", SharedTier(shared.cache.storage));
@@ -157,6 +187,15 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     for addr in &listen {
         println!("switchyard: proxy listening on http://{addr}");
     }
+    for addr in &tls_listen {
+        if self_signed {
+            println!(
+                "switchyard: proxy listening on https://{addr} (self-signed certificate made at start)"
+            );
+        } else {
+            println!("switchyard: proxy listening on https://{addr}");
+        }
+    }
     println!("switchyard: admin listening on http://{admin_listen}");
 
     lifecycle::spawn_drain_watcher(&server, Arc::clone(&shared), grace);
@@ -179,10 +218,12 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
 /// Makes sure every listen address can be bound, and gives port-0 addresses a real free port
 /// so that it can be printed and used.
 fn claim_addresses(config: &mut Config) -> anyhow::Result<()> {
+    let tls = config.tls.as_mut().map(|t| t.listen.iter_mut());
     for addr in config
         .server
         .listen
         .iter_mut()
+        .chain(tls.into_iter().flatten())
         .chain(std::iter::once(&mut config.admin.listen))
     {
         let probe = TcpListener::bind(*addr).with_context(|| format!("cannot listen on {addr}"))?;
@@ -191,6 +232,24 @@ fn claim_addresses(config: &mut Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read the bound address of {addr}"))?;
     }
     Ok(())
+}
+
+/// Where `switchyard demo` listens for TLS when its config has no `tls` block.
+const DEMO_TLS_LISTEN: &str = "127.0.0.1:8443";
+
+/// The demo's TLS listener, with a self-signed certificate for `localhost` made now.
+fn demo_tls() -> anyhow::Result<Tls> {
+    let cert = Certificate::self_signed(&["localhost", "127.0.0.1"])
+        .map_err(|e| anyhow::anyhow!("cannot make the demo certificate: {e}"))?;
+    Ok(Tls {
+        listen: vec![DEMO_TLS_LISTEN.parse()?],
+        certificates: vec![cert],
+        default_certificate: 0,
+        min_version: TlsVersion::V1_2,
+        alpn: vec![Alpn::H2, Alpn::Http11],
+        watch: false,
+        proxy_protocol: false,
+    })
 }
 
 /// The loopback backend addresses that `switchyard demo` serves itself.

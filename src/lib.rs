@@ -6,7 +6,9 @@
 //! Modules in the order a request meets them:
 //! - [`config`]: the YAML file, read and validated into a [`config::Config`].
 //! - [`state`]: the running config as an atomically swapped runtime, shared by all parts.
-//! - [`proxy`]: the front end (connections, request headers) and the `ProxyHttp` phases.
+//! - [`tls`]: TLS termination: certificates, SNI choice, the rustls server config.
+//! - [`proxy`]: the front end (connections, TLS handshakes, HTTP/1.1 and HTTP/2) and the
+//!   `ProxyHttp` phases.
 //! - [`route`]: picks the route by host and path.
 //! - [`cache`]: the response cache (RFC 9111) on a TinyUFO memory storage.
 //! - [`compress`]: gzip, brotli and zstd, negotiated per request.
@@ -17,7 +19,7 @@
 //! - [`logging`]: the logger, with Pingora's pool race counted instead of logged as an error.
 //! - [`admin`]: the admin listener (health, stats, metrics, reload).
 //! - [`reload`]: live config reload (SIGHUP, admin, file watch).
-//! - [`watch`]: debounced file watching (the config file; certificates later).
+//! - [`watch`]: debounced file watching (the config file, certificates).
 //! - [`app`]: builds the Pingora server from a config and runs it.
 //! - [`demo`]: built-in origins for `switchyard demo`.
 //! - [`digest`]: hex and constant-time comparison for hashes, MACs and tokens.
@@ -39,5 +41,6 @@ pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 pub mod watch;

@@ -73,6 +73,10 @@ pub struct Metrics {
     reloads_total: IntCounterVec,
     cache_lookups: IntCounterVec,
     upstream_connects: IntCounterVec,
+    tls_handshake_errors: IntCounterVec,
+    client_requests: IntCounterVec,
+    /// `client_requests` for (http/1.1, h2) × (plain, TLS), resolved on first use.
+    protocols: [OnceLock<IntCounter>; 4],
 }
 
 impl Default for Metrics {
@@ -140,8 +144,32 @@ impl Metrics {
         registry
             .register(Box::new(upstream_connects.clone()))
             .expect("unique metric name");
+        let tls_handshake_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tls_handshake_errors_total",
+                "TLS handshakes that failed, by reason (timeout, plain_http, not_tls, closed, protocol, version, alpn)",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let client_requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_client_requests_total",
+                "Client requests by protocol (http/1.1, h2) and whether they came over TLS",
+            ),
+            &["protocol", "tls"],
+        )
+        .expect("static metric definition");
+        for counter in [&tls_handshake_errors, &client_requests] {
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("unique metric name");
+        }
         Metrics {
             registry,
+            tls_handshake_errors,
+            client_requests,
+            protocols: Default::default(),
             requests_total,
             request_duration,
             reloads_total,
@@ -156,6 +184,23 @@ impl Metrics {
         let reused = if reused { "true" } else { "false" };
         self.upstream_connects
             .with_label_values(&[upstream, backend, reused])
+            .inc();
+    }
+
+    /// Counts one failed TLS handshake.
+    pub fn observe_tls_handshake_error(&self, reason: &str) {
+        self.tls_handshake_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts one client request by protocol (HTTP/1.1 or HTTP/2) and transport.
+    pub fn observe_protocol(&self, h2: bool, tls: bool) {
+        let slot = usize::from(h2) * 2 + usize::from(tls);
+        self.protocols[slot]
+            .get_or_init(|| {
+                let protocol = if h2 { "h2" } else { "http/1.1" };
+                let tls = if tls { "true" } else { "false" };
+                self.client_requests.with_label_values(&[protocol, tls])
+            })
             .inc();
     }
 

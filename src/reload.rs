@@ -80,7 +80,14 @@ pub fn reload(shared: &Shared, trigger: &str) -> Result<ReloadOutcome, ReloadErr
 fn apply(shared: &Shared, mut config: Config) -> ReloadOutcome {
     let old = shared.runtime();
     let requires_restart = keep_restart_only(&old.config, &mut config);
-    let changed = applied(diff(&old.config, &config), &requires_restart);
+    let mut changed = applied(diff(&old.config, &config), &requires_restart);
+    let certificates = |c: &Config| c.tls.as_ref().map(|t| t.certificates.clone());
+    if certificates(&old.config) != certificates(&config)
+        && !changed.iter().any(|key| key.starts_with("tls"))
+    {
+        // The same file names with new contents.
+        changed.push("tls.certificates".to_string());
+    }
     let version = old.version + 1;
     shared.install(Runtime::with_previous(version, config, Some(&old)));
     ReloadOutcome {
@@ -138,6 +145,11 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         names.push("server.grace_period".to_string());
         new.server.grace_period = old.server.grace_period;
     }
+    if old.server.h2_max_concurrent_streams != new.server.h2_max_concurrent_streams {
+        names.push("server.h2_max_concurrent_streams".to_string());
+        new.server.h2_max_concurrent_streams = old.server.h2_max_concurrent_streams;
+    }
+    keep_tls_listeners(old, new, &mut names);
     if !same_addr(&old.admin.listen, &new.admin.listen) {
         names.push("admin.listen".to_string());
     }
@@ -148,6 +160,83 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         new.cache = old.cache.clone();
     }
     names
+}
+
+/// TLS listeners are bound at start: a `tls` block cannot come or go, nor its `listen` change,
+/// without a restart. The demo's certificate made in memory stays when the file has no block.
+fn keep_tls_listeners(old: &Config, new: &mut Config, names: &mut Vec<String>) {
+    match (&old.tls, &mut new.tls) {
+        (None, None) => {}
+        (Some(running), None) => {
+            if running.certificates.iter().any(|c| c.cert_path.is_some()) {
+                names.push("tls".to_string());
+            }
+            new.tls = old.tls.clone();
+        }
+        (None, Some(_)) => {
+            names.push("tls".to_string());
+            new.tls = None;
+        }
+        (Some(running), Some(wanted)) => {
+            let same = running.listen.len() == wanted.listen.len()
+                && running
+                    .listen
+                    .iter()
+                    .zip(&wanted.listen)
+                    .all(|(r, w)| r == w || (w.port() == 0 && r.ip() == w.ip()));
+            if !same {
+                names.push("tls.listen".to_string());
+            }
+            wanted.listen = running.listen.clone();
+        }
+    }
+}
+
+/// Watches the certificate and key files of the running `tls` block (when `tls.watch` is on)
+/// and reloads the config when they change, so that new handshakes use the new certificates;
+/// a pair that does not load keeps the running ones and is reported like any failed reload.
+/// The watched set follows the running config. Runs on its own thread for the process's life.
+pub fn watch_certificates(shared: Arc<Shared>) {
+    if shared.config_path.is_none() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("certificate watch".into())
+        .spawn(move || {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let mut watching: Vec<std::path::PathBuf> = Vec::new();
+            let mut _watch: Option<FileWatch> = None;
+            loop {
+                let files = shared
+                    .runtime()
+                    .config
+                    .tls
+                    .as_ref()
+                    .filter(|t| t.watch)
+                    .map(|t| t.files())
+                    .unwrap_or_default();
+                if files != watching {
+                    _watch = None;
+                    if !files.is_empty() {
+                        let tx = tx.clone();
+                        match crate::watch::watch(&files, move || {
+                            let _ = tx.send(());
+                        }) {
+                            Ok(watch) => _watch = Some(watch),
+                            Err(e) => log::warn!("cannot watch the certificate files: {e}"),
+                        }
+                    }
+                    watching = files;
+                }
+                if rx.recv_timeout(std::time::Duration::from_secs(1)).is_ok() {
+                    while rx.try_recv().is_ok() {}
+                    let _ = reload(&shared, "certificate change");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the certificate watch: {e}");
+    }
 }
 
 /// Key paths that differ between two configs, sorted, derived from the file model (see

@@ -72,6 +72,8 @@ mod tests {
             upstream: upstream.into(),
             cache: None,
             compression: None,
+            https_redirect: false,
+            hsts: None,
         }
     }
 

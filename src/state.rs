@@ -30,6 +30,8 @@ pub struct Runtime {
     pub route_series: Vec<RouteSeries>,
     /// Backends no longer configured that still had requests in flight at the last reload.
     pub draining: Vec<(String, Arc<Backend>)>,
+    /// The TLS server config new handshakes use (`None`: no `tls` block).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Runtime {
@@ -68,7 +70,18 @@ impl Runtime {
                 }
             }
         }
+        let tls = config
+            .tls
+            .as_ref()
+            .and_then(|tls| match crate::tls::server_config(tls) {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    log::error!("{e}; TLS connections are refused");
+                    None
+                }
+            });
         Runtime {
+            tls,
             version,
             router: Router::new(&config.routes),
             route_series: config
@@ -166,6 +179,11 @@ impl Shared {
             redis: self.cache.storage.redis.as_ref().map(|tier| &tier.stats),
             compression: &self.compression,
             pools: &runtime.pools,
+            certificates: runtime
+                .config
+                .tls
+                .as_ref()
+                .map_or(&[][..], |t| t.certificates.as_slice()),
         })
     }
 

@@ -33,6 +33,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub cache: FileCache,
     pub compression: Option<FileCompression>,
+    pub tls: Option<FileTls>,
     pub upstreams: BTreeMap<String, FileUpstream>,
     pub routes: Vec<FileRoute>,
 }
@@ -103,6 +104,30 @@ pub struct FileServer {
     pub max_body_size: Option<String>,
     pub server_header: Option<String>,
     pub upgrade_socket: Option<String>,
+    pub h2c: Option<bool>,
+    pub h2_max_concurrent_streams: Option<i64>,
+    pub proxy_protocol: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub listen: Option<Vec<String>>,
+    pub proxy_protocol: Option<bool>,
+    pub certificates: Option<Vec<FileCertificate>>,
+    pub default_certificate: Option<i64>,
+    /// `"1.2"` or `"1.3"` (a bare YAML number is kept as its text).
+    #[serde(default, deserialize_with = "text")]
+    pub min_version: Option<String>,
+    pub alpn: Option<Vec<String>>,
+    pub watch: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCertificate {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -131,6 +156,9 @@ pub struct FileUpstream {
     pub retry_on: Option<Vec<serde_yaml::Value>>,
     pub passive_health: Option<FilePassiveHealth>,
     pub max_in_flight: Option<i64>,
+    /// `false`, `true`, or a block `{sni, verify, ca}`.
+    pub tls: Option<serde_yaml::Value>,
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -181,6 +209,8 @@ pub struct FileRoute {
     pub cache: Option<FileRouteCache>,
     /// `false`, `true`, or a block overriding the global `compression`.
     pub compression: Option<serde_yaml::Value>,
+    pub https_redirect: Option<bool>,
+    pub hsts: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

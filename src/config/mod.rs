@@ -3,7 +3,7 @@
 //!
 //! Two layers, as in River: [`file`] holds the serde structs as written, and one module per
 //! section turns its part into the validated type ([`server`], [`admin`], [`upstream`],
-//! [`route`], [`cache`], [`compression`]); [`key`] tracks key paths for their errors.
+//! [`route`], [`cache`], [`compression`], [`tls`]); [`key`] tracks key paths for their errors.
 
 mod admin;
 mod cache;
@@ -12,8 +12,10 @@ mod file;
 mod key;
 mod route;
 mod server;
+mod tls;
 pub mod units;
 mod upstream;
+mod upstream_tls;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,10 +26,12 @@ pub use cache::{
 };
 pub use route::{HostMatch, Route};
 pub use server::Server;
+pub use tls::{Alpn, Tls, TlsVersion};
 pub use upstream::{
     BackendSpec, CheckKind, HashKey, HealthCheck, PassiveHealth, RetryPolicy, Sticky, Strategy,
     Upstream, MAX_RETRIES, MAX_WEIGHT,
 };
+pub use upstream_tls::UpstreamTls;
 
 use file::FileConfig;
 use key::{Invalid, Key};
@@ -50,6 +54,8 @@ pub struct Config {
     pub cache: Cache,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
+    /// `None`: no TLS listener.
+    pub tls: Option<Tls>,
     /// The file as read (environment expanded), as the key tree of [`file::FileConfig`]:
     /// reload compares two of them key by key to name what changed.
     pub source: std::sync::Arc<serde_json::Value>,
@@ -140,8 +146,17 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     }
     let routes = route::routes(raw.routes, &upstreams, raw.compression.as_ref())?;
     let cache = Cache::try_from(raw.cache)?;
+    let tls = match raw.tls {
+        Some(raw) => {
+            let tls = tls::tls(raw)?;
+            tls::check_ports(&tls, &server.listen, admin.listen)?;
+            Some(tls)
+        }
+        None => None,
+    };
     Ok(Config {
         source: Default::default(),
+        tls,
         server,
         admin,
         cache,

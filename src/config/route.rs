@@ -28,6 +28,10 @@ pub struct Route {
     pub cache: Option<RouteCache>,
     /// `None`: responses on this route are not compressed.
     pub compression: Option<compress::Settings>,
+    /// Plain-HTTP requests get a 308 to the same URL on `https://`.
+    pub https_redirect: bool,
+    /// The `Strict-Transport-Security` value sent on HTTPS responses.
+    pub hsts: Option<String>,
 }
 
 /// Validates `routes` against the upstreams they name and the global compression block.
@@ -79,12 +83,25 @@ pub(super) fn routes(
         };
         let compression =
             compression::for_route(&key.field("compression"), r.compression, global_compression)?;
+        let hsts = match r.hsts.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) if v.starts_with("max-age=") && v.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
+                Some(v.to_string())
+            }
+            Some(v) => {
+                return Err(key.field("hsts").invalid(format!(
+                    "`{v}` is not a Strict-Transport-Security value like \"max-age=31536000; includeSubDomains\""
+                )))
+            }
+        };
         routes.push(Route {
             host,
             path_prefix,
             upstream: r.upstream,
             cache,
             compression,
+            https_redirect: r.https_redirect.unwrap_or(false),
+            hsts,
         });
     }
     Ok(routes)

@@ -36,6 +36,12 @@ pub struct Server {
     /// The socket a graceful upgrade hands the listeners over on; `None`: a name derived from
     /// the config file's path in a private runtime directory (see `app::upgrade`).
     pub upgrade_socket: Option<PathBuf>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
+    pub h2c: bool,
+    /// Every plain connection starts with a PROXY protocol (v1 or v2) header.
+    pub proxy_protocol: bool,
+    /// Streams a client may open at once on one HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl TryFrom<FileServer> for Server {
@@ -105,8 +111,20 @@ impl TryFrom<FileServer> for Server {
             }
             Some(p) => Some(PathBuf::from(p)),
         };
+        let h2_max_concurrent_streams = match raw.h2_max_concurrent_streams {
+            None => 100,
+            Some(n) if (1..=10_000).contains(&n) => n as u32,
+            Some(_) => {
+                return Err(key
+                    .field("h2_max_concurrent_streams")
+                    .invalid("must be between 1 and 10000"))
+            }
+        };
         Ok(Server {
             upgrade_socket,
+            h2c: raw.h2c.unwrap_or(false),
+            proxy_protocol: raw.proxy_protocol.unwrap_or(false),
+            h2_max_concurrent_streams,
             listen,
             threads,
             grace_period: key

@@ -95,6 +95,8 @@ pub struct Upstream {
     pub passive_health: Option<PassiveHealth>,
     /// Requests in flight to this upstream at once; more get 503 with `Retry-After`.
     pub max_in_flight: Option<u64>,
+    /// TLS to the backends; `None`: plain TCP.
+    pub tls: Option<super::upstream_tls::UpstreamTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +190,26 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
         Some(n) if n >= 1 => Some(n as u64),
         Some(_) => return Err(key.field("max_in_flight").invalid("must be at least 1")),
     };
+    let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+    let tls = super::upstream_tls::upstream_tls(key, up.tls, &names)?;
+    if up.http2 == Some(true) {
+        return Err(key
+            .field("http2")
+            .invalid("HTTP/2 to backends is not supported yet"));
+    }
+    if tls.is_some()
+        && matches!(
+            health_check.as_ref().map(|h| &h.kind),
+            Some(CheckKind::Http { .. })
+        )
+    {
+        return Err(key
+            .field("health_check")
+            .field("type")
+            .invalid("http checks over TLS are not supported yet; use type: tcp"));
+    }
     Ok(Upstream {
+        tls,
         strategy,
         backends,
         health_check,

@@ -24,6 +24,8 @@ pub struct Snapshot<'a> {
     pub redis: Option<&'a RedisStats>,
     pub compression: &'a CompressionStats,
     pub pools: &'a BTreeMap<String, Arc<Pool>>,
+    /// The TLS certificates in use.
+    pub certificates: &'a [crate::tls::Certificate],
 }
 
 impl Snapshot<'_> {
@@ -138,6 +140,20 @@ impl Snapshot<'_> {
             MetricType::COUNTER,
             [(vec![], load(&POOL_ACQUIRE_RACES))],
         ));
+        if !self.certificates.is_empty() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            out.push(family(
+                "switchyard_tls_certificate_expiry_seconds",
+                "Seconds until each TLS certificate expires, by its first DNS name",
+                MetricType::GAUGE,
+                self.certificates.iter().map(|c| {
+                    let name = c.names.first().cloned().unwrap_or_default();
+                    (vec![("name", name)], (c.not_after - now) as f64)
+                }),
+            ));
+        }
         out.extend(self.backend_families());
         out
     }

@@ -116,7 +116,10 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     }
     let backend = &pool.backends[index];
     ctx.upstream.attempt = Some((index, backend.start_request()));
-    let mut peer = HttpPeer::new(backend.addr, false, String::new());
+    let mut peer = HttpPeer::new(backend.addr, pool.tls.is_some(), String::new());
+    if let Some(tls) = &pool.tls {
+        tls.apply(&mut peer, &backend.name);
+    }
     peer.options.connection_timeout = Some(pool.connect_timeout);
     peer.options.read_timeout = Some(pool.read_timeout);
     peer.options.write_timeout = Some(pool.read_timeout);
@@ -138,6 +141,21 @@ pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error>
     };
     pool.backends[index].record_failure();
     pool.report(index, false);
+    if pool.tls.is_some()
+        && matches!(
+            e.etype(),
+            ErrorType::TLSHandshakeFailure
+                | ErrorType::InvalidCert
+                | ErrorType::TLSHandshakeTimedout
+        )
+    {
+        // The client only sees a 502: say here which upstream's certificate failed.
+        log::warn!(
+            "upstream {}: backend {}: TLS handshake failed: {e}",
+            pool.name,
+            pool.backends[index].name
+        );
+    }
     let failure = retry::classify_connect(&e);
     let retry = retry::allows(&pool.retry, failure, ctx.upstream.attempts(), true)
         && pool.has_candidate(&ctx.upstream.tried);

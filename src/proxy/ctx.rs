@@ -29,6 +29,8 @@ pub struct RequestCtx {
     pub(super) body_bytes: u64,
     /// The response became a 304 on its way out (`etag::on_response`): its body is not sent.
     pub(super) drop_body: bool,
+    /// The request arrived over TLS.
+    pub(super) tls: bool,
     _active: ActiveRequest,
 }
 
@@ -43,13 +45,19 @@ impl RequestCtx {
             encoding: Encoding::default(),
             body_bytes: 0,
             drop_body: false,
+            tls: false,
             _active: active,
         }
     }
 
     /// The matched route; `None` when no route matched.
     pub fn route(&self) -> Option<&Route> {
-        self.runtime.as_ref()?.config.routes.get(self.route?)
+        self.route_at(self.route?)
+    }
+
+    /// The route at `index` in the running config.
+    pub fn route_at(&self, index: usize) -> Option<&Route> {
+        self.runtime.as_ref()?.config.routes.get(index)
     }
 
     /// The matched route's metric series; `None` when no route matched.

@@ -1,7 +1,10 @@
-//! Client connections before Pingora's HTTP handling: the connection limit, reading each
-//! request header under one deadline and a size limit (see `reader`), and the wait for the
-//! next request on an idle keep-alive connection.
+//! Client connections before Pingora's HTTP handling: the connection limit, the TLS handshake
+//! on TLS listeners (see `handshake`), the choice of HTTP/2 (ALPN `h2`, or the h2c preface on
+//! a plain listener) whose connections Pingora's own HTTP/2 server takes, and for HTTP/1.1
+//! reading each request header under one deadline and a size limit (see `reader`) and the
+//! wait for the next request on an idle keep-alive connection.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +13,15 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::errors;
+use super::handshake;
+use super::proxy_protocol;
 use super::reader::{self, Head, HeaderError, READ_CHUNK};
 use super::Proxy;
 use crate::config::Server;
@@ -24,11 +29,6 @@ use crate::state::Shared;
 
 /// How long a refused connection may take to send its request before it gets its answer.
 const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long, and how much, is read from a refused client after its answer, so that closing
-/// with unread data does not reset the connection before the client has read the answer.
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 256 << 10;
 
 /// Pingora's parser refuses a header over 1 MiB whatever we allow.
 const PINGORA_MAX_HEADER: u64 = (1 << 20) - 2;
@@ -38,7 +38,12 @@ pub struct Frontend {
     proxy: Arc<HttpProxy<Proxy>>,
     shared: Arc<Shared>,
     connections: AtomicUsize,
+    /// The TLS listen addresses: a connection that arrived on one is TLS.
+    tls_listen: Vec<SocketAddr>,
 }
+
+/// How an HTTP/2 connection with prior knowledge starts (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The running config's connection settings, copied so that a waiting connection holds no
 /// config version.
@@ -48,6 +53,7 @@ struct Timing {
     keepalive_timeout: Duration,
     /// `server.max_header_size`, within what Pingora's parser accepts.
     header_limit: usize,
+    h2c: bool,
 }
 
 impl Timing {
@@ -63,17 +69,106 @@ impl From<&Server> for Timing {
             keepalive_timeout: server.keepalive_timeout,
             header_limit: usize::try_from(server.max_header_size.min(PINGORA_MAX_HEADER))
                 .unwrap_or(usize::MAX),
+            h2c: server.h2c,
         }
     }
 }
 
 impl Frontend {
-    pub fn new(proxy: HttpProxy<Proxy>, shared: Arc<Shared>) -> Frontend {
+    /// The front end of `proxy`; connections arriving on a `tls_listen` address are TLS.
+    pub fn new(
+        proxy: HttpProxy<Proxy>,
+        shared: Arc<Shared>,
+        tls_listen: Vec<SocketAddr>,
+    ) -> Frontend {
         Frontend {
             proxy: Arc::new(proxy),
             shared,
             connections: AtomicUsize::new(0),
+            tls_listen,
         }
+    }
+
+    /// Whether `stream` arrived on a TLS listener (by the local address it was accepted on).
+    fn arrived_on_tls(&self, stream: &Stream) -> bool {
+        if self.tls_listen.is_empty() {
+            return false;
+        }
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        local.is_some_and(|local| {
+            self.tls_listen.iter().any(|l| {
+                l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip())
+            })
+        })
+    }
+
+    /// Whether connections on this kind of listener start with a PROXY protocol header.
+    fn expects_proxy_header(&self, tls: bool) -> bool {
+        let runtime = self.shared.runtime();
+        if tls {
+            runtime
+                .config
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.proxy_protocol)
+        } else {
+            runtime.config.server.proxy_protocol
+        }
+    }
+
+    /// Reads the PROXY protocol header; `None` (the connection closes) without a valid one.
+    async fn proxy_header(&self, stream: Stream) -> Option<Stream> {
+        let timeout = self.shared.runtime().config.server.header_timeout;
+        let mut l4 = handshake::plain(stream)?;
+        match proxy_protocol::read(&mut l4, timeout).await {
+            Ok(()) => Some(l4),
+            Err(reason) => {
+                log::debug!("closing a client connection: {reason}");
+                None
+            }
+        }
+    }
+
+    /// Reads on from a first byte `P` until the h2c preface is complete or ruled out: `Some`
+    /// with whether it is the preface, `None` when the client closed or was too slow.
+    async fn h2c_preface(
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        deadline: Instant,
+    ) -> Option<bool> {
+        loop {
+            let n = buf.len().min(H2_PREFACE.len());
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+                Ok(Ok(read)) if read > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Hands an HTTP/2 connection to Pingora's HTTP/2 server (its handshake, then each stream
+    /// through the proxy phases, GOAWAY on shutdown). `read` is what was read of it already.
+    async fn serve_h2(
+        &self,
+        stream: Stream,
+        read: &[u8],
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let stream = if read.is_empty() {
+            stream
+        } else {
+            let mut l4 = handshake::plain(stream)?;
+            l4.rewind(read);
+            l4
+        };
+        ServerApp::process_new(&self.proxy, stream, shutdown).await
     }
 
     /// Waits up to `wait` for the first byte of the client's next request, holding no buffer.
@@ -108,40 +203,6 @@ impl Frontend {
         }
     }
 
-    /// Answers `status` with a one-line body and closes, reading a little of what the client
-    /// still sends so that the answer is not lost to a reset.
-    async fn refuse(mut stream: Stream, status: u16, detail: &str, server: &Server) {
-        let reason = errors::reason(status);
-        let body = errors::body(status, detail);
-        let mut head = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
-            body.len()
-        );
-        if status == 503 {
-            head.push_str("Retry-After: 1\r\n");
-        }
-        if let Some(name) = &server.server_header {
-            head.push_str(&format!("Server: {name}\r\n"));
-        }
-        head.push_str("\r\n");
-        head.push_str(&body);
-        if stream.write_all(head.as_bytes()).await.is_err() || stream.flush().await.is_err() {
-            return;
-        }
-        let _ = AsyncWriteExt::shutdown(&mut stream).await;
-        let mut sink = vec![0u8; READ_CHUNK];
-        let mut drained = 0;
-        let _ = tokio::time::timeout(LINGER, async {
-            while drained < LINGER_BYTES {
-                match stream.read(&mut sink).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => drained += n,
-                }
-            }
-        })
-        .await;
-    }
-
     /// Answers 503 on a connection over `server.max_connections`, once its request is read.
     async fn refuse_connection(mut stream: Stream, server: &Server) {
         let timing = Timing::from(server);
@@ -149,14 +210,19 @@ impl Frontend {
         let buf = BytesMut::with_capacity(READ_CHUNK);
         match reader::read_head(&mut stream, buf, deadline, timing.header_limit).await {
             Ok(_) | Err(HeaderError::TooLarge(_)) => {
-                Self::refuse(stream, 503, "too many connections", server).await
+                errors::refuse(stream, 503, "too many connections", server).await
             }
             Err(_) => {}
         }
     }
 
     /// Serves the requests of one connection until it closes or is not kept alive.
-    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn serve(
+        &self,
+        mut stream: Stream,
+        tls: bool,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let accepted = Instant::now();
         let mut persistent: Option<HttpPersistentSettings> = None;
         // The start of the next request when the client pipelined it behind the last one.
@@ -167,7 +233,7 @@ impl Frontend {
             // Wait for the next request holding only the stream: buffers, the config version
             // and the proxy's per-request state exist only while a request is handled, so idle
             // keep-alive connections stay small.
-            let (buf, deadline) = match pipelined.take() {
+            let (mut buf, deadline) = match pipelined.take() {
                 Some(buf) => (buf, Instant::now() + timing.header_timeout),
                 None if first => {
                     let deadline = accepted + timing.header_timeout;
@@ -183,6 +249,15 @@ impl Frontend {
                     (buf, Instant::now() + timing.header_timeout)
                 }
             };
+            // HTTP/2 with prior knowledge announces itself before a first request.
+            if first
+                && !tls
+                && timing.h2c
+                && buf.first() == Some(&b'P')
+                && Self::h2c_preface(&mut stream, &mut buf, deadline).await?
+            {
+                return self.serve_h2(stream, &buf, shutdown).await;
+            }
             // From its first byte to its response, a graceful shutdown waits for this request.
             let _started = self.shared.start_request();
             let read = reader::read_head(&mut stream, buf, deadline, timing.header_limit).await;
@@ -191,7 +266,7 @@ impl Frontend {
                 Err(HeaderError::TooLarge(_)) => {
                     let runtime = self.shared.runtime();
                     let server = &runtime.config.server;
-                    Box::pin(Self::refuse(
+                    Box::pin(errors::refuse(
                         stream,
                         431,
                         "request header too large",
@@ -254,6 +329,17 @@ impl ServerApp for Frontend {
         let limit = self.shared.runtime().config.server.max_connections;
         let open = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
         let _slot = Slot(&self.connections);
+        let tls = self.arrived_on_tls(&stream);
+        let stream = if self.expects_proxy_header(tls) {
+            Box::pin(self.proxy_header(stream)).await?
+        } else {
+            stream
+        };
+        let stream = if tls {
+            Box::pin(handshake::accept(stream, &self.shared)).await?
+        } else {
+            stream
+        };
         if open > limit {
             self.shared.count_refused_connection();
             // Boxed: its reads would otherwise size every connection's future.
@@ -261,7 +347,10 @@ impl ServerApp for Frontend {
             Box::pin(Self::refuse_connection(stream, &runtime.config.server)).await;
             return None;
         }
-        self.serve(stream, shutdown).await
+        if tls && matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.serve_h2(stream, &[], shutdown).await;
+        }
+        self.serve(stream, tls, shutdown).await
     }
 
     async fn cleanup(&self) {

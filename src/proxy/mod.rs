@@ -7,9 +7,12 @@ pub mod ctx;
 pub mod encoding;
 pub mod errors;
 pub mod frontend;
+pub mod handshake;
 pub mod headers;
 pub mod limits;
+pub mod proxy_protocol;
 pub mod reader;
+pub mod redirect;
 pub mod retry;
 
 use std::sync::Arc;
@@ -52,6 +55,14 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
+/// Whether the client's connection is TLS.
+fn arrived_over_tls(session: &Session) -> bool {
+    session
+        .as_downstream()
+        .digest()
+        .is_some_and(|d| d.ssl_digest.is_some())
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
@@ -66,6 +77,7 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let runtime = self.shared.runtime();
+        ctx.tls = arrived_over_tls(session);
         let raw = session
             .as_downstream()
             .as_http1()
@@ -89,6 +101,13 @@ impl ProxyHttp for Proxy {
             .map(|(index, route)| (index, runtime.pools.get(&route.upstream).cloned()));
         ctx.runtime = Some(runtime);
         match found {
+            Some((index, _))
+                if !ctx.tls && ctx.route_at(index).is_some_and(|r| r.https_redirect) =>
+            {
+                ctx.route = Some(index);
+                redirect::to_https(session, ctx).await?;
+                Ok(true)
+            }
             Some((index, pool)) => {
                 ctx.route = Some(index);
                 ctx.upstream.pool = pool;
@@ -265,7 +284,7 @@ impl ProxyHttp for Proxy {
                 .map(|a| a.ip()),
             trusted: ctx.upstream.peer_trusted,
             host: host.as_deref(),
-            proto: "http",
+            proto: if ctx.tls { "https" } else { "http" },
             port: session
                 .server_addr()
                 .and_then(|a| a.as_inet())
@@ -311,6 +330,11 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(server) = ctx.server_header() {
             upstream_response.insert_header(http::header::SERVER, server)?;
+        }
+        if ctx.tls {
+            if let Some(hsts) = ctx.route().and_then(|r| r.hsts.as_deref()) {
+                upstream_response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
+            }
         }
         // Conditional requests on every route, cached or not (hits are Pingora's).
         ctx.drop_body = etag::on_response(
@@ -430,6 +454,10 @@ impl ProxyHttp for Proxy {
         };
         // The request is over: give the backend slot back before metrics work.
         ctx.upstream.attempt = None;
+        self.shared.metrics.observe_protocol(
+            session.as_downstream().is_http2(),
+            arrived_over_tls(session),
+        );
         let seconds = ctx.started.elapsed().as_secs_f64();
         match ctx.series() {
             Some(series) => self

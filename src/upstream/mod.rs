@@ -7,6 +7,10 @@ pub mod sticky;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use pingora_core::protocols::tls::CaType;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use std::time::Duration;
 
 use crate::config::{self, HashKey, HealthCheck, PassiveHealth, RetryPolicy, Strategy};
@@ -150,10 +154,50 @@ pub struct Pool {
     pub sticky: Option<StickyPool>,
     /// Requests in flight to this upstream at once.
     pub max_in_flight: Option<u64>,
+    /// TLS to the backends, with the `ca` certificates ready for Pingora's connector.
+    pub tls: Option<PeerTls>,
     /// Requests refused because `max_in_flight` was reached.
     overloaded: AtomicU64,
     rr: RoundRobin,
     ring: Option<Ring>,
+}
+
+/// An upstream's TLS settings as the connector takes them.
+pub struct PeerTls {
+    pub conf: config::UpstreamTls,
+    /// `conf.ca` parsed for Pingora (`None`: the system roots).
+    pub ca: Option<Arc<CaType>>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls").field("conf", &self.conf).finish()
+    }
+}
+
+impl PeerTls {
+    fn new(conf: &config::UpstreamTls) -> PeerTls {
+        // The certificates were parsed when the config loaded, so `parse_x509` cannot fail.
+        let ca = conf.ca.as_ref().map(|ders| {
+            let certs: Vec<WrappedX509> = ders
+                .iter()
+                .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                .collect();
+            Arc::<CaType>::from(certs)
+        });
+        PeerTls {
+            conf: conf.clone(),
+            ca,
+        }
+    }
+
+    /// Sets TLS on `peer` for the backend named `backend_name`.
+    pub fn apply(&self, peer: &mut HttpPeer, backend_name: &str) {
+        peer.sni = self.conf.sni_for(backend_name);
+        peer.options.verify_cert = self.conf.verify;
+        peer.options.verify_hostname = self.conf.verify;
+        peer.options.ca = self.ca.clone();
+    }
 }
 
 impl Pool {
@@ -204,6 +248,7 @@ impl Pool {
             StickyPool { codec, ids }
         });
         let pool = Pool {
+            tls: conf.tls.as_ref().map(PeerTls::new),
             name: name.to_string(),
             strategy: conf.strategy,
             backends,

@@ -24,6 +24,7 @@ fn upstream(weights: &[u32], strategy: Strategy) -> config::Upstream {
         retry: RetryPolicy::default(),
         passive_health: None,
         max_in_flight: None,
+        tls: None,
     }
 }
 

@@ -272,6 +272,8 @@ pub fn closed_port() -> SocketAddr {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The first TLS listener, when the config has a `tls` block.
+    pub tls: Option<SocketAddr>,
     pub child: Child,
     dir: tempfile::TempDir,
 }
@@ -323,21 +325,24 @@ pub async fn spawn_proxy_env(config: &str, env: &[(&str, &str)]) -> Proxy {
     }
     let mut child = command.spawn().expect("start switchyard");
     let stdout = child.stdout.take().expect("stdout");
-    let (addr, admin) = tokio::task::spawn_blocking(move || {
+    let (addr, admin, tls) = tokio::task::spawn_blocking(move || {
         let mut proxy = None;
         let mut admin = None;
+        let mut tls = None;
         let mut lines = BufReader::new(stdout).lines();
         while proxy.is_none() || admin.is_none() {
             let Some(Ok(line)) = lines.next() else { break };
             if let Some(a) = line.strip_prefix("switchyard: proxy listening on http://") {
                 proxy = a.trim().parse::<SocketAddr>().ok();
+            } else if let Some(a) = line.strip_prefix("switchyard: proxy listening on https://") {
+                tls = tls.or_else(|| a.split_whitespace().next()?.parse::<SocketAddr>().ok());
             } else if let Some(a) = line.strip_prefix("switchyard: admin listening on http://") {
                 admin = a.trim().parse::<SocketAddr>().ok();
             }
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        (proxy, admin)
+        (proxy, admin, tls)
     })
     .await
     .expect("read stdout");
@@ -348,6 +353,7 @@ pub async fn spawn_proxy_env(config: &str, env: &[(&str, &str)]) -> Proxy {
     let proxy = Proxy {
         addr,
         admin,
+        tls,
         child,
         dir,
     };
