@@ -177,6 +177,18 @@ impl Cache {
         targets.len()
     }
 
+    /// `upstream_request_filter`: a range request that may fill the cache fetches the whole
+    /// response, so that it is stored once and the next range is a hit; Pingora then cuts the
+    /// client's range out of it (its downstream range filter runs when the upstream request was
+    /// changed for the cache).
+    pub fn on_upstream_request(session: &mut Session, req: &mut RequestHeader) {
+        if session.cache.enabled() && req.headers.contains_key(http::header::RANGE) {
+            req.remove_header(&http::header::RANGE);
+            req.remove_header(&http::header::IF_RANGE);
+            session.mark_upstream_headers_mutated_for_cache();
+        }
+    }
+
     /// `upstream_response_filter`: an origin's 304 to a revalidation is kept, so that its
     /// fields freshen the stored response ([`policy::freshen`]).
     pub fn on_upstream_response(session: &Session, resp: &ResponseHeader, state: &mut CacheState) {

@@ -276,6 +276,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         encoding::on_upstream_request(upstream_request, ctx);
+        Cache::on_upstream_request(session, upstream_request);
         let host = request_host(session.req_header()).map(str::to_string);
         let hop = headers::Hop {
             peer: session

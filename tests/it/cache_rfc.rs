@@ -688,3 +688,30 @@ async fn the_admin_endpoint_shows_entries_top_keys_and_route_hit_ratios() {
     assert_eq!(route["cache"]["miss"], 3, "{route}");
     assert_eq!(route["cache"]["hit_ratio"], 0.4, "{route}");
 }
+
+/// A range request on a miss fetches the whole response (no `Range` upstream), stores it and
+/// answers the range; the next range is a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_miss_fetches_the_whole_response_once() {
+    let o = Scripted::start().await;
+    o.set(
+        "/video",
+        Reply::ok(&[("Cache-Control", "max-age=600")], "abcdefghij"),
+    );
+    let proxy = o.proxy("").await;
+    let first = send(&proxy, "GET", "/video", &[("Range", "bytes=0-2")]).await;
+    assert_eq!((first.status, first.body.as_str()), (206, "abc"));
+    assert_eq!(first.header("content-range"), "bytes 0-2/10");
+    let upstream_range = {
+        let script = o.script.lock().unwrap();
+        script.seen.iter().any(|(_, _, h)| h.contains_key("range"))
+    };
+    assert!(
+        !upstream_range,
+        "the origin was asked for the whole response"
+    );
+    let second = send(&proxy, "GET", "/video", &[("Range", "bytes=7-")]).await;
+    assert_eq!((second.status, second.body.as_str()), (206, "hij"));
+    assert!(second.header("cache-status").contains("hit"));
+    assert_eq!(o.count("GET", "/video"), 1);
+}
