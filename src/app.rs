@@ -21,6 +21,7 @@ use pingora_core::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::cache::storage::SharedTier;
+use crate::cache::warm::Warmer;
 use crate::config::{Alpn, Config, Tls, TlsVersion};
 use crate::demo::DemoOrigin;
 use crate::proxy::frontend::Frontend;
@@ -164,6 +165,17 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     // Held until the process ends (`run_forever` does not return).
     let _config_watch = reload::watch_file(Arc::clone(&shared));
     reload::watch_certificates(Arc::clone(&shared));
+
+    let mut warmer = background_service(
+        "cache warming",
+        Warmer {
+            source: Arc::clone(&shared),
+            storage: shared.cache.storage,
+            status: Arc::clone(&shared.cache.warm),
+        },
+    );
+    warmer.threads = Some(1);
+    server.add_service(warmer);
 
     if shared.cache.storage.redis.is_some() {
         let mut tier = background_service("redis cache tier", SharedTier(shared.cache.storage));

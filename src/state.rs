@@ -10,8 +10,10 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::cache::warm::WarmSource;
 use crate::cache::Cache;
 use crate::compress::CompressionStats;
+use crate::config::Warm;
 use crate::config::{Config, HostMatch, Route};
 use crate::metrics::{Metrics, RouteSeries, Snapshot};
 use crate::route::Router;
@@ -176,6 +178,7 @@ impl Shared {
             config_version: runtime.version,
             storage: &self.cache.storage.memory.stats,
             invalidations: &self.cache.counters.invalidations,
+            warm_fetches: (&self.cache.warm.fetches, &self.cache.warm.failures),
             redis: self.cache.storage.redis.as_ref().map(|tier| &tier.stats),
             compression: &self.compression,
             pools: &runtime.pools,
@@ -254,6 +257,37 @@ impl Shared {
 #[derive(Debug)]
 pub struct ActiveRequest {
     shared: Arc<Shared>,
+}
+
+impl WarmSource for Shared {
+    fn warm_lists(&self) -> Vec<(String, Warm)> {
+        let runtime = self.runtime();
+        runtime
+            .config
+            .routes
+            .iter()
+            .zip(&runtime.route_series)
+            .filter_map(|(route, series)| {
+                let warm = route.cache.as_ref()?.warm.clone()?;
+                Some((series.route().to_string(), warm))
+            })
+            .collect()
+    }
+
+    fn listener(&self) -> Option<std::net::SocketAddr> {
+        let mut addr = *self.runtime().config.server.listen.first()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Some(addr)
+    }
+
+    fn versions(&self) -> watch::Receiver<u64> {
+        self.subscribe()
+    }
 }
 
 impl PoolSource for Shared {

@@ -13,9 +13,13 @@ use crate::fields;
 /// `api.example.com/items?page=2`: the host in lower case without its port, then the path and
 /// query as sent.
 pub fn primary(host: &str, req: &RequestHeader) -> String {
+    primary_of(host, req.uri.path_and_query().map_or("/", |pq| pq.as_str()))
+}
+
+/// [`primary`] for a path with its query given as text.
+pub fn primary_of(host: &str, path_and_query: &str) -> String {
     let host = crate::route::strip_port(host);
-    let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    format!("{}{path}", host.to_ascii_lowercase())
+    format!("{}{path_and_query}", host.to_ascii_lowercase())
 }
 
 /// `Accept-Language` as a variant sees it: tags in lower case, those with q=0 dropped, by

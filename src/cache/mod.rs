@@ -12,6 +12,7 @@ pub mod purge;
 pub mod redis;
 pub mod storage;
 pub mod top;
+pub mod warm;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -107,6 +108,8 @@ pub struct Cache {
     pub counters: CacheCounters,
     /// The most requested keys of the last minute (`GET /cache/top`).
     pub top: top::TopKeys,
+    /// The warm lists' state (`cache.warm`).
+    pub warm: Arc<warm::WarmStatus>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -135,6 +138,7 @@ impl Cache {
             lock,
             counters: CacheCounters::default(),
             top: top::TopKeys::default(),
+            warm: Arc::default(),
         }
     }
 
@@ -177,11 +181,13 @@ impl Cache {
         targets.len()
     }
 
-    /// `upstream_request_filter`: a range request that may fill the cache fetches the whole
-    /// response, so that it is stored once and the next range is a hit; Pingora then cuts the
-    /// client's range out of it (its downstream range filter runs when the upstream request was
-    /// changed for the cache).
+    /// `upstream_request_filter`: the warm token is removed, and a range request that may fill
+    /// the cache fetches the whole response, so that it is stored once and the next range is a
+    /// hit; Pingora then cuts the client's range out of it (its downstream range filter runs
+    /// when the upstream request was changed for the cache).
     pub fn on_upstream_request(session: &mut Session, req: &mut RequestHeader) {
+        // The warm token is for this process only.
+        req.remove_header(warm::WARM_HEADER);
         if session.cache.enabled() && req.headers.contains_key(http::header::RANGE) {
             req.remove_header(&http::header::RANGE);
             req.remove_header(&http::header::IF_RANGE);
@@ -217,6 +223,15 @@ impl Cache {
         ) {
             state.bypass = Some("method");
             return;
+        }
+        // A warm fetch refreshes what is stored instead of being answered from it.
+        if session
+            .req_header()
+            .headers
+            .get(warm::WARM_HEADER)
+            .is_some_and(|v| self.warm.is_warm_request(v.as_bytes()))
+        {
+            state.revalidate = true;
         }
         if route.client_cache_control == ClientCacheControl::Honor {
             match policy::request_directive(session.req_header()) {
@@ -464,6 +479,7 @@ impl Cache {
             "bypass": get(&c.bypass),
             "coalesced": get(&c.coalesced),
             "invalidations": get(&c.invalidations),
+            "warm": self.warm.stats(),
             "evictions": get(&s.evictions),
             "hit_ratio": if lookups == 0 { 0.0 } else { served as f64 / lookups as f64 },
         })

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::file::{FileCache, FileRedis, FileRouteCache};
 use super::key::{is_token, Invalid, Key};
+use super::warm::{warm, Warm};
 
 /// The memory cache shared by every cache-enabled route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub struct RouteCache {
     pub cookies: CookiePolicy,
     /// Whether a request's own `Cache-Control` / `Pragma` is obeyed.
     pub client_cache_control: ClientCacheControl,
+    /// URLs fetched ahead of clients and kept fresh.
+    pub warm: Option<Warm>,
 }
 
 impl RouteCache {
@@ -197,7 +200,11 @@ fn redis_tier(key: &Key, r: FileRedis) -> Result<RedisTier, Invalid> {
 }
 
 /// A route's cache block at `key`; `None` when it says `enabled: false`.
-pub(super) fn route_cache(key: &Key, c: FileRouteCache) -> Result<Option<RouteCache>, Invalid> {
+pub(super) fn route_cache(
+    key: &Key,
+    c: FileRouteCache,
+    exact_host: Option<&str>,
+) -> Result<Option<RouteCache>, Invalid> {
     if c.enabled == Some(false) {
         return Ok(None);
     }
@@ -216,6 +223,10 @@ pub(super) fn route_cache(key: &Key, c: FileRouteCache) -> Result<Option<RouteCa
             .field("stale_if_error")
             .window(c.stale_if_error.as_deref())?,
         cookies: cookie_policy(&key.field("cookies"), c.cookies)?,
+        warm: c
+            .warm
+            .map(|w| warm(&key.field("warm"), w, exact_host))
+            .transpose()?,
         client_cache_control: match c.client_cache_control.as_deref() {
             None | Some("ignore") => ClientCacheControl::Ignore,
             Some("honor") => ClientCacheControl::Honor,

@@ -80,6 +80,19 @@ pub struct FileRouteCache {
     /// `bypass`, `ignore`, or a list of cookie names.
     pub cookies: Option<serde_yaml::Value>,
     pub client_cache_control: Option<String>,
+    pub warm: Option<FileWarm>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWarm {
+    pub urls: Option<Vec<String>>,
+    pub file: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub every: Option<String>,
+    pub concurrency: Option<u32>,
+    pub host: Option<String>,
+    pub accept_encoding: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

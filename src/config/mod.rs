@@ -16,6 +16,7 @@ mod tls;
 pub mod units;
 mod upstream;
 mod upstream_tls;
+mod warm;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +33,7 @@ pub use upstream::{
     Upstream, MAX_RETRIES, MAX_WEIGHT,
 };
 pub use upstream_tls::UpstreamTls;
+pub use warm::Warm;
 
 use file::FileConfig;
 use key::{Invalid, Key};

@@ -78,7 +78,13 @@ pub(super) fn routes(
             );
         }
         let cache = match r.cache {
-            Some(c) => route_cache(&key.field("cache"), c)?,
+            Some(c) => {
+                let exact = match &host {
+                    Some(HostMatch::Exact(h)) => Some(h.as_str()),
+                    _ => None,
+                };
+                route_cache(&key.field("cache"), c, exact)?
+            }
             None => None,
         };
         let compression =

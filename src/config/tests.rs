@@ -391,6 +391,7 @@ fn cache_blocks_parse() {
             stale_if_error: Duration::from_secs(300),
             cookies: CookiePolicy::Bypass,
             client_cache_control: ClientCacheControl::Ignore,
+            warm: None,
         })
     );
     let off = BASE.replace(
@@ -740,4 +741,51 @@ fn targeted_fields_are_field_names_and_never_cache_control() {
     assert!(e.to_string().contains("cache.targeted_fields[1]"), "{e}");
     let e = with("  targeted_fields: [\"bad name\"]\n").unwrap_err();
     assert!(e.to_string().contains("cache.targeted_fields[0]"), "{e}");
+}
+
+#[test]
+fn warm_lists_need_paths_and_a_host() {
+    let route = |warm: &str| {
+        parse(&BASE.replace(
+            "    upstream: assessments\n",
+            &format!("    upstream: assessments\n    cache:\n      warm: {warm}\n"),
+        ))
+    };
+    let ok = route("{ urls: [/a, \"/b?x=1\"], host: api.example.com, every: 1m, concurrency: 2 }")
+        .unwrap();
+    let warm = ok.routes[0].cache.as_ref().unwrap().warm.clone().unwrap();
+    assert_eq!(warm.urls, ["/a", "/b?x=1"]);
+    assert_eq!(warm.host, "api.example.com");
+    assert_eq!(warm.every, Duration::from_secs(60));
+    assert_eq!(warm.concurrency, 2);
+    let e = route("{ urls: [/a] }").unwrap_err().to_string();
+    assert!(e.contains("routes[0].cache.warm.host"), "{e}");
+    let e = route("{ urls: [a], host: h }").unwrap_err().to_string();
+    assert!(e.contains("routes[0].cache.warm.urls[0]"), "{e}");
+    let e = route("{ host: h }").unwrap_err().to_string();
+    assert!(e.contains("routes[0].cache.warm"), "{e}");
+    let e = route("{ urls: [/a], host: h, concurrency: 0 }")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("routes[0].cache.warm.concurrency"), "{e}");
+    let e = route("{ file: /nonexistent/urls.txt, host: h }")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("routes[0].cache.warm.file") && e.contains("/nonexistent/urls.txt"),
+        "{e}"
+    );
+    let exact = parse(&BASE.replace(
+        "  - match: { path_prefix: / }\n    upstream: assessments\n",
+        "  - match: { host: Shop.Example, path_prefix: / }\n    upstream: assessments\n    cache: { warm: { urls: [/a] } }\n",
+    ))
+    .unwrap();
+    let warm = exact.routes[0]
+        .cache
+        .as_ref()
+        .unwrap()
+        .warm
+        .clone()
+        .unwrap();
+    assert_eq!(warm.host, "shop.example", "the route's exact host");
 }

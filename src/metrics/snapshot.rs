@@ -21,6 +21,8 @@ pub struct Snapshot<'a> {
     pub storage: &'a StorageStats,
     /// Stored responses invalidated after unsafe methods.
     pub invalidations: &'a AtomicU64,
+    /// Warm fetches made, and those that failed.
+    pub warm_fetches: (&'a AtomicU64, &'a AtomicU64),
     pub redis: Option<&'a RedisStats>,
     pub compression: &'a CompressionStats,
     pub pools: &'a BTreeMap<String, Arc<Pool>>,
@@ -65,6 +67,21 @@ impl Snapshot<'_> {
                     vec![("reason", "unsafe-method".to_string())],
                     load(self.invalidations),
                 )],
+            ),
+            family(
+                "switchyard_cache_warm_fetches_total",
+                "Warm fetches of cache.warm lists, by result (ok, failed)",
+                MetricType::COUNTER,
+                [
+                    (
+                        vec![("result", "ok".to_string())],
+                        load(self.warm_fetches.0) - load(self.warm_fetches.1),
+                    ),
+                    (
+                        vec![("result", "failed".to_string())],
+                        load(self.warm_fetches.1),
+                    ),
+                ],
             ),
         ];
         let rows = self.compression.snapshot();

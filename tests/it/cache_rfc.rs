@@ -715,3 +715,98 @@ async fn a_range_miss_fetches_the_whole_response_once() {
     assert!(second.header("cache-status").contains("hit"));
     assert_eq!(o.count("GET", "/video"), 1);
 }
+
+/// `cache.warm`: the listed URLs are fetched at start (the first client request is a hit),
+/// again when purged, and before they expire; a failing origin never evicts what is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_lists_are_stored_before_clients_ask_and_kept_fresh() {
+    let o = Scripted::start().await;
+    o.set(
+        "/catalog",
+        Reply::ok(&[("Cache-Control", "max-age=2")], "catalog"),
+    );
+    o.set(
+        "/config",
+        Reply::ok(&[("Cache-Control", "max-age=600")], "config"),
+    );
+    let proxy = spawn_proxy(&format!(
+        "upstreams:\n{}routes:\n  - match: {{ host: shop.example, path_prefix: / }}\n    upstream: pool\n    cache: {{ warm: {{ urls: [/catalog, /config], every: 1m, concurrency: 2 }} }}\n",
+        upstream("pool", &[(o.addr, 1)], "")
+    ))
+    .await;
+    crate::common::wait_until(Duration::from_secs(5), || async {
+        o.count("GET", "/catalog") >= 1 && o.count("GET", "/config") >= 1
+    })
+    .await;
+    let host = [("Host", "shop.example")];
+    crate::common::wait_until(Duration::from_secs(3), || async {
+        send(&proxy, "GET", "/config", &host)
+            .await
+            .header("cache-status")
+            .contains("hit")
+    })
+    .await;
+    let seen = {
+        let script = o.script.lock().unwrap();
+        script
+            .seen
+            .iter()
+            .any(|(_, _, h)| h.contains_key("switchyard-warm"))
+    };
+    assert!(!seen, "the warm token never reaches the origin");
+
+    // max-age=2: refreshed at 90% of its lifetime, before it expires.
+    crate::common::wait_until(Duration::from_secs(5), || async {
+        o.count("GET", "/catalog") >= 2
+    })
+    .await;
+    let hit = send(&proxy, "GET", "/catalog", &host).await;
+    assert!(
+        hit.header("cache-status").contains("hit"),
+        "{}",
+        hit.header("cache-status")
+    );
+
+    // Purged: fetched again.
+    let before = o.count("GET", "/config");
+    let (status, _) = purge(&proxy, serde_json::json!({"key": "shop.example/config"})).await;
+    assert_eq!(status, 200);
+    crate::common::wait_until(Duration::from_secs(5), || async {
+        o.count("GET", "/config") > before
+    })
+    .await;
+
+    // The origin fails: the failed warm fetch leaves the stored catalog in place.
+    let failures = |stats: serde_json::Value| stats["cache"]["warm"]["failures"].as_u64();
+    let before = failures(proxy.stats().await);
+    o.set("/catalog", Reply::status(500, &[], "down"));
+    crate::common::wait_until(Duration::from_secs(6), || async {
+        failures(proxy.stats().await) > before
+    })
+    .await;
+    let entry: serde_json::Value = client()
+        .get(proxy.admin_url("/cache/entry?key=shop.example/catalog"))
+        .send()
+        .await
+        .expect("entry")
+        .json()
+        .await
+        .expect("entry json");
+    assert_eq!(entry["variants"][0]["status"], 200, "{entry}");
+    let stats = proxy.stats().await;
+    let warm = &stats["cache"]["warm"];
+    assert!(warm["fetches"].as_u64().unwrap() >= 4, "{warm}");
+    let urls = warm["urls"].as_array().expect("urls");
+    assert_eq!(urls.len(), 2, "{warm}");
+    let catalog = urls
+        .iter()
+        .find(|u| u["url"] == "/catalog")
+        .expect("catalog");
+    assert_eq!(catalog["last_error"], serde_json::Value::Null);
+    assert_eq!(catalog["last_status"], 500, "{catalog}");
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("switchyard_cache_warm_fetches_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+}

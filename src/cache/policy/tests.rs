@@ -16,6 +16,7 @@ fn route() -> RouteCache {
         stale_if_error: Duration::ZERO,
         cookies: CookiePolicy::Bypass,
         client_cache_control: crate::config::ClientCacheControl::Ignore,
+        warm: None,
     }
 }
 
