@@ -196,17 +196,6 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
             .field("http2")
             .invalid("HTTP/2 to backends is not supported yet"));
     }
-    if tls.is_some()
-        && matches!(
-            health_check.as_ref().map(|h| &h.kind),
-            Some(CheckKind::Http { .. })
-        )
-    {
-        return Err(key
-            .field("health_check")
-            .field("type")
-            .invalid("http checks over TLS are not supported yet; use type: tcp"));
-    }
     Ok(Upstream {
         tls,
         strategy,

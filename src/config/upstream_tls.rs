@@ -176,11 +176,5 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.path, "upstreams.a.http2");
-        let err = Config::parse(
-            "upstreams:\n  a:\n    backends: [{address: 127.0.0.1:1}]\n    tls: {verify: false}\n    health_check: {path: /h}\nroutes:\n  - upstream: a\n",
-            "t.yaml",
-        )
-        .unwrap_err();
-        assert_eq!(err.path, "upstreams.a.health_check.type");
     }
 }

@@ -1,16 +1,19 @@
 //! Active health checks: probe each backend on an interval (HTTP GET or TCP connect) and take
-//! it out or put it back after the configured run of consecutive results.
+//! it out or put it back after the configured run of consecutive results. Checks of a TLS
+//! upstream go over TLS with its settings.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use super::Pool;
-use crate::config::{CheckKind, HealthCheck};
+use tokio_rustls::TlsConnector;
+
+use crate::config::{CheckKind, HealthCheck, UpstreamTls};
 
 /// Starts one check loop per backend of every pool that has checks configured.
 /// Dropping the returned set stops them all.
@@ -45,7 +48,8 @@ async fn check_loop(pool: Arc<Pool>, index: usize) {
     loop {
         ticker.tick().await;
         let backend = &pool.backends[index];
-        let result = probe(backend.addr, &backend.name, &check).await;
+        let tls = pool.tls.as_ref().map(|t| (&t.conf, &t.checks));
+        let result = probe(backend.addr, &backend.name, &check, tls).await;
         record(&pool, index, &check, result);
     }
 }
@@ -85,16 +89,29 @@ fn record(pool: &Pool, index: usize, check: &HealthCheck, result: Result<(), Str
     }
 }
 
-/// One probe within the check's timeout.
-pub async fn probe(addr: SocketAddr, host: &str, check: &HealthCheck) -> Result<(), String> {
-    match tokio::time::timeout(check.timeout, probe_inner(addr, host, &check.kind)).await {
+/// The TLS settings and connector of a TLS upstream's checks.
+pub type CheckTls<'a> = (&'a UpstreamTls, &'a TlsConnector);
+
+/// One probe within the check's timeout (over TLS for a TLS upstream, as requests go).
+pub async fn probe(
+    addr: SocketAddr,
+    host: &str,
+    check: &HealthCheck,
+    tls: Option<CheckTls<'_>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(check.timeout, probe_inner(addr, host, &check.kind, tls)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),
     }
 }
 
-async fn probe_inner(addr: SocketAddr, host: &str, kind: &CheckKind) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr)
+async fn probe_inner(
+    addr: SocketAddr,
+    host: &str,
+    kind: &CheckKind,
+    tls: Option<CheckTls<'_>>,
+) -> Result<(), String> {
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let (path, expect) = match kind {
@@ -104,6 +121,26 @@ async fn probe_inner(addr: SocketAddr, host: &str, kind: &CheckKind) -> Result<(
             expect_status,
         } => (path, *expect_status),
     };
+    match tls {
+        None => exchange(stream, host, path, expect).await,
+        Some((conf, connector)) => {
+            let name = super::check_tls::server_name(conf, host, addr);
+            let stream = connector
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            exchange(stream, host, path, expect).await
+        }
+    }
+}
+
+/// Sends the check's GET and judges the status.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    path: &str,
+    expect: Option<u16>,
+) -> Result<(), String> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchyard-health-check\r\nConnection: close\r\n\r\n"
     );
@@ -124,7 +161,7 @@ async fn probe_inner(addr: SocketAddr, host: &str, kind: &CheckKind) -> Result<(
 }
 
 /// Reads just enough of the response to parse the status line.
-async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
+async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> Result<u16, String> {
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     loop {

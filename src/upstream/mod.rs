@@ -1,5 +1,6 @@
 //! Upstream pools: the backends of one upstream, their live state, and picking one for a request.
 
+mod check_tls;
 pub mod health;
 pub mod selection;
 pub mod sticky;
@@ -167,6 +168,8 @@ pub struct PeerTls {
     pub conf: config::UpstreamTls,
     /// `conf.ca` parsed for Pingora (`None`: the system roots).
     pub ca: Option<Arc<CaType>>,
+    /// The health checks' TLS connector, with the same roots and verification.
+    pub checks: tokio_rustls::TlsConnector,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -188,6 +191,7 @@ impl PeerTls {
         PeerTls {
             conf: conf.clone(),
             ca,
+            checks: check_tls::connector(conf),
         }
     }
 

@@ -12,7 +12,7 @@ use hyper::Response;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::common::{client, spawn_proxy};
+use crate::common::{client, spawn_proxy, wait_until};
 use crate::tls::Ca;
 
 /// An HTTPS origin on 127.0.0.1 whose certificate names `origin.test`, signed by `ca`.
@@ -97,4 +97,35 @@ async fn backends_over_tls_are_verified_against_the_configured_ca() {
     assert_eq!(status_through(origin, unchecked).await.0, 200);
     // Plain HTTP to a TLS backend fails as before.
     assert_eq!(status_through(origin, "false").await.0, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_use_the_upstreams_tls_settings() {
+    let ca = Ca::new("private ca");
+    let other = Ca::new("other ca");
+    let origin = spawn_tls_origin(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, other_file) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&other_file, other.pem()).unwrap();
+    let check = "    health_check: { path: /health, interval: 100ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1 }\n";
+    let config = |file: &std::path::Path| {
+        format!(
+            "upstreams:\n  pool:\n    backends: [{{address: \"{origin}\"}}]\n    tls: {{ sni: origin.test, ca: {} }}\n{check}routes:\n  - upstream: pool\n",
+            file.display()
+        )
+    };
+    let good = spawn_proxy(&config(&ca_file)).await;
+    let bad = spawn_proxy(&config(&other_file)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(good.backend_healthy("pool", origin).await);
+    wait_until(std::time::Duration::from_secs(5), || async {
+        !bad.backend_healthy("pool", origin).await
+    })
+    .await;
+    assert!(good.backend_healthy("pool", origin).await);
+    assert_eq!(
+        client().get(good.url("/")).send().await.unwrap().status(),
+        200
+    );
 }
