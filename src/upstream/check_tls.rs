@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamTls;
@@ -18,7 +18,7 @@ pub fn connector(tls: &UpstreamTls) -> TlsConnector {
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|_| unreachable!("ring supports the default versions"));
-    let mut config = if tls.verify {
+    let builder = if tls.verify {
         let mut roots = RootCertStore::empty();
         match &tls.ca {
             Some(ders) => {
@@ -31,12 +31,32 @@ pub fn connector(tls: &UpstreamTls) -> TlsConnector {
                 roots.add_parsable_certificates(native);
             }
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
     } else {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth()
+    };
+    let identity = tls.client.as_ref().and_then(|c| {
+        let chain = c
+            .chain
+            .iter()
+            .map(|d| CertificateDer::from(d.clone()))
+            .collect();
+        PrivateKeyDer::try_from(c.key.clone())
+            .ok()
+            .map(|key| (chain, key))
+    });
+    let mut config = match identity {
+        // Checked when the config loaded: the pair matches.
+        Some((chain, key)) => match builder.clone().with_client_auth_cert(chain, key) {
+            Ok(config) => config,
+            Err(e) => {
+                log::warn!("health checks cannot use the client certificate: {e}");
+                builder.with_no_client_auth()
+            }
+        },
+        None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     TlsConnector::from(Arc::new(config))

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::utils::tls::{parse_x509, WrappedX509};
+use pingora_core::utils::tls::{parse_x509, CertKey, WrappedX509};
 use std::time::Duration;
 
 use crate::config::{self, HashKey, HealthCheck, PassiveHealth, RetryPolicy, Strategy};
@@ -168,6 +168,8 @@ pub struct PeerTls {
     pub conf: config::UpstreamTls,
     /// `conf.ca` parsed for Pingora (`None`: the system roots).
     pub ca: Option<Arc<CaType>>,
+    /// The client certificate for Pingora's connector (mTLS).
+    pub client: Option<Arc<CertKey>>,
     /// The health checks' TLS connector, with the same roots and verification.
     pub checks: tokio_rustls::TlsConnector,
 }
@@ -191,6 +193,10 @@ impl PeerTls {
         PeerTls {
             conf: conf.clone(),
             ca,
+            client: conf
+                .client
+                .as_ref()
+                .map(|c| Arc::new(CertKey::new(c.chain.clone(), c.key.clone()))),
             checks: check_tls::connector(conf),
         }
     }
@@ -201,6 +207,7 @@ impl PeerTls {
         peer.options.verify_cert = self.conf.verify;
         peer.options.verify_hostname = self.conf.verify;
         peer.options.ca = self.ca.clone();
+        peer.client_cert_key = self.client.clone();
     }
 }
 

@@ -17,20 +17,38 @@ use crate::tls::Ca;
 
 /// An HTTPS origin on 127.0.0.1 whose certificate names `origin.test`, signed by `ca`.
 async fn spawn_tls_origin(ca: &Ca) -> SocketAddr {
+    spawn_tls_origin_with(ca, None).await
+}
+
+/// Like [`spawn_tls_origin`]; with `clients`, it requires a client certificate signed by it.
+async fn spawn_tls_origin_with(ca: &Ca, clients: Option<&Ca>) -> SocketAddr {
     use rustls_pki_types::pem::PemObject;
     let leaf = ca.leaf(&["origin.test"]);
     let chain = rustls_pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(clients) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for der in rustls_pki_types::CertificateDer::pem_slice_iter(clients.pem().as_bytes()) {
+                roots.add(der.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(chain, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -127,5 +145,32 @@ async fn health_checks_use_the_upstreams_tls_settings() {
     assert_eq!(
         client().get(good.url("/")).send().await.unwrap().status(),
         200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_shown_to_backends_that_require_one() {
+    let ca = Ca::new("private ca");
+    let clients = Ca::new("client ca");
+    let origin = spawn_tls_origin_with(&ca, Some(&clients)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (cert, key) = clients
+        .leaf(&["switchyard.test"])
+        .write(dir.path(), "client");
+    let base = format!("sni: origin.test, ca: {}", ca_file.display());
+    assert_eq!(
+        status_through(origin, &format!("{{ {base} }}")).await.0,
+        502
+    );
+    let with_client = format!(
+        "{{ {base}, client_cert: {}, client_key: {} }}",
+        cert.display(),
+        key.display()
+    );
+    assert_eq!(
+        status_through(origin, &with_client).await,
+        (200, "over tls".to_string())
     );
 }
