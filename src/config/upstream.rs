@@ -97,6 +97,8 @@ pub struct Upstream {
     pub max_in_flight: Option<u64>,
     /// TLS to the backends; `None`: plain TCP.
     pub tls: Option<super::upstream_tls::UpstreamTls>,
+    /// HTTP/2 to the backends: ALPN `h2` over TLS, prior knowledge over plain TCP.
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,13 +193,9 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
         Some(_) => return Err(key.field("max_in_flight").invalid("must be at least 1")),
     };
     let tls = super::upstream_tls::upstream_tls(key, up.tls, &backends)?;
-    if up.http2 == Some(true) {
-        return Err(key
-            .field("http2")
-            .invalid("HTTP/2 to backends is not supported yet"));
-    }
     Ok(Upstream {
         tls,
+        http2: up.http2.unwrap_or(false),
         strategy,
         backends,
         health_check,

@@ -216,11 +216,5 @@ mod tests {
             let err = parse(tls, "127.0.0.1:1").unwrap_err();
             assert_eq!(err.path, path, "{tls}: {err}");
         }
-        let err = Config::parse(
-            "upstreams:\n  a:\n    backends: [{address: 127.0.0.1:1}]\n    http2: true\nroutes:\n  - upstream: a\n",
-            "t.yaml",
-        )
-        .unwrap_err();
-        assert_eq!(err.path, "upstreams.a.http2");
     }
 }

@@ -157,6 +157,8 @@ pub struct Pool {
     pub max_in_flight: Option<u64>,
     /// TLS to the backends, with the `ca` certificates ready for Pingora's connector.
     pub tls: Option<PeerTls>,
+    /// HTTP/2 to the backends.
+    pub http2: bool,
     /// Requests refused because `max_in_flight` was reached.
     overloaded: AtomicU64,
     rr: RoundRobin,
@@ -260,6 +262,7 @@ impl Pool {
         });
         let pool = Pool {
             tls: conf.tls.as_ref().map(PeerTls::new),
+            http2: conf.http2,
             name: name.to_string(),
             strategy: conf.strategy,
             backends,

@@ -26,4 +26,5 @@ mod routing;
 mod sticky;
 mod tls;
 mod upgrade;
+mod upstream_h2;
 mod upstream_tls;
