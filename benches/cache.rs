@@ -11,7 +11,7 @@ use pingora_cache::{CacheKey, CacheMeta};
 use pingora_http::ResponseHeader;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use switchyard::cache::storage::MemoryStorage;
+use switchyard::cache::storage::TieredStorage;
 use tinyufo::TinyUfo;
 
 fn meta() -> CacheMeta {
@@ -27,7 +27,7 @@ fn hits(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let storage = MemoryStorage::leak(256 << 20, 8 << 20, None);
+    let storage = TieredStorage::leak(256 << 20, 8 << 20, None);
     let trace = Span::inactive().handle();
     let mut group = c.benchmark_group("cache_hit");
     for size in [1usize << 10, 100 << 10] {
@@ -84,7 +84,7 @@ impl Zipf {
 }
 
 /// Replays `requests` Zipf keys through a TinyUFO of `capacity` equal-weight entries: a miss
-/// inserts, with `force_put` (what `MemoryStorage` does) or `put` (TinyLFU admission first).
+/// inserts, with `force_put` (what `TieredStorage` does) or `put` (TinyLFU admission first).
 /// Returns the hit ratio.
 fn hit_ratio(zipf: &Zipf, capacity: usize, requests: usize, admission: bool) -> f64 {
     let cache: TinyUfo<u64, ()> = TinyUfo::new(capacity, capacity);

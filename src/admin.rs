@@ -1,6 +1,7 @@
 //! The admin listener: `GET /health`, `GET /stats` (JSON) and `GET /metrics` (Prometheus),
 //! behind a bearer token when one is configured.
 
+mod cache;
 mod guard;
 
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
-use crate::cache::storage::PurgeMatch;
+use crate::cache::purge::{PurgeMatch, MAX_PATTERN_WILDCARDS};
+use crate::cache::Lookup;
 use crate::digest::constant_time_eq;
 use crate::reload::{self, ReloadError};
 use crate::state::Shared;
@@ -77,6 +79,35 @@ impl Admin {
                 "at": humantime::format_rfc3339_millis(r.at).to_string(),
             })
         });
+        let routes: Vec<Value> = runtime
+            .route_series
+            .iter()
+            .zip(&runtime.config.routes)
+            .map(|(series, route)| {
+                let mut cache = serde_json::Map::new();
+                let (mut served, mut lookups) = (0, 0);
+                for (lookup, n) in series.lookups() {
+                    cache.insert(lookup.as_str().to_string(), json!(n));
+                    if matches!(lookup, Lookup::Hit | Lookup::Stale | Lookup::Revalidated) {
+                        served += n;
+                    }
+                    if lookup != Lookup::Bypass {
+                        lookups += n;
+                    }
+                }
+                let ratio = if lookups == 0 {
+                    0.0
+                } else {
+                    served as f64 / lookups as f64
+                };
+                cache.insert("hit_ratio".into(), json!(ratio));
+                json!({
+                    "route": series.route(),
+                    "upstream": series.upstream(),
+                    "cache": route.cache.is_some().then_some(Value::Object(cache)),
+                })
+            })
+            .collect();
         let tls = runtime.config.tls.as_ref().map(|tls| {
             let certificates: Vec<Value> = tls
                 .certificates
@@ -98,6 +129,7 @@ impl Admin {
         });
         json!({
             "version": runtime.version,
+            "routes": routes,
             "tls": tls,
             "uptime_seconds": self.shared.started.elapsed().as_secs_f64(),
             "requests_total": self.shared.requests_total(),
@@ -170,7 +202,9 @@ impl ServeHttp for Admin {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let allowed: &[Method] = match path.as_str() {
-            "/health" | "/stats" | "/metrics" => &[Method::GET, Method::HEAD],
+            "/health" | "/stats" | "/metrics" | "/cache/entry" | "/cache/top" => {
+                &[Method::GET, Method::HEAD]
+            }
             "/reload" | "/cache/purge" => &[Method::POST],
             _ => return text(StatusCode::NOT_FOUND, "404 Not Found\n"),
         };
@@ -218,6 +252,26 @@ impl ServeHttp for Admin {
             "/stats" => json_reply(StatusCode::OK, &self.stats()),
             "/reload" => self.reload().await,
             "/cache/purge" => self.purge(session).await,
+            "/cache/entry" => {
+                let query = session.req_header().uri.query();
+                match cache::query_param(query, "key").filter(|k| !k.is_empty()) {
+                    Some(key) => {
+                        json_reply(StatusCode::OK, &cache::entry(&self.shared.cache, &key))
+                    }
+                    None => json_reply(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"error": "give the key: /cache/entry?key=<host><path?query>"}),
+                    ),
+                }
+            }
+            "/cache/top" => {
+                let query = session.req_header().uri.query();
+                let n = cache::query_param(query, "n")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(20)
+                    .clamp(1, 256);
+                json_reply(StatusCode::OK, &cache::top(&self.shared.cache, n))
+            }
             _ => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -247,14 +301,15 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
     }
 }
 
-/// `{"key": …}`, `{"prefix": …}` or `{"tag": …}`.
+/// `{"key": …}`, `{"prefix": …}`, `{"tag": …}` or `{"pattern": …}` (a glob: `*` within a
+/// path segment, `**` across segments).
 fn purge_target(body: &[u8]) -> Result<PurgeMatch, String> {
     let doc: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
     let obj = doc
         .as_object()
         .ok_or("expected an object like {\"key\": \"host/path\"}")?;
     if obj.len() != 1 {
-        return Err("give exactly one of key, prefix or tag".into());
+        return Err("give exactly one of key, prefix, tag or pattern".into());
     }
     let (kind, value) = obj.iter().next().ok_or("empty object")?;
     let value = value
@@ -266,7 +321,13 @@ fn purge_target(body: &[u8]) -> Result<PurgeMatch, String> {
         "key" => Ok(PurgeMatch::Key(value)),
         "prefix" => Ok(PurgeMatch::Prefix(value)),
         "tag" => Ok(PurgeMatch::Tag(value)),
-        other => Err(format!("unknown field `{other}`; give key, prefix or tag")),
+        "pattern" if value.matches('*').count() > MAX_PATTERN_WILDCARDS => {
+            Err(format!("pattern has more than {MAX_PATTERN_WILDCARDS} `*`"))
+        }
+        "pattern" => Ok(PurgeMatch::Pattern(value)),
+        other => Err(format!(
+            "unknown field `{other}`; give key, prefix, tag or pattern"
+        )),
     }
 }
 
@@ -331,6 +392,10 @@ mod tests {
     #[test]
     fn purge_bodies() {
         assert!(matches!(purge_target(br#"{"key": "h/a"}"#), Ok(PurgeMatch::Key(k)) if k == "h/a"));
+        assert!(matches!(
+            purge_target(br#"{"pattern": "h/*/x"}"#),
+            Ok(PurgeMatch::Pattern(p)) if p == "h/*/x"
+        ));
         assert!(matches!(
             purge_target(br#"{"prefix": "h/"}"#),
             Ok(PurgeMatch::Prefix(_))

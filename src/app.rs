@@ -1,36 +1,34 @@
 //! Builds the Pingora server from a config (proxy, admin, health checks, demo origins) and runs
 //! it until a signal ends it.
 
+mod lifecycle;
 pub mod upgrade;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{
-    ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
-};
-use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::Admin;
+use crate::cache::storage::SharedTier;
 use crate::config::{Alpn, Config, Tls, TlsVersion};
 use crate::demo::DemoOrigin;
-use crate::proxy::frontend::{Frontend, LAST_CALL};
+use crate::proxy::frontend::Frontend;
 use crate::proxy::Proxy;
 use crate::reload;
 use crate::state::Shared;
 use crate::tls::Certificate;
-use crate::upstream::health;
+use crate::upstream::health::HealthChecks;
 use pingora_proxy::HttpProxy;
 
 /// How to run.
@@ -151,12 +149,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     admin.add_tcp(&admin_listen.to_string());
     server.add_service(admin);
 
-    let mut checks = background_service(
-        "health checks",
-        HealthChecks {
-            shared: Arc::clone(&shared),
-        },
-    );
+    let mut checks = background_service("health checks", HealthChecks(Arc::clone(&shared)));
     checks.threads = Some(1);
     server.add_service(checks);
 
@@ -173,12 +166,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     reload::watch_certificates(Arc::clone(&shared));
 
     if shared.cache.storage.redis.is_some() {
-        let mut tier = background_service(
-            "redis cache tier",
-            SharedTier {
-                shared: Arc::clone(&shared),
-            },
-        );
+        let mut tier = background_service("redis cache tier", SharedTier(shared.cache.storage));
         tier.threads = Some(1);
         server.add_service(tier);
     }
@@ -210,7 +198,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     println!("switchyard: admin listening on http://{admin_listen}");
 
-    spawn_drain_watcher(&server, Arc::clone(&shared), grace);
+    lifecycle::spawn_drain_watcher(&server, Arc::clone(&shared), grace);
     log::info!(
         "switchyard {} running (config version 1{})",
         env!("CARGO_PKG_VERSION"),
@@ -221,7 +209,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals),
+        shutdown_signal: Box::new(lifecycle::Signals),
     });
     log::info!("switchyard stopped");
     Ok(())
@@ -280,117 +268,4 @@ fn demo_addresses(config: &Config) -> anyhow::Result<Vec<SocketAddr>> {
         })?;
     }
     Ok(addrs)
-}
-
-/// SIGTERM and SIGINT stop gracefully; SIGQUIT hands the listeners to a new process
-/// (`switchyard --upgrade`).
-struct Signals;
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::quit()),
-        ) else {
-            log::error!("cannot install signal handlers; stop with SIGKILL");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => log::info!("SIGTERM: finishing in-flight requests, then exiting"),
-            _ = int.recv() => log::info!("SIGINT: finishing in-flight requests, then exiting"),
-            _ = quit.recv() => {
-                log::info!("SIGQUIT: handing listeners over for a graceful upgrade");
-                return ShutdownSignal::GracefulUpgrade;
-            }
-        }
-        ShutdownSignal::GracefulTerminate
-    }
-}
-
-/// Once shutdown starts (listeners closed), exits as soon as no request is in flight rather than
-/// always sleeping the whole grace period. On a graceful upgrade that is after Pingora's close
-/// timeout, not when the sockets have been sent: until then this process still accepts and
-/// reads requests on its keep-alive connections, and exiting would reset them.
-fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>, grace: Duration) {
-    let mut phases = server.watch_execution_phase();
-    std::thread::spawn(move || loop {
-        match phases.blocking_recv() {
-            Ok(ExecutionPhase::GracefulTerminate) | Ok(ExecutionPhase::ShutdownStarted) => {
-                let deadline = Instant::now() + grace;
-                // Connections waiting for a request get `LAST_CALL` to receive one; a request
-                // that arrives then must not meet an exiting process.
-                std::thread::sleep((LAST_CALL + Duration::from_millis(50)).min(grace));
-                let mut idle_polls = 0;
-                while Instant::now() < deadline {
-                    idle_polls = if shared.unfinished_requests() == 0 {
-                        idle_polls + 1
-                    } else {
-                        0
-                    };
-                    if idle_polls >= 3 {
-                        log::info!("all requests finished; exiting");
-                        std::process::exit(0);
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                log::warn!(
-                    "grace period over with {} requests still in flight; exiting",
-                    shared.unfinished_requests()
-                );
-                std::process::exit(0);
-            }
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
-    });
-}
-
-/// Runs the active health checks of the running config, restarting them on every reload,
-/// until shutdown.
-struct HealthChecks {
-    shared: Arc<Shared>,
-}
-
-#[async_trait]
-impl BackgroundService for HealthChecks {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut versions = self.shared.subscribe();
-        loop {
-            let runtime = self.shared.runtime();
-            versions.borrow_and_update();
-            // Dropping the set stops the previous config's checks.
-            let tasks = health::spawn_all(runtime.pools.values());
-            self.shared.set_health_tasks(tasks.len());
-            drop(runtime);
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                changed = versions.changed() => if changed.is_err() { return },
-            }
-        }
-    }
-}
-
-/// Keeps the Redis tier connected and applies purges other instances publish.
-struct SharedTier {
-    shared: Arc<Shared>,
-}
-
-#[async_trait]
-impl BackgroundService for SharedTier {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(redis) = self.shared.cache.storage.redis.clone() else {
-            return;
-        };
-        let storage = self.shared.cache.storage;
-        let apply = move |target| {
-            let n = storage.purge(target);
-            log::debug!("purge from another instance removed {n} entries");
-        };
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            _ = redis.run(apply) => {}
-        }
-    }
 }

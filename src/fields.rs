@@ -54,6 +54,15 @@ pub fn remove_where(header: &mut impl Header, doomed: impl Fn(&HeaderName) -> bo
     }
 }
 
+/// The value of cookie `name` in `Cookie` header values (`a=1; b=2`).
+pub fn cookie_value<'a>(headers: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+    headers
+        .flat_map(|h| h.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().trim_matches('"'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +86,14 @@ mod tests {
         remove_where(&mut resp, |n| n.as_str() == "x-a");
         assert!(!resp.headers.contains_key("x-a"));
         assert_eq!(resp.headers["x-b"], "2");
+    }
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let headers = ["a=1; SID=xyz", "b=2"];
+        assert_eq!(cookie_value(headers.into_iter(), "SID"), Some("xyz"));
+        assert_eq!(cookie_value(headers.into_iter(), "b"), Some("2"));
+        assert_eq!(cookie_value(headers.into_iter(), "S"), None);
+        assert_eq!(cookie_value(["SID=\"q\""].into_iter(), "SID"), Some("q"));
     }
 }

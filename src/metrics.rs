@@ -2,21 +2,19 @@
 //! compression, Redis tier, backends) built at scrape time from a [`Snapshot`] of the
 //! subsystems' own atomics (so the hot path never touches them). One encoder renders both.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
     TextEncoder,
 };
 
-use crate::cache::redis::{RedisStats, OPS};
-use crate::cache::storage::StorageStats;
+mod snapshot;
+
+pub use snapshot::Snapshot;
+
 use crate::cache::Lookup;
-use crate::compress::CompressionStats;
-use crate::upstream::{Backend, Pool};
 
 /// One route's series, resolved in the registry on first use and then updated with atomics
 /// alone: no label hashing or registry lock per request. Built with each config version.
@@ -44,6 +42,20 @@ impl RouteSeries {
     /// The `route` label.
     pub fn route(&self) -> &str {
         &self.route
+    }
+
+    /// The upstream this route sends to.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// Cache lookups on this route by result, since start (the registry keeps a series across
+    /// reloads while the route label stays).
+    pub fn lookups(&self) -> impl Iterator<Item = (Lookup, u64)> + '_ {
+        Lookup::ALL
+            .iter()
+            .zip(&self.lookups)
+            .map(|(lookup, counter)| (*lookup, counter.get().map_or(0, IntCounter::get)))
     }
 }
 
@@ -266,237 +278,6 @@ impl Metrics {
     }
 }
 
-/// The live state that metrics read at scrape time, handed over by its owner (the shared
-/// state), so that this module reads atomics it is given and never the state itself.
-#[derive(Debug)]
-pub struct Snapshot<'a> {
-    pub config_version: u64,
-    pub storage: &'a StorageStats,
-    pub redis: Option<&'a RedisStats>,
-    pub compression: &'a CompressionStats,
-    pub pools: &'a BTreeMap<String, Arc<Pool>>,
-    /// The TLS certificates in use.
-    pub certificates: &'a [crate::tls::Certificate],
-}
-
-impl Snapshot<'_> {
-    /// The families built from live values (counters kept in the subsystems' own atomics).
-    fn families(&self) -> Vec<MetricFamily> {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        let mut out = vec![
-            family(
-                "switchyard_config_version",
-                "Version of the running config (1 at start)",
-                MetricType::GAUGE,
-                [(vec![], self.config_version as f64)],
-            ),
-            family(
-                "switchyard_cache_bytes",
-                "Bytes held by the memory cache",
-                MetricType::GAUGE,
-                [(vec![], load(&self.storage.bytes))],
-            ),
-            family(
-                "switchyard_cache_entries",
-                "Responses held by the memory cache",
-                MetricType::GAUGE,
-                [(vec![], load(&self.storage.entries))],
-            ),
-            family(
-                "switchyard_cache_evictions_total",
-                "Responses evicted to stay under max_size",
-                MetricType::COUNTER,
-                [(vec![], load(&self.storage.evictions))],
-            ),
-        ];
-        let rows = self.compression.snapshot();
-        for (name, help, pick) in [
-            (
-                "switchyard_compression_bytes_in_total",
-                "Body bytes given to the compressor",
-                2usize,
-            ),
-            (
-                "switchyard_compression_bytes_out_total",
-                "Compressed bytes produced",
-                3,
-            ),
-            (
-                "switchyard_compression_responses_total",
-                "Responses compressed",
-                1,
-            ),
-        ] {
-            let samples = rows.iter().map(|row| {
-                let value = [0, row.1, row.2, row.3][pick];
-                (vec![("algorithm", row.0.to_string())], value as f64)
-            });
-            out.push(family(name, help, MetricType::COUNTER, samples));
-        }
-        if let Some(rs) = self.redis {
-            out.push(family(
-                "switchyard_cache_redis_errors_total",
-                "Redis tier operations that failed or timed out",
-                MetricType::COUNTER,
-                OPS.iter()
-                    .zip(&rs.errors)
-                    .map(|(op, count)| (vec![("op", op.to_string())], load(count))),
-            ));
-            out.push(family(
-                "switchyard_cache_redis_lookups_total",
-                "Redis tier lookups by result",
-                MetricType::COUNTER,
-                [
-                    (vec![("result", "hit".to_string())], load(&rs.hits)),
-                    (vec![("result", "miss".to_string())], load(&rs.misses)),
-                ],
-            ));
-            out.push(family(
-                "switchyard_cache_redis_connected",
-                "1 while the Redis tier is connected",
-                MetricType::GAUGE,
-                [(
-                    vec![],
-                    f64::from(u8::from(rs.connected.load(Ordering::Relaxed))),
-                )],
-            ));
-            out.push(family(
-                "switchyard_cache_redis_purges_total",
-                "Purges published to and received from other instances",
-                MetricType::COUNTER,
-                [
-                    (
-                        vec![("direction", "published".to_string())],
-                        load(&rs.purges_published),
-                    ),
-                    (
-                        vec![("direction", "received".to_string())],
-                        load(&rs.purges_received),
-                    ),
-                ],
-            ));
-        }
-        out.push(family(
-            "switchyard_upstream_pool_acquire_races_total",
-            "Pooled upstream connections Pingora could not hand over (its idle watch still held them), so a new connection was opened",
-            MetricType::COUNTER,
-            [(vec![], load(&POOL_ACQUIRE_RACES))],
-        ));
-        if !self.certificates.is_empty() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            out.push(family(
-                "switchyard_tls_certificate_expiry_seconds",
-                "Seconds until each TLS certificate expires, by its first DNS name",
-                MetricType::GAUGE,
-                self.certificates.iter().map(|c| {
-                    let name = c.names.first().cloned().unwrap_or_default();
-                    (vec![("name", name)], (c.not_after - now) as f64)
-                }),
-            ));
-        }
-        out.extend(self.backend_families());
-        out
-    }
-
-    /// Per-backend gauges and counters, read from the live pools.
-    fn backend_families(&self) -> Vec<MetricFamily> {
-        type Read = fn(&Backend) -> u64;
-        let families: [(&str, MetricType, &str, Read); 5] = [
-            (
-                "switchyard_upstream_backend_healthy",
-                MetricType::GAUGE,
-                "1 when active health checks pass, 0 when they took the backend out",
-                |b| u64::from(b.is_healthy()),
-            ),
-            (
-                "switchyard_upstream_backend_in_flight",
-                MetricType::GAUGE,
-                "Requests sent to the backend and not yet finished",
-                |b| b.in_flight(),
-            ),
-            (
-                "switchyard_upstream_backend_requests_total",
-                MetricType::COUNTER,
-                "Requests sent to the backend",
-                |b| b.requests_total(),
-            ),
-            (
-                "switchyard_upstream_backend_failures_total",
-                MetricType::COUNTER,
-                "Failed exchanges with the backend (connect errors, timeouts, broken responses)",
-                |b| b.failures_total(),
-            ),
-            (
-                "switchyard_upstream_backend_ejections_total",
-                MetricType::COUNTER,
-                "Times passive health ejected the backend",
-                |b| b.ejections_total(),
-            ),
-        ];
-        families
-            .into_iter()
-            .map(|(name, kind, help, read)| {
-                let samples = self.pools.iter().flat_map(|(upstream, pool)| {
-                    pool.backends.iter().map(move |backend| {
-                        (
-                            vec![
-                                ("upstream", upstream.clone()),
-                                ("backend", backend.name.clone()),
-                            ],
-                            read(backend) as f64,
-                        )
-                    })
-                });
-                family(name, help, kind, samples)
-            })
-            .collect()
-    }
-}
-
-/// A family of `kind` with one sample per `(labels, value)`; the encoder escapes the labels.
-fn family(
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, f64)>,
-) -> MetricFamily {
-    let mut family = MetricFamily::default();
-    family.set_name(name.to_string());
-    family.set_help(help.to_string());
-    family.set_field_type(kind);
-    let metrics = samples
-        .into_iter()
-        .map(|(labels, value)| {
-            let mut metric = Metric::default();
-            metric.set_label(
-                labels
-                    .into_iter()
-                    .map(|(name, value)| {
-                        let mut pair = LabelPair::default();
-                        pair.set_name(name.to_string());
-                        pair.set_value(value);
-                        pair
-                    })
-                    .collect(),
-            );
-            if kind == MetricType::COUNTER {
-                let mut counter = Counter::default();
-                counter.set_value(value);
-                metric.set_counter(counter);
-            } else {
-                let mut gauge = Gauge::default();
-                gauge.set_value(value);
-                metric.set_gauge(gauge);
-            }
-            metric
-        })
-        .collect();
-    family.set_metric(metrics);
-    family
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,6 +348,9 @@ mod tests {
 
     #[test]
     fn live_families_render_with_escaped_labels() {
+        use prometheus::proto::MetricType;
+        use snapshot::family;
+
         let text = String::from_utf8({
             let mut out = Vec::new();
             let f = family(

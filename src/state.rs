@@ -15,6 +15,7 @@ use crate::compress::CompressionStats;
 use crate::config::{Config, HostMatch, Route};
 use crate::metrics::{Metrics, RouteSeries, Snapshot};
 use crate::route::Router;
+use crate::upstream::health::PoolSource;
 use crate::upstream::{Backend, Pool};
 
 /// One version of the running configuration with everything built from it. A request loads it
@@ -173,7 +174,8 @@ impl Shared {
         let runtime = self.runtime();
         self.metrics.render(&Snapshot {
             config_version: runtime.version,
-            storage: &self.cache.storage.stats,
+            storage: &self.cache.storage.memory.stats,
+            invalidations: &self.cache.counters.invalidations,
             redis: self.cache.storage.redis.as_ref().map(|tier| &tier.stats),
             compression: &self.compression,
             pools: &runtime.pools,
@@ -252,6 +254,20 @@ impl Shared {
 #[derive(Debug)]
 pub struct ActiveRequest {
     shared: Arc<Shared>,
+}
+
+impl PoolSource for Shared {
+    fn pools(&self) -> Vec<Arc<Pool>> {
+        self.runtime().pools.values().cloned().collect()
+    }
+
+    fn versions(&self) -> watch::Receiver<u64> {
+        self.subscribe()
+    }
+
+    fn checks_running(&self, n: usize) {
+        self.set_health_tasks(n);
+    }
 }
 
 impl Drop for ActiveRequest {

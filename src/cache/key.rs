@@ -1,17 +1,14 @@
 //! Cache keys: `<host><path?query>` (the form purges use), and the variance of a response that
-//! `Vary`s on request headers (with `Accept-Encoding` reduced to the codings the client accepts)
-//! or of a route keyed on cookies.
+//! `Vary`s on request headers (`Accept-Encoding` through [`variant_value`], which
+//! `compress` owns) or of a route keyed on cookies.
 
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheMeta, VarianceBuilder};
 use pingora_http::RequestHeader;
 
-use crate::compress::negotiate::{accepts, accepts_coding, coding_name, elements, negotiate};
+use crate::compress::negotiate::variant_value;
 use crate::compress::Algorithm;
 use crate::fields;
-
-/// Encodings `Accept-Encoding` is reduced to, in a fixed order.
-const KNOWN_ENCODINGS: [Algorithm; 3] = [Algorithm::Brotli, Algorithm::Gzip, Algorithm::Zstd];
 
 /// `api.example.com/items?page=2`: the host in lower case without its port, then the path and
 /// query as sent.
@@ -21,48 +18,61 @@ pub fn primary(host: &str, req: &RequestHeader) -> String {
     format!("{}{path}", host.to_ascii_lowercase())
 }
 
-/// The codings a client accepts: those Switchyard can produce (also through `*`), in a fixed
-/// order, then any other coding it names with a q above 0 (`deflate`, `dcb`, …), sorted, as
-/// `br,gzip,deflate`; `identity` when none. Clients that differ only in q-values or order
-/// share a variant; a client that accepts a coding an origin may answer with (`deflate`) does
-/// not share one with a client that does not.
-pub fn normalize_accept_encoding(value: Option<&str>) -> String {
-    let Some(value) = value else {
-        return "identity".into();
-    };
-    let mut accepted: Vec<String> = KNOWN_ENCODINGS
-        .iter()
-        .filter(|alg| accepts(value, **alg))
-        .map(|alg| alg.name().to_string())
+/// `Accept-Language` as a variant sees it: tags in lower case, those with q=0 dropped, by
+/// q-value (highest first) and then by name, with q written only when below 1. Requests that
+/// differ only in case, spacing, the order of equal preferences or the spelling of q-values
+/// (`q=1.0`, `q=0.50`) share a variant.
+pub fn normalize_accept_language<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut tags: Vec<(String, u16)> = values
+        .flat_map(|v| v.split(','))
+        .filter_map(|element| {
+            let mut parts = element.split(';');
+            let tag = parts.next()?.trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .or_else(|| p.trim().strip_prefix("Q="))
+                })
+                .next()
+                .map_or(Some(1000), |q| {
+                    q.trim()
+                        .parse::<f32>()
+                        .ok()
+                        .map(|q| (q.clamp(0.0, 1.0) * 1000.0).round() as u16)
+                })?;
+            (!tag.is_empty() && q > 0).then_some((tag, q))
+        })
         .collect();
-    let mut others: Vec<String> = elements(value)
-        .filter(|(coding, q)| *q > 0.0 && !matches!(coding.as_str(), "identity" | "*"))
-        .map(|(coding, _)| coding)
-        .filter(|coding| !KNOWN_ENCODINGS.iter().any(|alg| alg.name() == coding))
-        .collect();
-    others.sort();
-    others.dedup();
-    accepted.extend(others);
-    if accepted.is_empty() {
-        "identity".into()
-    } else {
-        accepted.join(",")
-    }
+    tags.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    tags.dedup_by(|a, b| a.0 == b.0);
+    tags.iter()
+        .map(|(tag, q)| match *q {
+            1000 => tag.clone(),
+            q => format!(
+                "{tag};q={}",
+                format!("{:.3}", f32::from(q) / 1000.0).trim_end_matches('0')
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-/// Whether a client with this `Accept-Encoding` can take a response with this
-/// `Content-Encoding` (`None`: not encoded). Every coding applied must be accepted by name or
-/// through `*`. Without `Accept-Encoding` only an unencoded response is: RFC 9110 §12.5.3
-/// would allow any coding, but a cache cannot tell such a client from one that decodes none.
-pub fn acceptable(accept_encoding: Option<&str>, content_encoding: Option<&str>) -> bool {
-    let Some(content_encoding) = content_encoding else {
-        return true;
-    };
-    content_encoding
-        .split(',')
-        .map(coding_name)
-        .filter(|c| !c.is_empty() && c != "identity")
-        .all(|applied| accept_encoding.is_some_and(|accept| accepts_coding(accept, &applied)))
+/// Another `Vary`ed field's lines as one value: elements split on commas, trimmed, empty ones
+/// dropped, joined by `,` (whitespace differences make no new variant).
+fn normalize_list<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for element in values.flat_map(|v| v.split(|&b| b == b',')) {
+        let element = element.trim_ascii();
+        if element.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(element);
+    }
+    out
 }
 
 /// The variance name under which a keyed cookie counts: `:` cannot be in a header name, so it
@@ -97,7 +107,7 @@ pub fn variance(
             .iter()
             .filter_map(|v| v.to_str().ok());
         // `=value` when present, nothing when absent: an empty value is not a missing cookie.
-        let value = crate::upstream::sticky::cookie_value(headers, cookie)
+        let value = fields::cookie_value(headers, cookie)
             .map_or_else(Vec::new, |v| format!("={v}").into_bytes());
         builder.add_owned_name_value(cookie_variance_name(cookie), value);
     }
@@ -107,21 +117,15 @@ pub fn variance(
                 .headers
                 .get(http::header::ACCEPT_ENCODING)
                 .and_then(|v| v.to_str().ok());
-            match algorithms {
-                Some(algorithms) => negotiate(raw, algorithms)
-                    .map_or("identity", Algorithm::name)
-                    .as_bytes()
-                    .to_vec(),
-                None => normalize_accept_encoding(raw).into_bytes(),
-            }
+            variant_value(raw, algorithms).into_bytes()
         } else {
-            let values: Vec<&[u8]> = req
-                .headers
-                .get_all(name.as_str())
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect();
-            values.join(&b","[..])
+            let values = req.headers.get_all(name.as_str());
+            if name == "accept-language" {
+                normalize_accept_language(values.iter().filter_map(|v| v.to_str().ok()))
+                    .into_bytes()
+            } else {
+                normalize_list(values.iter().map(|v| v.as_bytes()))
+            }
         };
         builder.add_owned_name_value(name, value);
     }
@@ -162,46 +166,27 @@ mod tests {
     }
 
     #[test]
-    fn accept_encoding_is_reduced_to_known_codings() {
-        let n = |v| normalize_accept_encoding(Some(v));
-        assert_eq!(n("gzip, deflate, br"), "br,gzip,deflate");
-        assert_eq!(n("br;q=1.0, gzip;q=0.8, *;q=0.1"), "br,gzip,zstd");
-        assert_eq!(n("deflate"), "deflate", "deflate is not identity");
-        assert_eq!(n("dcz, dcb;q=0.5, deflate;q=0"), "dcb,dcz");
-        assert_eq!(n("gzip;q=0, br"), "br");
-        assert_eq!(n("GZIP"), "gzip");
-        assert_eq!(n("*"), "br,gzip,zstd");
-        assert_eq!(n("*;q=0, gzip"), "gzip");
-        assert_eq!(n("identity;q=0, x-gzip"), "gzip");
-        assert_eq!(n("x-compress"), "compress");
-        assert_eq!(n("br;q=abc"), "identity", "an invalid q-value is q=0");
-        assert_eq!(normalize_accept_encoding(None), "identity");
-        assert_eq!(n("gzip, deflate, br"), n("br;q=0.9, deflate, gzip;q=0.5"));
-        assert_ne!(n("gzip, deflate, br"), n("br, gzip"));
+    fn accept_language_variants_are_normalised() {
+        let n = |v: &str| normalize_accept_language(std::iter::once(v));
+        assert_eq!(n("en-US, de;q=0.5"), "en-us,de;q=0.5");
+        assert_eq!(n("de;q=0.50,EN-us;q=1.0"), "en-us,de;q=0.5");
+        assert_eq!(n("fr, en"), n("en ,fr"));
+        assert_eq!(n("fr;q=0, en"), "en");
+        assert_ne!(n("en, de;q=0.5"), n("de, en;q=0.5"));
+        assert_eq!(n("en;q=abc, de"), "de", "an invalid q is dropped");
+        let m = meta(Some("Accept-Language"));
+        let v = |value: &str| variance(&m, &req("/", &[("Accept-Language", value)]), None, &[]);
+        assert_eq!(v("en-US,de;q=0.5"), v("de;q=0.5, en-us"));
+        assert_ne!(v("en-US"), v("de"));
     }
 
     #[test]
-    fn stored_codings_must_be_acceptable() {
-        let ok = |ae: Option<&str>, ce: Option<&str>| acceptable(ae, ce);
-        assert!(ok(None, None));
-        assert!(ok(Some("gzip"), None));
-        assert!(ok(None, Some("identity")));
-        assert!(
-            !ok(None, Some("deflate")),
-            "no Accept-Encoding: identity only"
-        );
-        assert!(!ok(Some("gzip, br"), Some("deflate")));
-        assert!(ok(Some("gzip, deflate"), Some("deflate")));
-        assert!(ok(Some("DEFLATE"), Some("Deflate")));
-        assert!(!ok(Some("deflate;q=0, *"), Some("deflate")));
-        assert!(ok(Some("*"), Some("dcz")));
-        assert!(ok(Some("x-gzip"), Some("gzip")));
-        assert!(ok(Some("gzip"), Some("x-gzip")));
-        assert!(
-            !ok(Some("gzip"), Some("gzip, br")),
-            "every applied coding counts"
-        );
-        assert!(!ok(Some(""), Some("gzip")));
+    fn other_varied_fields_ignore_whitespace() {
+        let m = meta(Some("X-Tenant"));
+        let v = |value: &str| variance(&m, &req("/", &[("X-Tenant", value)]), None, &[]);
+        assert_eq!(v("a, b"), v("a,b"));
+        assert_eq!(v(" a ,b,"), v("a,b"));
+        assert_ne!(v("a,b"), v("b,a"));
     }
 
     #[test]

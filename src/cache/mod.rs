@@ -3,11 +3,15 @@
 //! Pingora runs the cache state machine; this module answers its questions.
 
 pub mod blob;
+pub mod invalidate;
 pub mod key;
+pub mod memory;
+pub mod meta;
 pub mod policy;
 pub mod purge;
 pub mod redis;
 pub mod storage;
+pub mod top;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,11 +25,14 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
+use crate::compress::negotiate::acceptable;
 use crate::config::{self, ClientCacheControl, RouteCache};
 use crate::fields;
+use meta::TAG_FIELDS;
 use policy::{Decision, RequestDirective};
+use purge::PurgeMatch;
 use redis::{FromRedis, RedisTier, SharedPurge};
-use storage::{FillStart, MemoryStorage, PurgeMatch, TAG_FIELDS};
+use storage::{FillStart, TieredStorage};
 
 /// Per-request cache state, in the request context.
 #[derive(Debug, Default)]
@@ -41,6 +48,8 @@ pub struct CacheState {
     pub cookie: bool,
     /// The purge orders when the request started; a fill for it is ordered after them.
     pub fill_start: Option<FillStart>,
+    /// The origin's 304 to a revalidation, whose fields freshen the stored response.
+    pub freshened: Option<Box<ResponseHeader>>,
 }
 
 /// What happened in the cache for one request, for stats and metrics.
@@ -86,14 +95,18 @@ pub struct CacheCounters {
     pub revalidated: AtomicU64,
     pub bypass: AtomicU64,
     pub coalesced: AtomicU64,
+    /// Stored responses dropped after an unsafe method (RFC 9111 §4.4).
+    pub invalidations: AtomicU64,
 }
 
 /// The process-wide cache: storage and lock live as long as the process (Pingora needs
 /// `'static`), so they are made once, at start.
 pub struct Cache {
-    pub storage: &'static MemoryStorage,
+    pub storage: &'static TieredStorage,
     lock: &'static CacheKeyLockImpl,
     pub counters: CacheCounters,
+    /// The most requested keys of the last minute (`GET /cache/top`).
+    pub top: top::TopKeys,
 }
 
 impl std::fmt::Debug for Cache {
@@ -118,9 +131,10 @@ impl Cache {
                 }
             });
         Cache {
-            storage: MemoryStorage::leak(conf.max_size, conf.max_object_size, redis),
+            storage: TieredStorage::leak(conf.max_size, conf.max_object_size, redis),
             lock,
             counters: CacheCounters::default(),
+            top: top::TopKeys::default(),
         }
     }
 
@@ -128,12 +142,61 @@ impl Cache {
     /// other instances' memory. Returns the memory entries removed and, with a shared tier,
     /// what the purge did there.
     pub async fn purge(&self, target: PurgeMatch) -> (usize, Option<SharedPurge>) {
-        let memory = self.storage.purge(target.clone());
+        let memory = self.storage.purge_local(target.clone());
         let shared = match &self.storage.redis {
             Some(redis) => Some(redis.purge(&target).await),
             None => None,
         };
         (memory, shared)
+    }
+
+    /// Invalidation after an unsafe method (RFC 9111 §4.4): drops what is stored for the
+    /// target URI and its same-host `Location`/`Content-Location`, in memory and (with the
+    /// shared tier) on every instance, before the response goes out. Runs for routes that
+    /// cache; returns how many keys were invalidated.
+    pub async fn invalidate(
+        &self,
+        host: &str,
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+    ) -> usize {
+        let targets = invalidate::targets(host, req, resp);
+        for primary in &targets {
+            let (_, shared) = self.purge(PurgeMatch::Key(primary.clone())).await;
+            if let Some(shared) = shared.filter(|s| !s.complete()) {
+                log::warn!(
+                    "invalidating {primary} after {}: shared tier steps failed: {:?}",
+                    req.method,
+                    shared.failed
+                );
+            }
+        }
+        self.counters
+            .invalidations
+            .fetch_add(targets.len() as u64, Ordering::Relaxed);
+        targets.len()
+    }
+
+    /// `upstream_request_filter`: a range request that may fill the cache fetches the whole
+    /// response, so that it is stored once and the next range is a hit; Pingora then cuts the
+    /// client's range out of it (its downstream range filter runs when the upstream request was
+    /// changed for the cache).
+    pub fn on_upstream_request(session: &mut Session, req: &mut RequestHeader) {
+        if session.cache.enabled() && req.headers.contains_key(http::header::RANGE) {
+            req.remove_header(&http::header::RANGE);
+            req.remove_header(&http::header::IF_RANGE);
+            session.mark_upstream_headers_mutated_for_cache();
+        }
+    }
+
+    /// `upstream_response_filter`: an origin's 304 to a revalidation is kept, so that its
+    /// fields freshen the stored response ([`policy::freshen`]).
+    pub fn on_upstream_response(session: &Session, resp: &ResponseHeader, state: &mut CacheState) {
+        if resp.status == http::StatusCode::NOT_MODIFIED
+            && session.cache.phase() == CachePhase::Stale
+        {
+            state.freshened = Some(Box::new(resp.clone()));
+        }
     }
 
     /// `request_cache_filter`: turns the cache on for this request when the route caches and
@@ -199,7 +262,7 @@ impl Cache {
             .headers
             .get(http::header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok());
-        if state.cookie || !key::acceptable(accept, encoding) {
+        if state.cookie || !acceptable(accept, encoding) {
             return Some(ForcedFreshness::ForceMiss);
         }
         (state.revalidate && is_fresh).then_some(ForcedFreshness::ForceExpired)
@@ -210,12 +273,19 @@ impl Cache {
         req: &RequestHeader,
         resp: &ResponseHeader,
         route: Option<&RouteCache>,
+        targeted: &[http::HeaderName],
         state: &mut CacheState,
     ) -> RespCacheable {
         let Some(route) = route else {
             return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
         };
-        match policy::decide(req, resp, route, SystemTime::now()) {
+        // After a 304, Pingora merged only a few of its fields into the stored header.
+        let freshened = state
+            .freshened
+            .take()
+            .map(|update| policy::freshen(resp, &update));
+        let resp = freshened.as_ref().unwrap_or(resp);
+        match policy::decide(req, resp, route, targeted, SystemTime::now()) {
             Decision::Store(mut meta) => {
                 if let Some(start) = state.fill_start {
                     meta.extensions_mut().insert(start);
@@ -348,6 +418,16 @@ impl Cache {
             Lookup::Bypass => &self.counters.bypass,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let hit = match lookup {
+            Lookup::Hit | Lookup::Stale | Lookup::Revalidated => Some(true),
+            Lookup::Miss | Lookup::Expired => Some(false),
+            Lookup::Bypass => None,
+        };
+        if let (Some(hit), Some(key)) = (hit, session.cache.maybe_cache_key()) {
+            if let Some(primary) = key.primary_key_str() {
+                self.top.record(primary, hit);
+            }
+        }
         let _ = resp.insert_header("Cache-Status", status);
         Some(lookup)
     }
@@ -358,7 +438,7 @@ impl Cache {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let served = get(&c.hits) + get(&c.stale_served) + get(&c.revalidated);
         let lookups = served + get(&c.misses) + get(&c.expired);
-        let s = &self.storage.stats;
+        let s = &self.storage.memory.stats;
         let redis = self.storage.redis.as_ref().map(|r| {
             let rs = &r.stats;
             serde_json::json!({
@@ -375,7 +455,7 @@ impl Cache {
             "redis": redis,
             "entries": get(&s.entries),
             "bytes": get(&s.bytes),
-            "max_bytes": self.storage.max_bytes(),
+            "max_bytes": self.storage.memory.max_bytes(),
             "hits": get(&c.hits),
             "misses": get(&c.misses),
             "stale_served": get(&c.stale_served),
@@ -383,6 +463,7 @@ impl Cache {
             "revalidated": get(&c.revalidated),
             "bypass": get(&c.bypass),
             "coalesced": get(&c.coalesced),
+            "invalidations": get(&c.invalidations),
             "evictions": get(&s.evictions),
             "hit_ratio": if lookups == 0 { 0.0 } else { served as f64 / lookups as f64 },
         })

@@ -32,9 +32,32 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
-/// Statuses stored at all (with explicit freshness, also redirects).
+/// Statuses stored at all: any final status with explicit freshness (RFC 9111 §3), but 206
+/// (a part is not the response; ranges are served from the whole) and 304 (it only freshens).
 fn storable(status: StatusCode) -> bool {
-    heuristically_cacheable(status) || matches!(status.as_u16(), 302 | 307)
+    status.as_u16() >= 200 && !matches!(status.as_u16(), 206 | 304)
+}
+
+/// Statuses whose meaning this cache knows, for `must-understand` (RFC 9111 §5.2.2.3).
+fn understood(status: StatusCode) -> bool {
+    heuristically_cacheable(status) || matches!(status.as_u16(), 302 | 303 | 307)
+}
+
+/// The response's cache directives for this cache (RFC 9213 §2.1): the first targeted field
+/// (`targeted`, in order) present with a valid value; otherwise `Cache-Control`. The flag says
+/// a targeted field decided, in which case `Cache-Control` and `Expires` are ignored.
+pub fn directives(
+    resp: &ResponseHeader,
+    targeted: &[http::HeaderName],
+) -> (Option<CacheControl>, bool) {
+    for name in targeted {
+        if let Some(cc) = CacheControl::from_resp_headers_named(name.as_str(), resp) {
+            if !cc.directives.is_empty() {
+                return (Some(cc), true);
+            }
+        }
+    }
+    (CacheControl::from_resp_headers(resp), false)
 }
 
 fn http_date(resp: &ResponseHeader, name: http::HeaderName) -> Option<SystemTime> {
@@ -46,8 +69,13 @@ fn http_date(resp: &ResponseHeader, name: http::HeaderName) -> Option<SystemTime
     httpdate::parse_http_date(first.to_str().ok()?).ok()
 }
 
-/// The freshness lifetime the origin gave, if any: `s-maxage`, `max-age`, then `Expires`.
-fn origin_lifetime(cc: Option<&CacheControl>, resp: &ResponseHeader) -> Option<Duration> {
+/// The freshness lifetime the origin gave, if any: `s-maxage`, `max-age`, then `Expires`
+/// (not when a targeted field gave the directives).
+fn origin_lifetime(
+    cc: Option<&CacheControl>,
+    resp: &ResponseHeader,
+    use_expires: bool,
+) -> Option<Duration> {
     if let Some(cc) = cc {
         if let Ok(Some(s)) = cc.s_maxage() {
             return Some(Duration::from_secs(s.into()));
@@ -56,7 +84,7 @@ fn origin_lifetime(cc: Option<&CacheControl>, resp: &ResponseHeader) -> Option<D
             return Some(Duration::from_secs(m.into()));
         }
     }
-    if resp.headers.contains_key(EXPIRES) {
+    if use_expires && resp.headers.contains_key(EXPIRES) {
         // An invalid Expires means "already expired" (RFC 9111 §5.3).
         let Some(expires) = http_date(resp, EXPIRES) else {
             return Some(Duration::ZERO);
@@ -75,14 +103,22 @@ fn heuristic_lifetime(resp: &ResponseHeader, now: SystemTime) -> Option<Duration
     Some((since / 10).min(HEURISTIC_CAP))
 }
 
-/// The `Age` the origin (or a cache before us) reported.
+/// Largest `Age` taken (RFC 9111 §1.2.2: 2^31 when a value overflows).
+const MAX_AGE_VALUE: u64 = 1 << 31;
+
+/// The `Age` the origin (or a cache before us) reported (RFC 9111 §5.1): the first field, when
+/// it is a non-negative integer (digits only); anything else is ignored as if absent, and a
+/// very large value is 2^31.
 pub fn initial_age(resp: &ResponseHeader) -> Duration {
     let age = resp
         .headers
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(0, |v| {
+            v.parse::<u64>().unwrap_or(MAX_AGE_VALUE).min(MAX_AGE_VALUE)
+        });
     Duration::from_secs(age)
 }
 
@@ -91,6 +127,7 @@ pub fn decide(
     req: &RequestHeader,
     resp: &ResponseHeader,
     route: &RouteCache,
+    targeted: &[http::HeaderName],
     now: SystemTime,
 ) -> Decision {
     if !storable(resp.status) {
@@ -99,8 +136,14 @@ pub fn decide(
     if fields::list(&resp.headers, VARY).any(|v| v == "*") {
         return Decision::Pass("vary-star");
     }
-    let cc = CacheControl::from_resp_headers(resp);
-    if cc.as_ref().is_some_and(|c| c.no_store()) {
+    let (cc, from_targeted) = directives(resp, targeted);
+    // `must-understand`: store only a status whose meaning is known, and then `no-store`
+    // (which it comes with, for caches that do not know it) does not apply.
+    let must_understand = cc.as_ref().is_some_and(|c| c.has_key("must-understand"));
+    if must_understand && !understood(resp.status) {
+        return Decision::Pass("must-understand");
+    }
+    if !must_understand && cc.as_ref().is_some_and(|c| c.no_store()) {
         return Decision::Pass("no-store");
     }
     if cc.as_ref().is_some_and(|c| c.private()) {
@@ -124,7 +167,7 @@ pub fn decide(
     }
     let has_validator = resp.headers.contains_key(ETAG) || resp.headers.contains_key(LAST_MODIFIED);
     let no_cache = cc.as_ref().is_some_and(|c| c.no_cache());
-    let lifetime = match origin_lifetime(cc.as_ref(), resp) {
+    let lifetime = match origin_lifetime(cc.as_ref(), resp, !from_targeted) {
         Some(origin) => Some(route.max_ttl.map_or(origin, |cap| origin.min(cap))),
         None if !heuristically_cacheable(resp.status) => return Decision::Pass("status"),
         // `default_ttl` is the route's guess for anonymous content: never for a cookie request.
@@ -178,6 +221,36 @@ pub fn decide(
     // Never store an internal header an origin might have sent.
     header.remove_header(GENERATED);
     Decision::Store(CacheMeta::new(fresh_until, now, swr, sie, header))
+}
+
+/// Fields a 304 never changes in the stored response (RFC 9111 §3.2): those about the stored
+/// body's framing and coding, which the body we keep was made with, and `Age`, which we count.
+const NOT_FRESHENED: [http::HeaderName; 6] = [
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_ENCODING,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONTENT_RANGE,
+    http::header::AGE,
+    http::header::VARY,
+];
+
+/// The stored header `stored` updated with the fields of the 304 `update` (RFC 9111 §4.3.4,
+/// §3.2): each field the 304 carries replaces the stored one, but those in `NOT_FRESHENED`.
+/// (`Vary` stays: a change of variance needs a full response.)
+pub fn freshen(stored: &ResponseHeader, update: &ResponseHeader) -> ResponseHeader {
+    let mut merged = stored.clone();
+    let names: Vec<&http::HeaderName> = update
+        .headers
+        .keys()
+        .filter(|name| !NOT_FRESHENED.contains(name))
+        .collect();
+    for name in names {
+        merged.remove_header(name);
+        for value in update.headers.get_all(name) {
+            let _ = merged.append_header(name.clone(), value.clone());
+        }
+    }
+    merged
 }
 
 /// Whether the route's default cookie rule applies to `req`: it carries a `Cookie` and the

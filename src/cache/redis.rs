@@ -91,11 +91,23 @@ impl std::fmt::Debug for RedisTier {
     }
 }
 
+/// What went wrong talking to Redis (the operation's name goes in the log line beside it).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("cache.redis.url: {0}")]
+    Url(redis::RedisError),
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    #[error("{0} closed")]
+    Closed(&'static str),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
 impl RedisTier {
     /// Prepares the tier; connections are made by [`RedisTier::run`].
-    pub fn new(conf: RedisConf) -> Result<RedisTier, String> {
-        let client =
-            redis::Client::open(conf.url.as_str()).map_err(|e| format!("cache.redis.url: {e}"))?;
+    pub fn new(conf: RedisConf) -> Result<RedisTier, RedisError> {
+        let client = redis::Client::open(conf.url.as_str()).map_err(RedisError::Url)?;
         Ok(RedisTier {
             conf,
             client,
@@ -252,7 +264,7 @@ impl RedisTier {
         }
     }
 
-    async fn connect(&self) -> Result<Vec<ConnectionManager>, String> {
+    async fn connect(&self) -> Result<Vec<ConnectionManager>, RedisError> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.conf.timeout.max(Duration::from_millis(500))))
             .set_response_timeout(Some(self.conf.timeout))
@@ -265,24 +277,22 @@ impl RedisTier {
                     .get_connection_manager_with_config(config.clone()),
             )
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| RedisError::Timeout("connect"))??;
             pool.push(conn);
         }
         Ok(pool)
     }
 
-    async fn subscribe(&self, apply: &(impl Fn(PurgeMatch) + Send + Sync)) -> Result<(), String> {
+    async fn subscribe(
+        &self,
+        apply: &(impl Fn(PurgeMatch) + Send + Sync),
+    ) -> Result<(), RedisError> {
         let mut pubsub =
             tokio::time::timeout(Duration::from_secs(2), self.client.get_async_pubsub())
                 .await
-                .map_err(|_| "subscribe timed out".to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| RedisError::Timeout("subscribe"))??;
         let channel = format!("{}purge", self.conf.key_prefix);
-        pubsub
-            .subscribe(&channel)
-            .await
-            .map_err(|e| e.to_string())?;
+        pubsub.subscribe(&channel).await?;
         self.stats.connected.store(true, Ordering::Relaxed);
         // Subscribed first, so no purge falls between this read and the messages.
         if let Some(generation) = self
@@ -311,11 +321,12 @@ impl RedisTier {
                 "key" => PurgeMatch::Key(message.value),
                 "prefix" => PurgeMatch::Prefix(message.value),
                 "tag" => PurgeMatch::Tag(message.value),
+                "pattern" => PurgeMatch::Pattern(message.value),
                 _ => continue,
             };
             self.stats.purges_received.fetch_add(1, Ordering::Relaxed);
             apply(target);
         }
-        Err("subscription closed".into())
+        Err(RedisError::Closed("subscription"))
     }
 }

@@ -1,19 +1,16 @@
-//! The memory tier: Pingora's `Storage` on TinyUFO (S3-FIFO eviction, every store admitted),
-//! bounded in bytes, with an index by primary key and tag for purges.
+//! The cache's Pingora `Storage`: the memory tier in front of the optional shared Redis tier,
+//! composed here so that neither tier knows the other. A lookup tries memory, then Redis (a
+//! Redis hit is copied into memory); a fill is stored in memory and then shared to Redis.
 //!
-//! Lookups touch only the TinyUFO map (lock free). Inserts, evictions and purges keep the
-//! index under one mutex. A body is buffered by its miss handler and stored only when the
-//! response finished, so a partial write of an aborted response is never served.
+//! A body is buffered by its miss handler and stored only when the response finished, so a
+//! partial write of an aborted response is never served.
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::HeaderValue;
 use pingora_cache::key::{CacheHashKey, CacheKey, HashBinary};
 use pingora_cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
@@ -21,27 +18,16 @@ use pingora_cache::storage::{
 };
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::CacheMeta;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::ResponseHeader;
-use tinyufo::TinyUfo;
 
 use super::blob;
-pub use super::purge::PurgeMatch;
+use super::memory::{Entry, MemoryTier};
+use super::meta::{clone_meta, stored_meta};
+use super::purge::PurgeMatch;
 use super::redis::{FromRedis, RedisTier};
 use crate::etag;
-
-/// Bytes an entry is charged for besides its body and header fields: its metadata, the header
-/// map, the eviction and purge indexes. With `PER_FIELD` and `LARGE_BODY_PAD`, measured so that
-/// the process's resident memory grows by about what is charged (1 KiB and 16 KiB objects with
-/// nginx's nine header fields: 3.5 KiB and 22 KiB each).
-const ENTRY_OVERHEAD: usize = 1536;
-
-/// Bytes charged per header field besides its name and value.
-const PER_FIELD: usize = 96;
-
-/// The allocator places a large body (16 KiB and up) at a random offset within one extra page.
-const LARGE_BODY_PAD: usize = 4096;
-const LARGE_BODY: usize = 16 << 10;
 
 /// Where the purge orders stood when a request started: a fill for it is not stored when a
 /// purge since then covers it. Carried in the `CacheMeta` extensions from the response filter
@@ -54,117 +40,38 @@ pub struct FillStart {
     generation: u64,
 }
 
-/// One stored response.
+/// The two tiers. Lives for the whole process (`Storage` needs `'static`).
 #[derive(Debug)]
-struct Entry {
-    key: HashBinary,
-    primary: Arc<str>,
-    tags: Vec<String>,
-    meta: CacheMeta,
-    body: Bytes,
-    /// Bytes charged (body, header fields, overhead).
-    size: usize,
-}
-
-impl Entry {
-    /// An entry with its tags and charge derived from `meta` and `body`.
-    fn new(key: HashBinary, primary: Arc<str>, meta: CacheMeta, body: Bytes) -> Entry {
-        Entry {
-            key,
-            primary,
-            tags: tags_of(&meta),
-            size: MemoryStorage::size_of(&meta, body.len()),
-            meta,
-            body,
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Index {
-    by_key: HashMap<HashBinary, (Arc<str>, Vec<String>, usize)>,
-    by_primary: BTreeMap<Arc<str>, HashSet<HashBinary>>,
-    by_tag: HashMap<String, HashSet<HashBinary>>,
-    /// Recent purges with their sequence numbers, for fills that started before them.
-    recent_purges: VecDeque<(u64, PurgeMatch)>,
-}
-
-/// Counters for `/stats` and `/metrics`.
-#[derive(Debug, Default)]
-pub struct StorageStats {
-    pub entries: AtomicU64,
-    pub bytes: AtomicU64,
-    pub evictions: AtomicU64,
-}
-
-/// The memory cache storage. Lives for the whole process (`Storage` needs `'static`).
-pub struct MemoryStorage {
-    map: TinyUfo<HashBinary, Arc<Entry>>,
-    /// Bytes per unit of TinyUFO weight (its weights are 16-bit).
-    unit: usize,
-    max_bytes: u64,
-    max_object_size: usize,
-    index: Mutex<Index>,
-    purge_seq: AtomicU64,
-    pub stats: StorageStats,
-    /// The shared tier behind this one, when configured.
+pub struct TieredStorage {
+    pub memory: MemoryTier,
+    /// The shared tier behind memory, when configured.
     pub redis: Option<Arc<RedisTier>>,
 }
 
-impl std::fmt::Debug for MemoryStorage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStorage")
-            .field("max_bytes", &self.max_bytes)
-            .field("unit", &self.unit)
-            .finish()
-    }
-}
-
-impl MemoryStorage {
-    /// A storage bounded to `max_bytes`, storing objects of up to `max_object_size` bytes,
-    /// in front of an optional Redis tier.
-    pub fn new(
-        max_bytes: u64,
-        max_object_size: u64,
-        redis: Option<Arc<RedisTier>>,
-    ) -> MemoryStorage {
-        let largest = max_object_size as usize + (64 << 10);
-        let unit = largest
-            .div_ceil(u16::MAX as usize)
-            .next_power_of_two()
-            .max(64);
-        let units = (max_bytes as usize / unit).max(1);
-        // TinyLFU's frequency sketch is sized for the number of entries expected.
-        let estimated_entries = (max_bytes as usize / 4096).clamp(1024, 4 << 20);
-        MemoryStorage {
-            map: TinyUfo::new(units, estimated_entries),
-            unit,
-            max_bytes,
-            max_object_size: max_object_size as usize,
-            index: Mutex::new(Index::default()),
-            purge_seq: AtomicU64::new(0),
-            stats: StorageStats::default(),
-            redis,
-        }
-    }
-
-    /// Leaks a storage for the rest of the process.
+impl TieredStorage {
+    /// Leaks a storage for the rest of the process: a memory tier bounded to `max_bytes`,
+    /// storing objects of up to `max_object_size` bytes, in front of an optional Redis tier.
     pub fn leak(
         max_bytes: u64,
         max_object_size: u64,
         redis: Option<Arc<RedisTier>>,
-    ) -> &'static MemoryStorage {
-        Box::leak(Box::new(MemoryStorage::new(
-            max_bytes,
-            max_object_size,
+    ) -> &'static TieredStorage {
+        Box::leak(Box::new(TieredStorage {
+            memory: MemoryTier::new(max_bytes, max_object_size),
             redis,
-        )))
+        }))
+    }
+
+    /// Removes every entry `target` matches from the memory tier; returns how many. (The
+    /// Redis tier is purged by [`super::redis::SharedPurge`], which reaches every instance.)
+    pub fn purge_local(&self, target: PurgeMatch) -> usize {
+        self.memory.purge(target)
     }
 
     /// The purge orders as they stand now, for a request that may fill.
     pub fn fill_start(&self) -> FillStart {
         FillStart {
-            seq: self.purge_seq.load(Ordering::Acquire),
+            seq: self.memory.purge_seq(),
             generation: self.redis.as_ref().map_or(0, |r| r.generation()),
         }
     }
@@ -208,7 +115,7 @@ impl MemoryStorage {
     async fn lookup_shared(&self, key: &CacheKey) -> Option<(CacheMeta, HitHandler)> {
         let redis = self.redis.as_ref()?;
         let primary = key.primary_key_str()?;
-        let started = self.purge_seq.load(Ordering::Acquire);
+        let started = self.memory.purge_seq();
         let data = redis.get(primary, key.get_variance_key()).await?;
         let decoded = match blob::decode(&data) {
             Ok(b) if b.primary == primary => b,
@@ -235,224 +142,19 @@ impl MemoryStorage {
             stored_meta(&decoded.meta),
             decoded.body,
         );
-        self.insert(entry, started);
+        self.memory.insert(entry, started);
         Some((meta, Box::new(hit)))
     }
-
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes
-    }
-
-    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn weight(&self, size: usize) -> u16 {
-        size.div_ceil(self.unit).clamp(1, u16::MAX as usize) as u16
-    }
-
-    /// Takes the entry under `key` out of the map and the index; whether there was one.
-    fn remove(&self, index: &mut Index, key: &HashBinary) -> bool {
-        let removed = self.map.remove(key).is_some();
-        if removed {
-            self.unindex(index, key);
-        }
-        removed
-    }
-
-    /// Forgets an entry in the index and counters (it already left the map).
-    fn unindex(&self, index: &mut Index, key: &HashBinary) {
-        let Some((primary, tags, size)) = index.by_key.remove(key) else {
-            return;
-        };
-        if let Some(set) = index.by_primary.get_mut(&primary) {
-            set.remove(key);
-            if set.is_empty() {
-                index.by_primary.remove(&primary);
-            }
-        }
-        for tag in tags {
-            if let Some(set) = index.by_tag.get_mut(&tag) {
-                set.remove(key);
-                if set.is_empty() {
-                    index.by_tag.remove(&tag);
-                }
-            }
-        }
-        self.stats.entries.fetch_sub(1, Ordering::Relaxed);
-        self.stats.bytes.fetch_sub(size as u64, Ordering::Relaxed);
-    }
-
-    /// Stores `entry`, replacing any entry under its key, unless a purge since `started`
-    /// covers it. Returns the stored entry.
-    fn insert(&self, entry: Entry, started: u64) -> Option<Arc<Entry>> {
-        let mut index = self.index();
-        if index
-            .recent_purges
-            .iter()
-            .any(|(seq, m)| *seq > started && m.matches(&entry.primary, &entry.tags))
-        {
-            return None;
-        }
-        self.remove(&mut index, &entry.key);
-        let key = entry.key;
-        let weight = self.weight(entry.size);
-        index
-            .by_key
-            .insert(key, (entry.primary.clone(), entry.tags.clone(), entry.size));
-        index
-            .by_primary
-            .entry(entry.primary.clone())
-            .or_default()
-            .insert(key);
-        for tag in &entry.tags {
-            index.by_tag.entry(tag.clone()).or_default().insert(key);
-        }
-        self.stats.entries.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes
-            .fetch_add(entry.size as u64, Ordering::Relaxed);
-        // Forced admission: requests coalesced on this fill are about to read it. S3-FIFO's
-        // small queue keeps one-time keys from flushing the hot set (see the storage tests).
-        let entry = Arc::new(entry);
-        let evicted = self.map.force_put(key, Arc::clone(&entry), weight);
-        for kv in evicted {
-            self.unindex(&mut index, &kv.data.key);
-            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-        }
-        Some(entry)
-    }
-
-    /// Removes every entry `target` matches; returns how many.
-    pub fn purge(&self, target: PurgeMatch) -> usize {
-        let mut index = self.index();
-        let keys: Vec<HashBinary> = match &target {
-            PurgeMatch::Key(k) => index
-                .by_primary
-                .get(k.as_str())
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default(),
-            PurgeMatch::Prefix(p) => index
-                .by_primary
-                .range::<str, _>((
-                    std::ops::Bound::Included(p.as_str()),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(|(primary, _)| primary.starts_with(p.as_str()))
-                .flat_map(|(_, set)| set.iter().copied())
-                .collect(),
-            PurgeMatch::Tag(t) => index
-                .by_tag
-                .get(t)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default(),
-        };
-        for key in &keys {
-            self.remove(&mut index, key);
-        }
-        let seq = self.purge_seq.fetch_add(1, Ordering::AcqRel) + 1;
-        index.recent_purges.push_back((seq, target));
-        while index.recent_purges.len() > 4096 {
-            index.recent_purges.pop_front();
-        }
-        keys.len()
-    }
-
-    /// The charge for an entry with this body and header.
-    fn size_of(meta: &CacheMeta, body_len: usize) -> usize {
-        let headers: usize = meta
-            .headers()
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + PER_FIELD)
-            .sum();
-        let pad = if body_len >= LARGE_BODY {
-            LARGE_BODY_PAD
-        } else {
-            0
-        };
-        body_len + pad + headers + ENTRY_OVERHEAD
-    }
-}
-
-/// A copy of `meta` (Pingora's `CacheMeta` is not `Clone`): same freshness, stale windows,
-/// variance, header, and age reference. The header shares its bytes with the original.
-pub fn clone_meta(meta: &CacheMeta) -> CacheMeta {
-    meta_with_header(meta, meta.response_header_copy())
-}
-
-/// Like [`clone_meta`], with the compact header an entry keeps: see [`owned_header`].
-fn stored_meta(meta: &CacheMeta) -> CacheMeta {
-    meta_with_header(meta, owned_header(meta.response_header()))
-}
-
-fn meta_with_header(meta: &CacheMeta, header: ResponseHeader) -> CacheMeta {
-    let mut copy = CacheMeta::new(
-        meta.fresh_until(),
-        meta.created(),
-        meta.stale_while_revalidate_sec(),
-        meta.stale_if_error_sec(),
-        header,
-    );
-    if let Some(variance) = meta.variance() {
-        copy.set_variance_key(variance);
-    }
-    // Age counts from the last revalidation.
-    copy.set_epoch_override(meta.epoch());
-    copy
-}
-
-/// The header an entry keeps: the same fields in the same order, owning their bytes, without
-/// the original spelling of names. Pingora parses a response header into slices of its read
-/// buffer (4 KiB or more, often with the start of the body), which a stored header would keep
-/// alive; and the spelling is a second map per header. Hits are written with standard names in
-/// their usual case (`Content-Type`) and others in lower case, as HAProxy does.
-pub fn owned_header(header: &ResponseHeader) -> ResponseHeader {
-    let Ok(mut copy) = ResponseHeader::build_no_case(header.status, Some(header.headers.len()))
-    else {
-        return header.clone();
-    };
-    copy.set_version(header.version);
-    let mut ok = copy.set_reason_phrase(header.get_reason_phrase()).is_ok();
-    for (name, value) in header.headers.iter() {
-        ok &= HeaderValue::from_bytes(value.as_bytes())
-            .ok()
-            .is_some_and(|value| copy.append_header(name.clone(), value).is_ok());
-    }
-    // Every field of a parsed header copies; should one not, keep the shared original.
-    if ok {
-        copy
-    } else {
-        header.clone()
-    }
-}
-
-/// The fields that tag a response for purges; internal, never sent to clients.
-pub const TAG_FIELDS: [&str; 2] = ["surrogate-key", "cache-tag"];
-
-/// Tags from `Surrogate-Key` and `Cache-Tag` (space- or comma-separated).
-pub fn tags_of(meta: &CacheMeta) -> Vec<String> {
-    let mut tags: Vec<String> = TAG_FIELDS
-        .iter()
-        .flat_map(|name| meta.headers().get_all(*name).iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([' ', ',']))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect();
-    tags.sort();
-    tags.dedup();
-    tags
 }
 
 #[async_trait]
-impl Storage for MemoryStorage {
+impl Storage for TieredStorage {
     async fn lookup(
         &'static self,
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(entry) = self.map.get(&key.combined_bin()) else {
+        let Some(entry) = self.memory.get(&key.combined_bin()) else {
             return Ok(self.lookup_shared(key).await);
         };
         let hit = Hit {
@@ -483,7 +185,7 @@ impl Storage for MemoryStorage {
             key: key.combined_bin(),
             variance: key.get_variance_key().copied(),
             primary,
-            body: BytesMut::with_capacity(expected_len(meta, self.max_object_size)),
+            body: BytesMut::with_capacity(expected_len(meta, self.memory.max_object_size())),
             meta: stored_meta(meta),
             too_large: false,
             started,
@@ -497,7 +199,7 @@ impl Storage for MemoryStorage {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let key = target.key().combined_bin();
-        if self.remove(&mut self.index(), &key) {
+        if self.memory.remove_key(&key) {
             Ok(PurgeOutcome::Purged(None))
         } else {
             Ok(PurgeOutcome::NotFound)
@@ -513,13 +215,13 @@ impl Storage for MemoryStorage {
         let key_variance = key.get_variance_key().copied();
         let key = key.combined_bin();
         let started = self.fill_start();
-        let Some(old) = self.map.get(&key) else {
+        let Some(old) = self.memory.get(&key) else {
             return Ok(false);
         };
         let mut meta = stored_meta(meta);
         etag::keep_generated(&old.meta, &mut meta);
         let entry = Entry::new(key, old.primary.clone(), meta, old.body.clone());
-        match self.insert(entry, started.seq) {
+        match self.memory.insert(entry, started.seq) {
             Some(stored) => {
                 self.share(&stored, key_variance, started.generation);
                 Ok(true)
@@ -530,6 +232,28 @@ impl Storage for MemoryStorage {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
+    }
+}
+
+/// Keeps the Redis tier connected and applies purges other instances publish to the memory
+/// tier, until shutdown.
+pub struct SharedTier(pub &'static TieredStorage);
+
+#[async_trait]
+impl BackgroundService for SharedTier {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(redis) = self.0.redis.clone() else {
+            return;
+        };
+        let storage = self.0;
+        let apply = move |target| {
+            let n = storage.purge_local(target);
+            log::debug!("purge from another instance removed {n} entries");
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = redis.run(apply) => {}
+        }
     }
 }
 
@@ -598,7 +322,7 @@ fn expected_len(meta: &CacheMeta, max_object_size: usize) -> usize {
 
 /// Buffers a body being fetched; stores it when the response finished.
 struct Miss {
-    storage: &'static MemoryStorage,
+    storage: &'static TieredStorage,
     key: HashBinary,
     variance: Option<HashBinary>,
     primary: Arc<str>,
@@ -611,7 +335,7 @@ struct Miss {
 #[async_trait]
 impl HandleMiss for Miss {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        if self.too_large || self.body.len() + data.len() > self.storage.max_object_size {
+        if self.too_large || self.body.len() + data.len() > self.storage.memory.max_object_size() {
             self.too_large = true;
             self.body = BytesMut::new();
             return Ok(());
@@ -635,7 +359,7 @@ impl HandleMiss for Miss {
         etag::attach_generated(&mut meta, &body);
         let entry = Entry::new(self.key, self.primary, meta, body);
         let size = entry.size;
-        if let Some(stored) = self.storage.insert(entry, self.started.seq) {
+        if let Some(stored) = self.storage.memory.insert(entry, self.started.seq) {
             self.storage
                 .share(&stored, self.variance, self.started.generation);
         }

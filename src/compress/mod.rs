@@ -216,6 +216,38 @@ pub fn strip_variant_suffixes(req: &mut pingora_http::RequestHeader) -> Option<A
     found
 }
 
+/// Which encoding this response gets: the one answer the proxy, the cache's variants and the
+/// ETags follow. `None` when it is sent as it is (not eligible, or the client accepts none of
+/// the route's algorithms). An eligible response varies on `Accept-Encoding` whether or not it
+/// is encoded; an encoded one has its headers rewritten ([`encode_headers`]).
+pub fn choose(
+    settings: &Settings,
+    accept_encoding: Option<&str>,
+    resp: &mut ResponseHeader,
+) -> Option<Algorithm> {
+    eligible(settings, resp).ok()?;
+    merge_vary(resp, "Accept-Encoding");
+    let alg = negotiate::negotiate(accept_encoding, &settings.algorithms)?;
+    encode_headers(resp, alg);
+    Some(alg)
+}
+
+/// An origin's 304 validated the identity tag while the client (or the cache) holds the
+/// variant encoded with `variant`: the 304 carries the variant's tag back.
+pub fn on_not_modified(resp: &mut ResponseHeader, variant: Option<Algorithm>) {
+    let Some(alg) = variant else {
+        return;
+    };
+    if let Some(tag) = resp
+        .headers
+        .get(ETAG)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| variant_etag(v, alg))
+    {
+        let _ = resp.insert_header(ETAG, tag);
+    }
+}
+
 /// Rewrites the headers of a response about to be encoded with `alg`.
 pub fn encode_headers(resp: &mut ResponseHeader, alg: Algorithm) {
     let _ = resp.insert_header(CONTENT_ENCODING, alg.name());

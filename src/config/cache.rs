@@ -16,7 +16,15 @@ pub struct Cache {
     pub lock_timeout: Duration,
     /// The shared tier, when configured.
     pub redis: Option<RedisTier>,
+    /// Targeted cache-control fields (RFC 9213) this cache obeys, in order, lower case.
+    pub targeted_fields: Vec<http::HeaderName>,
+    /// Whether the targeted fields are removed from responses sent downstream.
+    pub strip_targeted: bool,
 }
+
+/// The targeted fields when the config names none: Switchyard's own first, so an origin can
+/// address it alone, then the one every CDN obeys.
+pub const DEFAULT_TARGETED_FIELDS: [&str; 2] = ["switchyard-cache-control", "cdn-cache-control"];
 
 /// The shared Redis tier of the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,8 +129,36 @@ impl TryFrom<FileCache> for Cache {
                 .redis
                 .map(|r| redis_tier(&key.field("redis"), r))
                 .transpose()?,
+            targeted_fields: targeted_fields(&key.field("targeted_fields"), c.targeted_fields)?,
+            strip_targeted: c.strip_targeted.unwrap_or(false),
         })
     }
+}
+
+/// Field names (HTTP tokens), none of them `Cache-Control`, which the targeted fields override.
+fn targeted_fields(
+    key: &Key,
+    names: Option<Vec<String>>,
+) -> Result<Vec<http::HeaderName>, Invalid> {
+    let names = names.unwrap_or_else(|| DEFAULT_TARGETED_FIELDS.map(str::to_string).to_vec());
+    let mut fields = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let lower = name.trim().to_ascii_lowercase();
+        if lower == "cache-control" {
+            return Err(key
+                .index(i)
+                .invalid("Cache-Control is what targeted fields override"));
+        }
+        match http::HeaderName::from_bytes(lower.as_bytes()) {
+            Ok(field) if is_token(&lower) => fields.push(field),
+            _ => {
+                return Err(key
+                    .index(i)
+                    .invalid(format!("`{name}` is not a field name")))
+            }
+        }
+    }
+    Ok(fields)
 }
 
 fn redis_tier(key: &Key, r: FileRedis) -> Result<RedisTier, Invalid> {

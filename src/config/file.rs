@@ -48,6 +48,9 @@ pub struct FileCache {
     #[serde(default, deserialize_with = "text")]
     pub lock_timeout: Option<String>,
     pub redis: Option<FileRedis>,
+    /// RFC 9213 targeted fields, first present wins.
+    pub targeted_fields: Option<Vec<String>>,
+    pub strip_targeted: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -375,6 +375,11 @@ fn cache_blocks_parse() {
             max_object_size: 1 << 20,
             lock_timeout: Duration::from_millis(500),
             redis: None,
+            targeted_fields: vec![
+                http::HeaderName::from_static("switchyard-cache-control"),
+                http::HeaderName::from_static("cdn-cache-control"),
+            ],
+            strip_targeted: false,
         }
     );
     assert_eq!(
@@ -723,4 +728,16 @@ fn admin_hosts_are_names() {
         "admin.hosts[0]",
         "is not a host name",
     );
+}
+
+#[test]
+fn targeted_fields_are_field_names_and_never_cache_control() {
+    let with = |block: &str| parse(&format!("cache:\n{block}{BASE}"));
+    let c = with("  targeted_fields: [Edge-Cache-Control]\n  strip_targeted: true\n").unwrap();
+    assert_eq!(c.cache.targeted_fields, ["edge-cache-control"]);
+    assert!(c.cache.strip_targeted);
+    let e = with("  targeted_fields: [CDN-Cache-Control, Cache-Control]\n").unwrap_err();
+    assert!(e.to_string().contains("cache.targeted_fields[1]"), "{e}");
+    let e = with("  targeted_fields: [\"bad name\"]\n").unwrap_err();
+    assert!(e.to_string().contains("cache.targeted_fields[0]"), "{e}");
 }

@@ -192,7 +192,8 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
         Some(n) if n >= 1 => Some(n as u64),
         Some(_) => return Err(key.field("max_in_flight").invalid("must be at least 1")),
     };
-    let tls = super::upstream_tls::upstream_tls(key, up.tls, &backends)?;
+    let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+    let tls = super::upstream_tls::upstream_tls(key, up.tls, &names)?;
     Ok(Upstream {
         tls,
         http2: up.http2.unwrap_or(false),

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use super::key::{Invalid, Key};
-use super::upstream::BackendSpec;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,11 +61,11 @@ impl UpstreamTls {
     }
 }
 
-/// Validates `tls` of the upstream at `key` over its `backends`.
+/// Validates `tls` of the upstream at `key` over its backends' names (as written).
 pub(super) fn upstream_tls(
     key: &Key,
     raw: Option<serde_yaml::Value>,
-    backends: &[BackendSpec],
+    backends: &[&str],
 ) -> Result<Option<UpstreamTls>, Invalid> {
     let key = key.field("tls");
     let raw: FileUpstreamTls = match raw {
@@ -114,10 +113,9 @@ pub(super) fn upstream_tls(
     };
     if verify {
         // Pingora skips verification for an empty SNI: never let that happen silently.
-        if let Some(b) = backends.iter().find(|b| tls.sni_for(&b.name).is_empty()) {
+        if let Some(b) = backends.iter().find(|b| tls.sni_for(b).is_empty()) {
             return Err(key.field("sni").invalid(format!(
-                "needed to verify the certificate of {} (an IP address); or set verify: false",
-                b.name
+                "needed to verify the certificate of {b} (an IP address); or set verify: false"
             )));
         }
     } else {

@@ -26,7 +26,7 @@ fn now_unix() -> u64 {
 
 /// Works out who the client is and what the request allows, once routed.
 pub fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
-    let (Some(runtime), Some(pool)) = (&ctx.runtime, &ctx.pool) else {
+    let (Some(runtime), Some(pool)) = (&ctx.runtime, &ctx.upstream.pool) else {
         return;
     };
     let trusted = &runtime.config.server.trusted_proxies;
@@ -36,16 +36,16 @@ pub fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
         .map(|a| a.ip());
     let req = session.req_header();
     if let Some(peer) = peer {
-        ctx.peer_trusted = client::is_trusted(peer, trusted);
+        ctx.upstream.peer_trusted = client::is_trusted(peer, trusted);
         // Only ip_hash needs the client behind the proxies; others skip the header walk.
         if pool.strategy == Strategy::IpHash {
             let client = client::client_ip(peer, &client::forwarded_for(req), trusted);
-            ctx.hash = Some(hash_key(&client::hash_input(&pool.hash_key, req, client)));
+            ctx.upstream.hash = Some(hash_key(&client::hash_input(&pool.hash_key, req, client)));
         }
     }
-    ctx.resendable = retry::safe_to_resend(req);
+    ctx.upstream.resendable = retry::safe_to_resend(req);
     let retries_after_send = pool.retry.timeout || !pool.retry.statuses.is_empty();
-    if pool.retry.retries > 0 && retries_after_send && ctx.resendable {
+    if pool.retry.retries > 0 && retries_after_send && ctx.upstream.resendable {
         session.as_mut().enable_retry_buffering();
     }
 }
@@ -53,18 +53,20 @@ pub fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
 /// Picks the backend for this attempt and describes how to reach it.
 pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let pool = ctx
+        .upstream
         .pool
         .clone()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "route without a pool"))?;
     // Leaving the previous attempt ends its in-flight count.
-    ctx.attempt = None;
-    ctx.answered = false;
+    ctx.upstream.attempt = None;
+    ctx.upstream.answered = false;
     let now = now_unix();
     let mut index = ctx
+        .upstream
         .reconnect
         .take()
         .filter(|&i| pool.backends[i].is_available());
-    if index.is_none() && ctx.tried.is_empty() {
+    if index.is_none() && ctx.upstream.tried.is_empty() {
         if let Some(sticky) = &pool.sticky {
             let cookies = session
                 .req_header()
@@ -79,9 +81,9 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
             if let Some((pinned, refresh)) = pinned {
                 index = Some(pinned);
                 if !refresh {
-                    ctx.set_cookie = None;
+                    ctx.upstream.set_cookie = None;
                 } else {
-                    ctx.set_cookie = pool.sticky_cookie(pinned, now);
+                    ctx.upstream.set_cookie = pool.sticky_cookie(pinned, now);
                 }
             }
         }
@@ -99,21 +101,21 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let index = match index {
         Some(i) => i,
         None => {
-            let Some((i, _)) = pool.select(ctx.hash, &ctx.tried) else {
+            let Some((i, _)) = pool.select(ctx.upstream.hash, &ctx.upstream.tried) else {
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(503),
                     format!("upstream {}: no healthy backend", pool.name),
                 ));
             };
-            ctx.set_cookie = pool.sticky_cookie(i, now);
+            ctx.upstream.set_cookie = pool.sticky_cookie(i, now);
             i
         }
     };
-    if !ctx.tried.contains(&index) {
-        ctx.tried.push(index);
+    if !ctx.upstream.tried.contains(&index) {
+        ctx.upstream.tried.push(index);
     }
     let backend = &pool.backends[index];
-    ctx.attempt = Some((index, backend.start_request()));
+    ctx.upstream.attempt = Some((index, backend.start_request()));
     let mut peer = HttpPeer::new(backend.addr, pool.tls.is_some(), String::new());
     if let Some(tls) = &pool.tls {
         tls.apply(&mut peer, &backend.name);
@@ -135,14 +137,14 @@ const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 /// The attempt has its upstream connection: count whether it came from the pool.
 pub fn on_connected(ctx: &RequestCtx, reused: bool, metrics: &Metrics) {
-    if let Some((pool, index)) = ctx.current() {
+    if let Some((pool, index)) = ctx.upstream.current() {
         metrics.observe_upstream_connect(&pool.name, &pool.backends[index].name, reused);
     }
 }
 
 /// A connection to the backend failed: count it and retry elsewhere when the policy allows.
 pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
-    let Some((pool, index)) = ctx.current().map(|(p, i)| (Arc::clone(p), i)) else {
+    let Some((pool, index)) = ctx.upstream.current().map(|(p, i)| (Arc::clone(p), i)) else {
         return e;
     };
     pool.backends[index].record_failure();
@@ -163,8 +165,8 @@ pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error>
         );
     }
     let failure = retry::classify_connect(&e);
-    let retry =
-        retry::allows(&pool.retry, failure, ctx.attempts(), true) && pool.has_candidate(&ctx.tried);
+    let retry = retry::allows(&pool.retry, failure, ctx.upstream.attempts(), true)
+        && pool.has_candidate(&ctx.upstream.tried);
     e.set_retry(retry);
     e
 }
@@ -186,10 +188,10 @@ pub fn on_proxy_error(
     mut e: Box<Error>,
     client_reused: bool,
 ) -> Box<Error> {
-    let Some((pool, index)) = ctx.current().map(|(p, i)| (Arc::clone(p), i)) else {
+    let Some((pool, index)) = ctx.upstream.current().map(|(p, i)| (Arc::clone(p), i)) else {
         return e;
     };
-    let failure = retry::classify(&e, ctx.answered);
+    let failure = retry::classify(&e, ctx.upstream.answered);
     let stale = client_reused && failure == Failure::Dropped;
     if e.esource() == &ErrorSource::Upstream && !matches!(failure, Failure::Status(_)) {
         pool.backends[index].record_failure();
@@ -199,25 +201,25 @@ pub fn on_proxy_error(
             pool.report(index, false);
         }
     }
-    let resendable = ctx.resendable && !session.as_ref().retry_buffer_truncated();
+    let resendable = ctx.upstream.resendable && !session.as_ref().retry_buffer_truncated();
     match failure {
         // Decided when the status arrived (see `on_upstream_status`).
         Failure::Status(_) => {}
         _ if stale => {
-            let retry = resendable && ctx.stale_retries < MAX_STALE_RETRIES;
+            let retry = resendable && ctx.upstream.stale_retries < MAX_STALE_RETRIES;
             if retry {
-                ctx.stale_retries += 1;
-                if pool.has_candidate(&ctx.tried) {
-                    ctx.free_attempts += 1;
+                ctx.upstream.stale_retries += 1;
+                if pool.has_candidate(&ctx.upstream.tried) {
+                    ctx.upstream.free_attempts += 1;
                 } else {
-                    ctx.reconnect = Some(index);
+                    ctx.upstream.reconnect = Some(index);
                 }
             }
             e.set_retry(retry);
         }
         _ => {
-            let retry = retry::allows(&pool.retry, failure, ctx.attempts(), resendable)
-                && pool.has_candidate(&ctx.tried);
+            let retry = retry::allows(&pool.retry, failure, ctx.upstream.attempts(), resendable)
+                && pool.has_candidate(&ctx.upstream.tried);
             e.set_retry(retry);
         }
     }
@@ -227,14 +229,18 @@ pub fn on_proxy_error(
 /// The upstream answered: feed passive health, and turn a status listed in `retry_on` into a
 /// retry when another backend is left.
 pub fn on_upstream_status(ctx: &mut RequestCtx, status: u16) -> Result<()> {
-    let Some((pool, index)) = ctx.current().map(|(p, i)| (Arc::clone(p), i)) else {
+    let Some((pool, index)) = ctx.upstream.current().map(|(p, i)| (Arc::clone(p), i)) else {
         return Ok(());
     };
-    ctx.answered = true;
+    ctx.upstream.answered = true;
     pool.report(index, status < 500);
     let failure = Failure::Status(status);
-    if retry::allows(&pool.retry, failure, ctx.attempts(), ctx.resendable)
-        && pool.has_candidate(&ctx.tried)
+    if retry::allows(
+        &pool.retry,
+        failure,
+        ctx.upstream.attempts(),
+        ctx.upstream.resendable,
+    ) && pool.has_candidate(&ctx.upstream.tried)
     {
         let mut e = Error::explain(
             ErrorType::HTTPStatus(status),

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use pingora_http::RequestHeader;
 
 use crate::config::HashKey;
-use crate::upstream::sticky::cookie_value;
+use crate::fields::cookie_value;
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     let ip = canonical(ip);

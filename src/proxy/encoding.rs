@@ -1,5 +1,6 @@
-//! Response compression in the proxy phases: headers on the upstream response (before the
-//! cache stores it), then the body, chunk by chunk.
+//! Response compression in the proxy phases: the upstream response gets the encoding
+//! `compress::choose` picks (before the cache stores it), then the body is encoded chunk by
+//! chunk.
 
 use bytes::Bytes;
 use pingora_error::{Error, ErrorType, Result};
@@ -7,13 +8,13 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
-use crate::compress::{self, negotiate::negotiate, CompressionStats, Stream};
+use crate::compress::{self, CompressionStats, Stream};
 
 /// Going upstream: note a HEAD, and undo variant suffixes in `If-None-Match`.
 pub fn on_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) {
-    ctx.upstream_head = req.method == http::Method::HEAD;
+    ctx.encoding.upstream_head = req.method == http::Method::HEAD;
     if ctx.route_compression().is_some() {
-        ctx.etag_suffix = compress::strip_variant_suffixes(req);
+        ctx.encoding.etag_suffix = compress::strip_variant_suffixes(req);
     }
 }
 
@@ -37,36 +38,21 @@ pub fn on_upstream_response(
         return Ok(());
     };
     if resp.status == http::StatusCode::NOT_MODIFIED {
-        // The origin validated the identity tag; the client (or cache) holds a variant.
-        if let Some(alg) = ctx.etag_suffix {
-            if let Some(tag) = resp
-                .headers
-                .get(http::header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| compress::variant_etag(v, alg))
-            {
-                resp.insert_header(http::header::ETAG, tag)?;
-            }
-        }
+        compress::on_not_modified(resp, ctx.encoding.etag_suffix);
         return Ok(());
     }
-    if compress::eligible(settings, resp).is_err() {
-        return Ok(());
-    }
-    compress::merge_vary(resp, "Accept-Encoding");
     let accept = session
         .req_header()
         .headers
         .get(http::header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let Some(alg) = negotiate(accept, &settings.algorithms) else {
+    let Some(alg) = compress::choose(settings, accept, resp) else {
         return Ok(());
     };
-    compress::encode_headers(resp, alg);
-    if !ctx.upstream_head {
+    if !ctx.encoding.upstream_head {
         let stream = Stream::start(alg, &settings.levels, stats)
             .map_err(|e| Error::because(ErrorType::InternalError, "starting the encoder", e))?;
-        ctx.compress = Some(stream);
+        ctx.encoding.stream = Some(stream);
     }
     Ok(())
 }
@@ -78,7 +64,7 @@ pub fn on_upstream_body(
     ctx: &mut RequestCtx,
     stats: &CompressionStats,
 ) -> Result<()> {
-    if let Some(stream) = ctx.compress.as_mut() {
+    if let Some(stream) = ctx.encoding.stream.as_mut() {
         stream
             .filter(body, end_of_stream, stats)
             .map_err(|e| Error::because(ErrorType::InternalError, "compressing the body", e))?;

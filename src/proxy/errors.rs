@@ -1,10 +1,17 @@
 //! Error responses: which status a failure gets, and a short plain-text body that names no
 //! backend and no internal error.
 
+use std::time::Duration;
+
 use bytes::Bytes;
+use pingora_core::protocols::Stream;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::reader::READ_CHUNK;
+use crate::config::Server;
 
 /// The status for a failed request, or `None` when the client is gone and nothing can be sent.
 pub fn status_for(e: &Error) -> Option<u16> {
@@ -93,6 +100,45 @@ pub fn detail_for(code: u16) -> &'static str {
         504 => "the upstream timed out",
         _ => "",
     }
+}
+
+/// How long, and how much, is read from a refused client after its answer, so that closing
+/// with unread data does not reset the connection before the client has read the answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 << 10;
+
+/// Answers `status` with a one-line body and closes, reading a little of what the client
+/// still sends so that the answer is not lost to a reset.
+pub async fn refuse(mut stream: Stream, status: u16, detail: &str, server: &Server) {
+    let reason = reason(status);
+    let body = body(status, detail);
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status == 503 {
+        head.push_str("Retry-After: 1\r\n");
+    }
+    if let Some(name) = &server.server_header {
+        head.push_str(&format!("Server: {name}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.push_str(&body);
+    if stream.write_all(head.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+        return;
+    }
+    let _ = AsyncWriteExt::shutdown(&mut stream).await;
+    let mut sink = vec![0u8; READ_CHUNK];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while drained < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -30,11 +30,6 @@ use crate::state::Shared;
 /// How long a refused connection may take to send its request before it gets its answer.
 const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long, and how much, is read from a refused client after its answer, so that closing
-/// with unread data does not reset the connection before the client has read the answer.
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 256 << 10;
-
 /// Pingora's parser refuses a header over 1 MiB whatever we allow.
 const PINGORA_MAX_HEADER: u64 = (1 << 20) - 2;
 
@@ -208,40 +203,6 @@ impl Frontend {
         }
     }
 
-    /// Answers `status` with a one-line body and closes, reading a little of what the client
-    /// still sends so that the answer is not lost to a reset.
-    pub(super) async fn refuse(mut stream: Stream, status: u16, detail: &str, server: &Server) {
-        let reason = errors::reason(status);
-        let body = errors::body(status, detail);
-        let mut head = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
-            body.len()
-        );
-        if status == 503 {
-            head.push_str("Retry-After: 1\r\n");
-        }
-        if let Some(name) = &server.server_header {
-            head.push_str(&format!("Server: {name}\r\n"));
-        }
-        head.push_str("\r\n");
-        head.push_str(&body);
-        if stream.write_all(head.as_bytes()).await.is_err() || stream.flush().await.is_err() {
-            return;
-        }
-        let _ = AsyncWriteExt::shutdown(&mut stream).await;
-        let mut sink = vec![0u8; READ_CHUNK];
-        let mut drained = 0;
-        let _ = tokio::time::timeout(LINGER, async {
-            while drained < LINGER_BYTES {
-                match stream.read(&mut sink).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => drained += n,
-                }
-            }
-        })
-        .await;
-    }
-
     /// Answers 503 on a connection over `server.max_connections`, once its request is read.
     async fn refuse_connection(mut stream: Stream, server: &Server) {
         let timing = Timing::from(server);
@@ -249,7 +210,7 @@ impl Frontend {
         let buf = BytesMut::with_capacity(READ_CHUNK);
         match reader::read_head(&mut stream, buf, deadline, timing.header_limit).await {
             Ok(_) | Err(HeaderError::TooLarge(_)) => {
-                Self::refuse(stream, 503, "too many connections", server).await
+                errors::refuse(stream, 503, "too many connections", server).await
             }
             Err(_) => {}
         }
@@ -305,7 +266,7 @@ impl Frontend {
                 Err(HeaderError::TooLarge(_)) => {
                     let runtime = self.shared.runtime();
                     let server = &runtime.config.server;
-                    Box::pin(Self::refuse(
+                    Box::pin(errors::refuse(
                         stream,
                         431,
                         "request header too large",

@@ -8,7 +8,7 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 use tokio::io::AsyncReadExt;
 
-use super::frontend::Frontend;
+use super::errors;
 use crate::state::Shared;
 
 /// The first byte of a TLS record carrying a handshake message (the ClientHello).
@@ -48,7 +48,7 @@ pub async fn accept(stream: Stream, shared: &Shared) -> Option<Stream> {
     if first[0] != TLS_HANDSHAKE_RECORD {
         if first[0].is_ascii_uppercase() {
             fail("plain_http");
-            Frontend::refuse(l4, 400, "plain HTTP sent to an HTTPS port", &server).await;
+            errors::refuse(l4, 400, "plain HTTP sent to an HTTPS port", &server).await;
         } else {
             fail("not_tls");
         }

@@ -6,14 +6,49 @@ use pingora_http::RequestHeader;
 
 use crate::config::Server;
 
-/// Why a request is refused: the status and a short reason for the body.
-pub type Refusal = (u16, &'static str);
+/// Why a request is refused; [`Refusal::status`] is its answer and the message its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("request header too large")]
+    HeaderTooLarge,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("both Content-Length and Transfer-Encoding")]
+    LengthAndChunked,
+    #[error("unsupported Transfer-Encoding")]
+    TransferEncoding,
+    #[error("bare LF in request header")]
+    BareLf,
+    #[error("obsolete line folding")]
+    ObsoleteFolding,
+    #[error("invalid Content-Length")]
+    InvalidLength,
+    #[error("conflicting Content-Length")]
+    ConflictingLength,
+    #[error("more than one Host")]
+    ManyHosts,
+    #[error("missing Host")]
+    MissingHost,
+    #[error("invalid Host")]
+    InvalidHost,
+}
+
+impl Refusal {
+    /// The status the client gets.
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::HeaderTooLarge => 431,
+            Refusal::BodyTooLarge => 413,
+            _ => 400,
+        }
+    }
+}
 
 /// Checks a request header (`raw` is the header as received, when Pingora kept it).
 pub fn check(req: &RequestHeader, raw: Option<&[u8]>, limits: &Server) -> Result<(), Refusal> {
     if let Some(raw) = raw {
         if raw.len() as u64 > limits.max_header_size {
-            return Err((431, "request header too large"));
+            return Err(Refusal::HeaderTooLarge);
         }
         check_raw(raw)?;
     } else {
@@ -24,14 +59,14 @@ pub fn check(req: &RequestHeader, raw: Option<&[u8]>, limits: &Server) -> Result
             .sum::<usize>()
             + req.raw_path().len();
         if size as u64 > limits.max_header_size {
-            return Err((431, "request header too large"));
+            return Err(Refusal::HeaderTooLarge);
         }
     }
     check_host(req)?;
     let length = content_length(req)?;
     if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
         if length.is_some() {
-            return Err((400, "both Content-Length and Transfer-Encoding"));
+            return Err(Refusal::LengthAndChunked);
         }
         let codings: Vec<String> = req
             .headers
@@ -44,11 +79,11 @@ pub fn check(req: &RequestHeader, raw: Option<&[u8]>, limits: &Server) -> Result
             })
             .collect();
         if codings != ["chunked"] {
-            return Err((400, "unsupported Transfer-Encoding"));
+            return Err(Refusal::TransferEncoding);
         }
     }
     if length.is_some_and(|n| n > limits.max_body_size) {
-        return Err((413, "request body too large"));
+        return Err(Refusal::BodyTooLarge);
     }
     Ok(())
 }
@@ -60,10 +95,10 @@ pub fn check(req: &RequestHeader, raw: Option<&[u8]>, limits: &Server) -> Result
 fn check_raw(raw: &[u8]) -> Result<(), Refusal> {
     for (i, &b) in raw.iter().enumerate() {
         if b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
-            return Err((400, "bare LF in request header"));
+            return Err(Refusal::BareLf);
         }
         if b == b'\n' && matches!(raw.get(i + 1), Some(b' ' | b'\t')) {
-            return Err((400, "obsolete line folding"));
+            return Err(Refusal::ObsoleteFolding);
         }
     }
     let mut length = false;
@@ -77,7 +112,7 @@ fn check_raw(raw: &[u8]) -> Result<(), Refusal> {
         chunked |= name.eq_ignore_ascii_case(b"transfer-encoding");
     }
     if length && chunked {
-        return Err((400, "both Content-Length and Transfer-Encoding"));
+        return Err(Refusal::LengthAndChunked);
     }
     Ok(())
 }
@@ -89,11 +124,11 @@ fn content_length(req: &RequestHeader) -> Result<Option<u64>, Refusal> {
         for part in value.as_bytes().split(|&b| b == b',') {
             let part = std::str::from_utf8(part).unwrap_or("").trim();
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err((400, "invalid Content-Length"));
+                return Err(Refusal::InvalidLength);
             }
-            let n: u64 = part.parse().map_err(|_| (400, "invalid Content-Length"))?;
+            let n: u64 = part.parse().map_err(|_| Refusal::InvalidLength)?;
             match found {
-                Some(prev) if prev != n => return Err((400, "conflicting Content-Length")),
+                Some(prev) if prev != n => return Err(Refusal::ConflictingLength),
                 _ => found = Some(n),
             }
         }
@@ -106,11 +141,11 @@ fn check_host(req: &RequestHeader) -> Result<(), Refusal> {
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Err((400, "more than one Host"));
+        return Err(Refusal::ManyHosts);
     }
     let Some(host) = host else {
         if req.version == http::Version::HTTP_11 && req.uri.authority().is_none() {
-            return Err((400, "missing Host"));
+            return Err(Refusal::MissingHost);
         }
         return Ok(());
     };
@@ -122,7 +157,7 @@ fn check_host(req: &RequestHeader) -> Result<(), Refusal> {
     if valid {
         Ok(())
     } else {
-        Err((400, "invalid Host"))
+        Err(Refusal::InvalidHost)
     }
 }
 
@@ -149,7 +184,9 @@ mod tests {
     }
 
     fn code(headers: &[(&str, &str)]) -> Option<u16> {
-        check(&req(headers), None, &limits()).err().map(|(c, _)| c)
+        check(&req(headers), None, &limits())
+            .err()
+            .map(Refusal::status)
     }
 
     #[test]
@@ -206,28 +243,28 @@ mod tests {
         assert_eq!(
             check(&req(&[("Host", "a")]), Some(bare), &limits())
                 .unwrap_err()
-                .0,
+                .status(),
             400
         );
         let both = b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(
             check(&req(&[("Host", "a")]), Some(both), &limits())
                 .unwrap_err()
-                .0,
+                .status(),
             400
         );
         let folded = b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n 2\r\n\r\n";
         assert_eq!(
             check(&req(&[("Host", "a")]), Some(folded), &limits())
                 .unwrap_err()
-                .0,
+                .status(),
             400
         );
         let big = [b'a'; 300];
         assert_eq!(
             check(&req(&[("Host", "a")]), Some(&big), &limits())
                 .unwrap_err()
-                .0,
+                .status(),
             431
         );
         let many: Vec<(String, String)> = (0..20)
@@ -237,6 +274,6 @@ mod tests {
         for (k, v) in &many {
             r.append_header(k.clone(), v.as_str()).unwrap();
         }
-        assert_eq!(check(&r, None, &limits()).unwrap_err().0, 431);
+        assert_eq!(check(&r, None, &limits()).unwrap_err().status(), 431);
     }
 }

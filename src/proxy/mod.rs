@@ -29,6 +29,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::cache::{self, Cache};
 use crate::etag;
+use crate::fields;
 use crate::state::Shared;
 use ctx::RequestCtx;
 
@@ -81,13 +82,14 @@ impl ProxyHttp for Proxy {
             .as_downstream()
             .as_http1()
             .map(|h1| h1.get_headers_raw_bytes());
-        if let Err((code, reason)) =
+        if let Err(refusal) =
             limits::check(session.req_header(), raw.as_deref(), &runtime.config.server)
         {
             ctx.runtime = Some(runtime);
             // The request may be framed ambiguously: never read another from this connection.
             session.set_keepalive(None);
-            errors::respond(session, code, reason, ctx.server_header()).await?;
+            let reason = refusal.to_string();
+            errors::respond(session, refusal.status(), &reason, ctx.server_header()).await?;
             return Ok(true);
         }
         // After the header, reads wait as long as a slow upload may pause.
@@ -108,7 +110,7 @@ impl ProxyHttp for Proxy {
             }
             Some((index, pool)) => {
                 ctx.route = Some(index);
-                ctx.pool = pool;
+                ctx.upstream.pool = pool;
                 balance::prepare(session, ctx);
                 Ok(false)
             }
@@ -181,11 +183,16 @@ impl ProxyHttp for Proxy {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
+        let runtime = ctx.runtime.clone();
+        let targeted = runtime
+            .as_ref()
+            .map_or(&[][..], |rt| rt.config.cache.targeted_fields.as_slice());
         let route = ctx.route_cache().cloned();
         Ok(Cache::decide(
             session.req_header(),
             resp,
             route.as_ref(),
+            targeted,
             &mut ctx.cache,
         ))
     }
@@ -230,7 +237,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
         if !session.cache.can_serve_stale_error() {
-            ctx.peer = Some(balance::pick(session, ctx)?);
+            ctx.upstream.peer = Some(balance::pick(session, ctx)?);
         }
         Ok(true)
     }
@@ -243,7 +250,7 @@ impl ProxyHttp for Proxy {
         // Each attempt sends the whole body again: a retry replays what was already read
         // through `request_body_filter`, so the count starts over.
         ctx.body_bytes = 0;
-        match ctx.peer.take() {
+        match ctx.upstream.peer.take() {
             Some(peer) => Ok(peer),
             None => balance::pick(session, ctx),
         }
@@ -269,13 +276,14 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         encoding::on_upstream_request(upstream_request, ctx);
+        Cache::on_upstream_request(session, upstream_request);
         let host = request_host(session.req_header()).map(str::to_string);
         let hop = headers::Hop {
             peer: session
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
-            trusted: ctx.peer_trusted,
+            trusted: ctx.upstream.peer_trusted,
             host: host.as_deref(),
             proto: if ctx.tls { "https" } else { "http" },
             port: session
@@ -295,7 +303,9 @@ impl ProxyHttp for Proxy {
         // Before the cache sees the response: hop-by-hop fields are never stored (RFC 9111 §3.1).
         headers::strip_hop_by_hop(upstream_response);
         balance::on_upstream_status(ctx, upstream_response.status.as_u16())?;
-        encoding::on_upstream_response(session, upstream_response, ctx, &self.shared.compression)
+        encoding::on_upstream_response(session, upstream_response, ctx, &self.shared.compression)?;
+        Cache::on_upstream_response(session, upstream_response, &mut ctx.cache);
+        Ok(())
     }
 
     fn upstream_response_body_filter(
@@ -307,7 +317,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
             // The backend is done with this request, even if the client is still reading.
-            ctx.attempt = None;
+            ctx.upstream.attempt = None;
         }
         encoding::on_upstream_body(body, end_of_stream, ctx, &self.shared.compression)?;
         Ok(None)
@@ -323,7 +333,7 @@ impl ProxyHttp for Proxy {
             upstream_response.insert_header(http::header::SERVER, server)?;
         }
         if ctx.tls {
-            if let Some(hsts) = ctx.route_config().and_then(|r| r.hsts.as_deref()) {
+            if let Some(hsts) = ctx.route().and_then(|r| r.hsts.as_deref()) {
                 upstream_response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
             }
         }
@@ -334,6 +344,17 @@ impl ProxyHttp for Proxy {
             cache::served_from_cache(session),
         );
         let route_caches = ctx.route_cache().is_some();
+        if route_caches && !cache::served_from_cache(session) {
+            let req = session.req_header();
+            let host = request_host(req).unwrap_or("");
+            self.shared
+                .cache
+                .invalidate(host, req, upstream_response)
+                .await;
+        }
+        if let Some(strip) = ctx.strip_targeted() {
+            fields::remove_where(upstream_response, |name| strip.contains(name));
+        }
         let lookup = self.shared.cache.finish_response(
             session,
             upstream_response,
@@ -345,7 +366,7 @@ impl ProxyHttp for Proxy {
                 self.shared.metrics.observe_cache(series, lookup);
             }
         }
-        if let Some(cookie) = ctx.set_cookie.take() {
+        if let Some(cookie) = ctx.upstream.set_cookie.take() {
             upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
         }
         Ok(())
@@ -405,7 +426,7 @@ impl ProxyHttp for Proxy {
         // into a closed connection.
         let reusable = ctx.runtime.is_some()
             && errors::keeps_connection(e)
-            && ctx.tried.is_empty()
+            && ctx.upstream.tried.is_empty()
             && session.as_downstream_mut().is_body_done();
         if !reusable {
             session.set_keepalive(None);
@@ -433,7 +454,7 @@ impl ProxyHttp for Proxy {
             None => 0,
         };
         // The request is over: give the backend slot back before metrics work.
-        ctx.attempt = None;
+        ctx.upstream.attempt = None;
         self.shared.metrics.observe_protocol(
             session.as_downstream().is_http2(),
             arrived_over_tls(session),

@@ -45,7 +45,7 @@ pub fn location(host: &str, path_and_query: &str, tls_port: Option<u16>) -> Opti
 /// Answers the request with a 308 to its `https://` URL (400 when its Host is unusable).
 pub async fn to_https(session: &mut Session, ctx: &RequestCtx) -> Result<()> {
     let req = session.req_header();
-    let exact = match ctx.route_config().and_then(|r| r.host.as_ref()) {
+    let exact = match ctx.route().and_then(|r| r.host.as_ref()) {
         Some(HostMatch::Exact(name)) => Some(name.clone()),
         _ => None,
     };

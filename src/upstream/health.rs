@@ -5,15 +5,52 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::Pool;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{CheckKind, HealthCheck, UpstreamTls};
+
+/// Where the checks get their pools: the running config's, and a signal for each new version.
+/// (The running config lives above this module, in `state`.)
+pub trait PoolSource: Send + Sync + 'static {
+    /// The pools of the running config.
+    fn pools(&self) -> Vec<Arc<Pool>>;
+    /// Changes with every new config version.
+    fn versions(&self) -> watch::Receiver<u64>;
+    /// How many check loops run now, for `/stats`.
+    fn checks_running(&self, n: usize);
+}
+
+/// Runs the active health checks of the running config, restarting them on every reload,
+/// until shutdown.
+pub struct HealthChecks<S>(pub Arc<S>);
+
+#[async_trait]
+impl<S: PoolSource> BackgroundService for HealthChecks<S> {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut versions = self.0.versions();
+        loop {
+            versions.borrow_and_update();
+            // Dropping the set stops the previous config's checks.
+            let tasks = spawn_all(self.0.pools().iter());
+            self.0.checks_running(tasks.len());
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                changed = versions.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
 
 /// Starts one check loop per backend of every pool that has checks configured.
 /// Dropping the returned set stops them all.
@@ -55,7 +92,7 @@ async fn check_loop(pool: Arc<Pool>, index: usize) {
 }
 
 /// Applies one check result to the backend's consecutive counters and health.
-fn record(pool: &Pool, index: usize, check: &HealthCheck, result: Result<(), String>) {
+fn record(pool: &Pool, index: usize, check: &HealthCheck, result: Result<(), ProbeError>) {
     let backend = &pool.backends[index];
     match result {
         Ok(()) => {
@@ -89,6 +126,29 @@ fn record(pool: &Pool, index: usize, check: &HealthCheck, result: Result<(), Str
     }
 }
 
+/// Why a probe failed, as the log line says it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("send: {0}")]
+    Send(String),
+    #[error("read: {0}")]
+    Read(String),
+    #[error("status line too long")]
+    LongStatusLine,
+    #[error("connection closed before a status line")]
+    Closed,
+    #[error("bad status line `{0}`")]
+    BadStatusLine(String),
+    #[error("status {0}")]
+    Status(u16),
+}
+
 /// The TLS settings and connector of a TLS upstream's checks.
 pub type CheckTls<'a> = (&'a UpstreamTls, &'a TlsConnector);
 
@@ -98,10 +158,10 @@ pub async fn probe(
     host: &str,
     check: &HealthCheck,
     tls: Option<CheckTls<'_>>,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     match tokio::time::timeout(check.timeout, probe_inner(addr, host, &check.kind, tls)).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+        Err(_) => Err(ProbeError::Timeout(check.timeout)),
     }
 }
 
@@ -110,10 +170,10 @@ async fn probe_inner(
     host: &str,
     kind: &CheckKind,
     tls: Option<CheckTls<'_>>,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| ProbeError::Connect(e.to_string()))?;
     let (path, expect) = match kind {
         CheckKind::Tcp => return Ok(()),
         CheckKind::Http {
@@ -128,7 +188,7 @@ async fn probe_inner(
             let stream = connector
                 .connect(name, stream)
                 .await
-                .map_err(|e| format!("TLS: {e}"))?;
+                .map_err(|e| ProbeError::Tls(e.to_string()))?;
             exchange(stream, host, path, expect).await
         }
     }
@@ -140,14 +200,14 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     host: &str,
     path: &str,
     expect: Option<u16>,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchyard-health-check\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(|e| ProbeError::Send(e.to_string()))?;
     let status = read_status(&mut stream).await?;
     let healthy = match expect {
         Some(code) => status == code,
@@ -156,12 +216,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     if healthy {
         Ok(())
     } else {
-        Err(format!("status {status}"))
+        Err(ProbeError::Status(status))
     }
 }
 
 /// Reads just enough of the response to parse the status line.
-async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> Result<u16, String> {
+async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> Result<u16, ProbeError> {
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     loop {
@@ -169,20 +229,20 @@ async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> Result<u16, String
             return parse_status_line(&buf[..end]);
         }
         if buf.len() > 4096 {
-            return Err("status line too long".into());
+            return Err(ProbeError::LongStatusLine);
         }
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("read: {e}"))?;
+            .map_err(|e| ProbeError::Read(e.to_string()))?;
         if n == 0 {
-            return Err("connection closed before a status line".into());
+            return Err(ProbeError::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
     }
 }
 
-fn parse_status_line(line: &[u8]) -> Result<u16, String> {
+fn parse_status_line(line: &[u8]) -> Result<u16, ProbeError> {
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     match (parts.next(), parts.next()) {
@@ -190,8 +250,8 @@ fn parse_status_line(line: &[u8]) -> Result<u16, String> {
             .parse::<u16>()
             .ok()
             .filter(|c| (100..=599).contains(c))
-            .ok_or_else(|| format!("bad status line `{}`", line.trim())),
-        _ => Err(format!("bad status line `{}`", line.trim())),
+            .ok_or_else(|| ProbeError::BadStatusLine(line.trim().to_string())),
+        _ => Err(ProbeError::BadStatusLine(line.trim().to_string())),
     }
 }
 

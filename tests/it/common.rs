@@ -438,14 +438,15 @@ impl Proxy {
     }
 
     pub async fn stats(&self) -> serde_json::Value {
-        client()
+        let resp = client()
             .get(self.admin_url("/stats"))
             .send()
             .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats json")
+            .expect("stats");
+        let status = resp.status();
+        let text = resp.text().await.expect("stats body");
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("/stats answered {status} that is not JSON ({e}): {text}"))
     }
 
     /// Whether `/stats` reports the backend at `addr` of `upstream` as healthy.

@@ -74,3 +74,183 @@ fn lib_layout_lists_every_module() {
         .collect();
     assert_eq!(declared, on_disk, "lib.rs pub mods vs src/");
 }
+
+/// Every source file as its module path (`proxy::ctx`), with its text up to its tests.
+fn module_files() -> Vec<(Vec<String>, String)> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let src = root().join("src");
+    let mut paths = Vec::new();
+    walk(&src, &mut paths);
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let rel = path
+                .strip_prefix(&src)
+                .expect("under src")
+                .with_extension("");
+            let mut parts: Vec<String> = rel
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            if matches!(
+                parts.last().map(String::as_str),
+                Some("mod" | "lib" | "main")
+            ) {
+                parts.pop();
+            }
+            if parts.last().is_some_and(|p| p == "tests") {
+                return None;
+            }
+            let text = std::fs::read_to_string(&path).expect("read source");
+            let code: String = text
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap_or("")
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            Some((parts, code))
+        })
+        .collect()
+}
+
+/// The paths a file names from `crate::` and `super::`, as segment lists from the crate root
+/// (one level of `{a, b}` groups expanded).
+fn named_paths(module: &[String], code: &str) -> Vec<Vec<String>> {
+    let ident = |s: &str| -> Vec<String> {
+        s.split("::")
+            .map(|seg| {
+                seg.chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .take_while(|seg| !seg.is_empty())
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (prefix, base) in [
+        ("crate::", Vec::new()),
+        ("super::", module[..module.len().saturating_sub(1)].to_vec()),
+    ] {
+        for (at, _) in code.match_indices(prefix) {
+            let before = code[..at].chars().last();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
+            let rest = &code[at + prefix.len()..];
+            let head: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            let mut path = base.clone();
+            path.extend(ident(&head));
+            let after = &rest[head.len()..];
+            if head.ends_with("::") && after.starts_with('{') {
+                let group = &after[1..after.find('}').unwrap_or(after.len())];
+                for item in group.split(',') {
+                    let mut p = path.clone();
+                    p.extend(ident(item.trim()));
+                    out.push(p);
+                }
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// No module imports one that imports it back, directly or around a longer circle. (A child
+/// using its parent's items, `super::X`, is not counted: the parent declares the child.)
+#[test]
+fn no_import_circles_between_modules() {
+    let files = module_files();
+    let known: BTreeSet<Vec<String>> = files.iter().map(|(m, _)| m.clone()).collect();
+    let mut edges: std::collections::BTreeMap<Vec<String>, BTreeSet<Vec<String>>> =
+        Default::default();
+    for (module, code) in &files {
+        for path in named_paths(module, code) {
+            let target = (1..=path.len())
+                .rev()
+                .map(|n| path[..n].to_vec())
+                .find(|p| known.contains(p));
+            if let Some(target) = target {
+                if &target != module && !module.starts_with(&target) {
+                    edges.entry(module.clone()).or_default().insert(target);
+                }
+            }
+        }
+    }
+    assert!(
+        edges
+            .get(&vec!["proxy".to_string(), "balance".to_string()])
+            .is_some_and(|e| e.contains(&vec!["proxy".to_string(), "ctx".to_string()])),
+        "the scan sees imports (proxy::balance uses proxy::ctx)"
+    );
+    let mut circles = Vec::new();
+    for start in edges.keys() {
+        let mut stack = vec![(start.clone(), vec![start.clone()])];
+        let mut seen = BTreeSet::new();
+        while let Some((at, trail)) = stack.pop() {
+            for next in edges.get(&at).into_iter().flatten() {
+                if next == start {
+                    circles.push(trail.iter().map(|m| m.join("::")).collect::<Vec<_>>());
+                } else if seen.insert(next.clone()) {
+                    let mut longer = trail.clone();
+                    longer.push(next.clone());
+                    stack.push((next.clone(), longer));
+                }
+            }
+        }
+    }
+    assert!(circles.is_empty(), "import circles: {circles:?}");
+}
+
+/// Every source file opens with a `//!` line saying what it is for, and stays short enough to
+/// read in one sitting (test files aside).
+#[test]
+fn every_source_file_opens_with_its_purpose_and_stays_short() {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    walk(&root().join("src"), &mut paths);
+    assert!(paths.len() > 40, "found the sources");
+    for path in paths {
+        let text = std::fs::read_to_string(&path).expect("read source");
+        assert!(
+            text.starts_with("//!"),
+            "{} does not open with a //! line",
+            path.display()
+        );
+        let code_lines = text
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .count();
+        let is_tests = path.file_name().is_some_and(|n| n == "tests.rs");
+        assert!(
+            is_tests || code_lines <= 520,
+            "{} has {code_lines} lines before its tests",
+            path.display()
+        );
+    }
+}

@@ -5,6 +5,7 @@ mod common;
 mod admin;
 mod balancing;
 mod cache;
+mod cache_rfc;
 mod cache_safety;
 mod chaos;
 mod cli;

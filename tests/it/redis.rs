@@ -198,6 +198,10 @@ async fn purges_reach_every_instance() {
             "/pt?cc=max-age=60&tag=red%20blue",
             serde_json::json!({"tag": "blue"}),
         ),
+        (
+            "/pg/7/profile?cc=max-age=60",
+            serde_json::json!({"pattern": "127.0.0.1/pg/*/profile?cc=max-age=60"}),
+        ),
     ];
     for (i, (path, purge)) in cases.into_iter().enumerate() {
         cache_status(&a, path).await;
@@ -234,7 +238,7 @@ async fn purges_reach_every_instance() {
         assert_eq!(cs, "switchyard; fwd=miss; stored", "{purge}");
         assert_eq!(o.hits(), hits + 1);
     }
-    assert_eq!(redis_stats(&a).await["purges_published"], 3);
+    assert_eq!(redis_stats(&a).await["purges_published"], 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,8 +428,8 @@ async fn a_partial_purge_answers_503_with_what_was_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_refuses_a_fill_older_than_a_matching_purge() {
     use std::sync::Arc;
+    use switchyard::cache::purge::PurgeMatch;
     use switchyard::cache::redis::RedisTier;
-    use switchyard::cache::storage::PurgeMatch;
     let Some(redis) = RedisServer::start() else {
         return;
     };

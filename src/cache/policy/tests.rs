@@ -2,6 +2,12 @@
 
 use super::*;
 
+/// The default targeted fields (RFC 9213).
+const TARGETED: [http::HeaderName; 2] = [
+    http::HeaderName::from_static("switchyard-cache-control"),
+    http::HeaderName::from_static("cdn-cache-control"),
+];
+
 fn route() -> RouteCache {
     RouteCache {
         default_ttl: None,
@@ -36,7 +42,7 @@ fn ttl(
     route: &RouteCache,
 ) -> Result<i64, &'static str> {
     let now = SystemTime::now();
-    match decide(req, resp, route, now) {
+    match decide(req, resp, route, &TARGETED, now) {
         Decision::Store(meta) => Ok(match meta.fresh_until().duration_since(now) {
             Ok(d) => d.as_secs_f64().round() as i64,
             Err(_) => 0,
@@ -131,14 +137,210 @@ fn never_stored() {
         ),
         Err("status")
     );
+    assert_eq!(ttl(&req(&[]), &resp(500, &[]), &r), Err("status"));
+}
+
+#[test]
+fn any_status_with_explicit_freshness_is_stored() {
+    let r = route();
+    for status in [404, 301, 500, 502, 503, 504, 418] {
+        assert_eq!(
+            ttl(
+                &req(&[]),
+                &resp(status, &[("Cache-Control", "max-age=60")]),
+                &r
+            ),
+            Ok(60),
+            "{status}"
+        );
+    }
+    let expires = resp(
+        503,
+        &[
+            ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("Expires", "Sun, 06 Nov 1994 08:50:37 GMT"),
+        ],
+    );
+    assert_eq!(ttl(&req(&[]), &expires, &r), Ok(60));
+    // Heuristics stay with the codes RFC 9110 §15.1 names.
+    let lm = [("Last-Modified", "Sun, 06 Nov 1994 00:00:00 GMT")];
+    assert_eq!(ttl(&req(&[]), &resp(404, &lm), &r), Ok(86400));
+    assert_eq!(ttl(&req(&[]), &resp(500, &lm), &r), Err("status"));
+}
+
+#[test]
+fn age_values_that_are_not_integers_are_ignored() {
+    let age = |value: &str| {
+        let mut r = resp(200, &[("Cache-Control", "max-age=100")]);
+        r.append_header("Age", value).unwrap();
+        initial_age(&r).as_secs()
+    };
+    assert_eq!(age("30"), 30);
+    assert_eq!(age(" 30 "), 30);
+    for bad in ["3a", "1.5", "-1", "+1", ""] {
+        assert_eq!(age(bad), 0, "{bad:?}");
+    }
+    assert_eq!(age("99999999999999999999999"), 1 << 31);
+    assert_eq!(age("4294967296"), 1 << 31);
+    let mut twice = resp(200, &[("Age", "10"), ("Age", "50")]);
+    assert_eq!(initial_age(&twice).as_secs(), 10, "the first Age counts");
+    twice.insert_header("Age", "x").unwrap();
     assert_eq!(
         ttl(
             &req(&[]),
-            &resp(500, &[("Cache-Control", "max-age=60")]),
-            &r
+            &{
+                let mut r = twice.clone();
+                r.insert_header("Cache-Control", "max-age=100").unwrap();
+                r
+            },
+            &route()
         ),
-        Err("status")
+        Ok(100),
+        "an invalid Age is absent"
     );
+}
+
+#[test]
+fn obsolete_date_formats_are_read() {
+    let r = route();
+    for (date, expires) in [
+        (
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:50:37 GMT",
+        ),
+        ("Sun Nov  6 08:49:37 1994", "Sun Nov  6 08:50:37 1994"),
+    ] {
+        let old = resp(200, &[("Date", date), ("Expires", expires)]);
+        assert_eq!(ttl(&req(&[]), &old, &r), Ok(60), "{date}");
+    }
+    let invalid = resp(200, &[("Expires", "tomorrow"), ("ETag", "\"a\"")]);
+    assert_eq!(
+        ttl(&req(&[]), &invalid, &r),
+        Ok(0),
+        "invalid Expires is expired"
+    );
+}
+
+#[test]
+fn targeted_fields_take_precedence_for_this_cache() {
+    let r = route();
+    let cdn = |cc: &str, cdn: &str| resp(200, &[("Cache-Control", cc), ("CDN-Cache-Control", cdn)]);
+    assert_eq!(
+        ttl(&req(&[]), &cdn("max-age=10", "max-age=600"), &r),
+        Ok(600)
+    );
+    assert_eq!(ttl(&req(&[]), &cdn("no-store", "max-age=600"), &r), Ok(600));
+    assert_eq!(
+        ttl(&req(&[]), &cdn("max-age=600", "private"), &r),
+        Err("private")
+    );
+    assert_eq!(
+        ttl(&req(&[]), &cdn("max-age=600", "no-store"), &r),
+        Err("no-store")
+    );
+    assert_eq!(
+        ttl(&req(&[]), &cdn("max-age=600", "no-cache"), &r),
+        Err("no-freshness")
+    );
+    // Switchyard's own field comes first.
+    let both = resp(
+        200,
+        &[
+            ("CDN-Cache-Control", "max-age=600"),
+            ("Switchyard-Cache-Control", "s-maxage=30"),
+        ],
+    );
+    assert_eq!(ttl(&req(&[]), &both, &r), Ok(30));
+    // With a targeted field, Expires is ignored too.
+    let expires = resp(
+        200,
+        &[
+            ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("Expires", "Sun, 06 Nov 1994 09:49:37 GMT"),
+            ("CDN-Cache-Control", "must-revalidate"),
+            ("ETag", "\"a\""),
+        ],
+    );
+    assert_eq!(ttl(&req(&[]), &expires, &r), Ok(0));
+    // An empty targeted field is not a valid value: Cache-Control decides.
+    assert_eq!(ttl(&req(&[]), &cdn("max-age=10", ""), &r), Ok(10));
+    // Without the field in the list, it is just another header.
+    let now = SystemTime::now();
+    let plain = cdn("max-age=10", "max-age=600");
+    match decide(&req(&[]), &plain, &r, &[], now) {
+        Decision::Store(meta) => assert_eq!(
+            meta.fresh_until()
+                .duration_since(now)
+                .unwrap()
+                .as_secs_f64()
+                .round(),
+            10.0
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn must_understand_stores_known_statuses_despite_no_store() {
+    let r = route();
+    let mu = |status| {
+        resp(
+            status,
+            &[("Cache-Control", "must-understand, no-store, max-age=60")],
+        )
+    };
+    assert_eq!(ttl(&req(&[]), &mu(200), &r), Ok(60));
+    assert_eq!(ttl(&req(&[]), &mu(404), &r), Ok(60));
+    assert_eq!(ttl(&req(&[]), &mu(599), &r), Err("must-understand"));
+}
+
+#[test]
+fn a_304_freshens_every_field_but_framing_and_coding() {
+    let stored = resp(
+        200,
+        &[
+            ("Cache-Control", "max-age=1"),
+            ("ETag", "\"v1\""),
+            ("X-Version", "1"),
+            ("Content-Length", "5"),
+            ("Content-Encoding", "gzip"),
+            ("Vary", "Accept-Encoding"),
+            ("Content-Type", "text/plain"),
+        ],
+    );
+    let update = resp(
+        304,
+        &[
+            ("Cache-Control", "max-age=600"),
+            ("ETag", "\"v2\""),
+            ("X-Version", "2"),
+            ("X-New", "a"),
+            ("X-New", "b"),
+            ("Content-Length", "0"),
+            ("Content-Encoding", "br"),
+            ("Vary", "Cookie"),
+            ("Age", "9"),
+        ],
+    );
+    let merged = freshen(&stored, &update);
+    let get = |name: &str| -> Vec<&str> {
+        merged
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    };
+    assert_eq!(merged.status, 200);
+    assert_eq!(get("cache-control"), ["max-age=600"]);
+    assert_eq!(get("etag"), ["\"v2\""]);
+    assert_eq!(get("x-version"), ["2"]);
+    assert_eq!(get("x-new"), ["a", "b"]);
+    assert_eq!(get("content-length"), ["5"]);
+    assert_eq!(get("content-encoding"), ["gzip"]);
+    assert_eq!(get("vary"), ["Accept-Encoding"]);
+    assert_eq!(get("content-type"), ["text/plain"]);
+    assert!(get("age").is_empty());
 }
 
 #[test]
@@ -241,10 +443,12 @@ fn stale_windows() {
     r.stale_while_revalidate = Duration::from_secs(10);
     r.stale_if_error = Duration::from_secs(300);
     let now = SystemTime::now();
-    let windows = |headers: &[(&str, &str)]| match decide(&req(&[]), &resp(200, headers), &r, now) {
-        Decision::Store(m) => (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
-        Decision::Pass(p) => panic!("{p}"),
-    };
+    let windows =
+        |headers: &[(&str, &str)]| match decide(&req(&[]), &resp(200, headers), &r, &TARGETED, now)
+        {
+            Decision::Store(m) => (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+            Decision::Pass(p) => panic!("{p}"),
+        };
     assert_eq!(windows(&[("Cache-Control", "max-age=5")]), (10, 300));
     assert_eq!(
         windows(&[(
@@ -271,7 +475,7 @@ fn internal_headers_from_the_origin_are_not_stored() {
         200,
         &[("Cache-Control", "max-age=5"), (GENERATED, "\"sy-fake\"")],
     );
-    match decide(&req(&[]), &forged, &r, now) {
+    match decide(&req(&[]), &forged, &r, &TARGETED, now) {
         Decision::Store(m) => assert!(m.headers().get(GENERATED).is_none()),
         Decision::Pass(p) => panic!("{p}"),
     }

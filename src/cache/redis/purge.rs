@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{PurgeMessage, RedisTier};
-use crate::cache::purge::PurgeMatch;
+use crate::cache::purge::{glob_matches, literal_prefix, PurgeMatch};
 
 /// How long a tombstone is kept: longer than any fill (origin time plus body transfer) runs.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
@@ -117,18 +117,28 @@ impl RedisTier {
     pub async fn purge(&self, target: &PurgeMatch) -> SharedPurge {
         let mut report = SharedPurge::default();
         let prefix = &self.conf.key_prefix;
-        let (kind, value, tombstone) = match target {
-            PurgeMatch::Key(v) => ("key", v, key_tombstone(prefix, v)),
-            PurgeMatch::Prefix(v) => ("prefix", v, prefix_tombstones(prefix)),
-            PurgeMatch::Tag(v) => ("tag", v, tag_tombstone(prefix, v)),
+        // A pattern's tombstone is its literal prefix: a fill in flight under the prefix when
+        // the purge runs is refused (the safe side), and the fill script stays a plain prefix
+        // test rather than a pattern match inside Redis.
+        let (kind, value, mark_kind, mark_value, tombstone) = match target {
+            PurgeMatch::Key(v) => ("key", v, "key", v.as_str(), key_tombstone(prefix, v)),
+            PurgeMatch::Prefix(v) => ("prefix", v, "prefix", v.as_str(), prefix_tombstones(prefix)),
+            PurgeMatch::Tag(v) => ("tag", v, "tag", v.as_str(), tag_tombstone(prefix, v)),
+            PurgeMatch::Pattern(v) => (
+                "pattern",
+                v,
+                "prefix",
+                literal_prefix(v),
+                prefix_tombstones(prefix),
+            ),
         };
         let mark = redis::cmd("EVAL")
             .arg(MARK)
             .arg(2)
             .arg(generation_key(prefix))
             .arg(tombstone)
-            .arg(kind)
-            .arg(value)
+            .arg(mark_kind)
+            .arg(mark_value)
             .arg(TOMBSTONE_TTL.as_millis() as u64)
             .clone();
         let generation = match self.query::<String>("purge", &mark).await {
@@ -158,6 +168,23 @@ impl RedisTier {
             PurgeMatch::Prefix(p) => {
                 self.scan(&format!("{prefix}obj:{}*", glob_escape(p)), &mut report)
                     .await
+            }
+            PurgeMatch::Pattern(p) => {
+                let objects = format!("{prefix}obj:");
+                let candidates = self
+                    .scan(
+                        &format!("{objects}{}*", glob_escape(literal_prefix(p))),
+                        &mut report,
+                    )
+                    .await;
+                candidates
+                    .into_iter()
+                    .filter(|key| {
+                        key.strip_prefix(&objects)
+                            .and_then(|rest| rest.rsplit_once('#'))
+                            .is_some_and(|(primary, _)| glob_matches(p, primary))
+                    })
+                    .collect()
             }
         };
         for chunk in keys.chunks(500) {

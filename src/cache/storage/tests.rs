@@ -1,5 +1,6 @@
 //! The memory storage: round trips, byte bound under pressure, purges, unfinished writes.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use pingora_http::ResponseHeader;
@@ -16,11 +17,11 @@ fn meta(headers: &[(&str, &str)]) -> CacheMeta {
     CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
 }
 
-fn storage(max: u64, max_object: u64) -> &'static MemoryStorage {
-    MemoryStorage::leak(max, max_object, None)
+fn storage(max: u64, max_object: u64) -> &'static TieredStorage {
+    TieredStorage::leak(max, max_object, None)
 }
 
-async fn fill(s: &'static MemoryStorage, primary: &str, headers: &[(&str, &str)], body: &[u8]) {
+async fn fill(s: &'static TieredStorage, primary: &str, headers: &[(&str, &str)], body: &[u8]) {
     let key = CacheKey::new(primary, "");
     let trace = Span::inactive().handle();
     let mut miss = s
@@ -33,7 +34,7 @@ async fn fill(s: &'static MemoryStorage, primary: &str, headers: &[(&str, &str)]
     miss.finish().await.unwrap();
 }
 
-async fn read(s: &'static MemoryStorage, primary: &str) -> Option<(CacheMeta, Bytes)> {
+async fn read(s: &'static TieredStorage, primary: &str) -> Option<(CacheMeta, Bytes)> {
     let trace = Span::inactive().handle();
     let (meta, mut hit) = s
         .lookup(&CacheKey::new(primary, ""), &trace)
@@ -57,7 +58,7 @@ async fn round_trip_with_a_generated_etag() {
         etag::generate(b"hello").as_str()
     );
     assert!(read(s, "h/b").await.is_none());
-    assert_eq!(s.stats.entries.load(Ordering::Relaxed), 1);
+    assert_eq!(s.memory.stats.entries.load(Ordering::Relaxed), 1);
     // An origin ETag is kept as is and no tag is generated.
     fill(s, "h/c", &[("ETag", "\"o\"")], b"x").await;
     let (meta, _) = read(s, "h/c").await.unwrap();
@@ -87,12 +88,12 @@ async fn bytes_stay_under_the_bound_while_filling_four_times_over() {
     let body = vec![b'x'; 16 << 10];
     for i in 0..256 {
         fill(s, &format!("h/{i}"), &[], &body).await;
-        assert!(s.stats.bytes.load(Ordering::Relaxed) <= max);
+        assert!(s.memory.stats.bytes.load(Ordering::Relaxed) <= max);
     }
-    let entries = s.stats.entries.load(Ordering::Relaxed);
-    let bytes = s.stats.bytes.load(Ordering::Relaxed);
-    assert!(s.stats.evictions.load(Ordering::Relaxed) >= 190);
-    let charge = MemoryStorage::size_of(&meta(&[]), body.len()) as u64;
+    let entries = s.memory.stats.entries.load(Ordering::Relaxed);
+    let bytes = s.memory.stats.bytes.load(Ordering::Relaxed);
+    assert!(s.memory.stats.evictions.load(Ordering::Relaxed) >= 190);
+    let charge = MemoryTier::size_of(&meta(&[]), body.len()) as u64;
     let most = max / charge;
     assert!(
         (most * 9 / 10..=most).contains(&entries),
@@ -100,8 +101,7 @@ async fn bytes_stay_under_the_bound_while_filling_four_times_over() {
     );
     // Full means full: within 10% of the bound.
     assert!(bytes as f64 >= max as f64 * 0.9, "{bytes} bytes");
-    let index = s.index();
-    assert_eq!(index.by_key.len() as u64, entries);
+    assert_eq!(s.memory.indexed() as u64, entries);
 }
 
 #[tokio::test]
@@ -112,15 +112,15 @@ async fn purges_by_key_prefix_and_tag() {
     fill(s, "h/b/1", &[], b"3").await;
     fill(s, "h/b/2", &[], b"4").await;
     fill(s, "other/b/1", &[], b"5").await;
-    assert_eq!(s.purge(PurgeMatch::Key("h/a?x=1".into())), 1);
+    assert_eq!(s.purge_local(PurgeMatch::Key("h/a?x=1".into())), 1);
     assert!(read(s, "h/a?x=1").await.is_none());
-    assert_eq!(s.purge(PurgeMatch::Tag("t3".into())), 1);
+    assert_eq!(s.purge_local(PurgeMatch::Tag("t3".into())), 1);
     assert!(read(s, "h/a?x=2").await.is_none());
-    assert_eq!(s.purge(PurgeMatch::Prefix("h/b/".into())), 2);
+    assert_eq!(s.purge_local(PurgeMatch::Prefix("h/b/".into())), 2);
     assert!(read(s, "h/b/1").await.is_none());
     assert!(read(s, "other/b/1").await.is_some());
-    assert_eq!(s.purge(PurgeMatch::Tag("t1".into())), 0);
-    assert_eq!(s.stats.entries.load(Ordering::Relaxed), 1);
+    assert_eq!(s.purge_local(PurgeMatch::Tag("t1".into())), 0);
+    assert_eq!(s.memory.stats.entries.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
@@ -135,61 +135,9 @@ async fn a_purge_during_a_fill_wins() {
     miss.write_body(Bytes::from_static(b"old"), true)
         .await
         .unwrap();
-    s.purge(PurgeMatch::Tag("t".into()));
+    s.purge_local(PurgeMatch::Tag("t".into()));
     miss.finish().await.unwrap();
     assert!(read(s, "h/racing").await.is_none());
-}
-
-#[test]
-fn tags_split_on_spaces_and_commas() {
-    let m = meta(&[("Surrogate-Key", "a b  c"), ("Cache-Tag", "c,d")]);
-    assert_eq!(tags_of(&m), vec!["a", "b", "c", "d"]);
-}
-
-#[test]
-fn cloned_meta_keeps_freshness_and_variance() {
-    let mut m = meta(&[("X", "1")]);
-    m.set_variance_key([7; 16]);
-    let c = clone_meta(&m);
-    assert_eq!(c.fresh_until(), m.fresh_until());
-    assert_eq!(c.variance(), Some([7; 16]));
-    assert_eq!(c.headers()["x"], "1");
-}
-
-#[test]
-fn stored_headers_own_their_bytes() {
-    // As Pingora parses them: names and values are slices of one read buffer.
-    let buf = Bytes::from_static(b"Content-Type: text/plainX-Trace: abcX-Trace: def");
-    let mut h = ResponseHeader::build(200, None).unwrap();
-    h.set_reason_phrase(Some("Fine")).unwrap();
-    for (name, value) in [(0..12, 14..24), (24..31, 33..36), (36..43, 45..48)] {
-        let value = HeaderValue::from_maybe_shared(buf.slice(value)).unwrap();
-        h.append_header(buf.slice(name), value).unwrap();
-    }
-    let copy = owned_header(&h);
-
-    let fields = |h: &ResponseHeader| -> Vec<(String, Vec<u8>)> {
-        h.headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect()
-    };
-    assert_eq!(fields(&copy), fields(&h));
-    assert_eq!(copy.status, h.status);
-    assert_eq!(copy.get_reason_phrase(), Some("Fine"));
-    let inside = |p: *const u8| buf.as_ptr_range().contains(&p);
-    assert!(h.headers.values().all(|v| inside(v.as_bytes().as_ptr())));
-    assert!(copy
-        .headers
-        .values()
-        .all(|v| !inside(v.as_bytes().as_ptr())));
-    assert!(!copy.has_case(), "no second map of spellings");
-    let mut wire = Vec::new();
-    copy.header_to_h1_wire(&mut wire);
-    assert_eq!(
-        String::from_utf8(wire).unwrap(),
-        "Content-Type: text/plain\r\nx-trace: abc\r\nx-trace: def\r\n"
-    );
 }
 
 /// Every insert is forced (requests coalesced on a fill read it next), so TinyLFU admission
@@ -209,17 +157,17 @@ async fn a_hot_set_survives_a_scan_of_ten_times_the_cache() {
             assert!(read(s, key).await.is_some(), "{key} was not stored");
         }
     }
-    let per_entry = s.stats.bytes.load(Ordering::Relaxed) / hot.len() as u64;
-    let capacity = s.max_bytes() / per_entry;
+    let per_entry = s.memory.stats.bytes.load(Ordering::Relaxed) / hot.len() as u64;
+    let capacity = s.memory.max_bytes() / per_entry;
     let scan = 10 * capacity;
     for i in 0..scan {
         fill(s, &format!("h/scan/{i}"), &[], &body).await;
     }
     assert!(
-        s.stats.evictions.load(Ordering::Relaxed) >= scan - capacity,
+        s.memory.stats.evictions.load(Ordering::Relaxed) >= scan - capacity,
         "the scan did not go through the cache"
     );
-    assert!(s.stats.bytes.load(Ordering::Relaxed) <= s.max_bytes());
+    assert!(s.memory.stats.bytes.load(Ordering::Relaxed) <= s.memory.max_bytes());
     let lost: Vec<&String> = missing(s, &hot).await;
     assert!(
         lost.is_empty(),
@@ -227,7 +175,7 @@ async fn a_hot_set_survives_a_scan_of_ten_times_the_cache() {
     );
 }
 
-async fn missing<'a>(s: &'static MemoryStorage, keys: &'a [String]) -> Vec<&'a String> {
+async fn missing<'a>(s: &'static TieredStorage, keys: &'a [String]) -> Vec<&'a String> {
     let mut lost = Vec::new();
     for key in keys {
         if read(s, key).await.is_none() {
