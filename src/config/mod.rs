@@ -32,7 +32,7 @@ pub use upstream::{
     BackendSpec, CheckKind, HashKey, HealthCheck, PassiveHealth, RetryPolicy, Sticky, Strategy,
     Upstream, MAX_RETRIES, MAX_WEIGHT,
 };
-pub use upstream_tls::UpstreamTls;
+pub use upstream_tls::{ClientIdentity, UpstreamTls};
 pub use warm::Warm;
 
 use file::FileConfig;

@@ -97,6 +97,8 @@ pub struct Upstream {
     pub max_in_flight: Option<u64>,
     /// TLS to the backends; `None`: plain TCP.
     pub tls: Option<super::upstream_tls::UpstreamTls>,
+    /// HTTP/2 to the backends: ALPN `h2` over TLS, prior knowledge over plain TCP.
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,24 +194,9 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
     };
     let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
     let tls = super::upstream_tls::upstream_tls(key, up.tls, &names)?;
-    if up.http2 == Some(true) {
-        return Err(key
-            .field("http2")
-            .invalid("HTTP/2 to backends is not supported yet"));
-    }
-    if tls.is_some()
-        && matches!(
-            health_check.as_ref().map(|h| &h.kind),
-            Some(CheckKind::Http { .. })
-        )
-    {
-        return Err(key
-            .field("health_check")
-            .field("type")
-            .invalid("http checks over TLS are not supported yet; use type: tcp"));
-    }
     Ok(Upstream {
         tls,
+        http2: up.http2.unwrap_or(false),
         strategy,
         backends,
         health_check,

@@ -1,5 +1,6 @@
 //! `upstreams.<name>.tls`: `false`, `true`, or a block `{sni, verify, ca}` for TLS to the
-//! backends. Verification is on by default, against the system roots or the `ca` file.
+//! backends. Verification is on by default, against the system roots or the `ca` file; a
+//! client certificate (`client_cert`, `client_key`) may be shown to them (mTLS).
 
 use std::net::IpAddr;
 
@@ -25,6 +26,23 @@ pub struct UpstreamTls {
     pub verify: bool,
     /// The CA certificates (DER) from the `ca` file, instead of the system roots.
     pub ca: Option<Vec<Vec<u8>>>,
+    /// The client certificate shown to the backends (mTLS).
+    pub client: Option<ClientIdentity>,
+}
+
+/// A client certificate chain (DER, leaf first) and its key (DER), checked to match.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub chain: Vec<Vec<u8>>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamTls {
@@ -55,18 +73,18 @@ pub(super) fn upstream_tls(
         Some(serde_yaml::Value::Bool(true)) => FileUpstreamTls::default(),
         Some(value @ serde_yaml::Value::Mapping(_)) => serde_path_to_error::deserialize(value)
             .map_err(|e| key.below(&e.path().to_string()).invalid(e.into_inner()))?,
-        Some(_) => return Err(key.invalid("must be true, false or a block {sni, verify, ca}")),
-    };
-    for (name, value) in [
-        ("client_cert", &raw.client_cert),
-        ("client_key", &raw.client_key),
-    ] {
-        if value.is_some() {
-            return Err(key
-                .field(name)
-                .invalid("client certificates to backends are not supported yet"));
+        Some(_) => {
+            return Err(key.invalid(
+                "must be true, false or a block {sni, verify, ca, client_cert, client_key}",
+            ))
         }
-    }
+    };
+    let client = match (raw.client_cert.as_deref(), raw.client_key.as_deref()) {
+        (None, None) => None,
+        (Some(cert), Some(client_key)) => Some(client_identity(&key, cert, client_key)?),
+        (Some(_), None) => return Err(key.field("client_key").invalid("needed with client_cert")),
+        (None, Some(_)) => return Err(key.field("client_cert").invalid("needed with client_key")),
+    };
     let sni = match raw.sni.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(name)
@@ -87,7 +105,12 @@ pub(super) fn upstream_tls(
         None => None,
         Some(path) => Some(read_ca(&key.field("ca"), path)?),
     };
-    let tls = UpstreamTls { sni, verify, ca };
+    let tls = UpstreamTls {
+        sni,
+        verify,
+        ca,
+        client,
+    };
     if verify {
         // Pingora skips verification for an empty SNI: never let that happen silently.
         if let Some(b) = backends.iter().find(|b| tls.sni_for(b).is_empty()) {
@@ -99,6 +122,28 @@ pub(super) fn upstream_tls(
         log::warn!("{key}: verify is false: backend certificates are not checked");
     }
     Ok(Some(tls))
+}
+
+/// A client certificate and key, checked like the listeners' (they match, in date).
+fn client_identity(key: &Key, cert: &str, client_key: &str) -> Result<ClientIdentity, Invalid> {
+    use crate::tls::{Certificate, Part};
+    use rustls_pki_types::pem::PemObject;
+    let loaded = Certificate::load(std::path::Path::new(cert), std::path::Path::new(client_key))
+        .map_err(|e| match e.part {
+            Part::Cert => key.field("client_cert").invalid(e.reason),
+            Part::Key => key.field("client_key").invalid(e.reason),
+        })?;
+    let der = std::fs::read(client_key)
+        .ok()
+        .and_then(|pem| rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem).ok())
+        .ok_or_else(|| {
+            key.field("client_key")
+                .invalid(format!("cannot read {client_key}"))
+        })?;
+    Ok(ClientIdentity {
+        chain: loaded.key.cert.iter().map(|c| c.to_vec()).collect(),
+        key: der.secret_der().to_vec(),
+    })
 }
 
 /// The certificates of a PEM file, each checked to parse.
@@ -158,8 +203,9 @@ mod tests {
             ("true", "upstreams.a.tls.sni"),
             ("{sni: \"a b\"}", "upstreams.a.tls.sni"),
             ("{sni: x, ca: /nonexistent/ca.pem}", "upstreams.a.tls.ca"),
+            ("{sni: x, client_cert: c.pem}", "upstreams.a.tls.client_key"),
             (
-                "{sni: x, client_cert: c.pem}",
+                "{sni: x, client_cert: /nonexistent.pem, client_key: /k}",
                 "upstreams.a.tls.client_cert",
             ),
             ("{sni: x, pin: y}", "upstreams.a.tls.pin"),
@@ -168,17 +214,5 @@ mod tests {
             let err = parse(tls, "127.0.0.1:1").unwrap_err();
             assert_eq!(err.path, path, "{tls}: {err}");
         }
-        let err = Config::parse(
-            "upstreams:\n  a:\n    backends: [{address: 127.0.0.1:1}]\n    http2: true\nroutes:\n  - upstream: a\n",
-            "t.yaml",
-        )
-        .unwrap_err();
-        assert_eq!(err.path, "upstreams.a.http2");
-        let err = Config::parse(
-            "upstreams:\n  a:\n    backends: [{address: 127.0.0.1:1}]\n    tls: {verify: false}\n    health_check: {path: /h}\nroutes:\n  - upstream: a\n",
-            "t.yaml",
-        )
-        .unwrap_err();
-        assert_eq!(err.path, "upstreams.a.health_check.type");
     }
 }

@@ -120,12 +120,20 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     if let Some(tls) = &pool.tls {
         tls.apply(&mut peer, &backend.name);
     }
+    if pool.http2 {
+        // HTTP/2 only (ALPN h2, or prior knowledge over plain TCP), requests multiplexed.
+        peer.options.set_http_version(2, 2);
+        peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+    }
     peer.options.connection_timeout = Some(pool.connect_timeout);
     peer.options.read_timeout = Some(pool.read_timeout);
     peer.options.write_timeout = Some(pool.read_timeout);
     peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
     Ok(Box::new(peer))
 }
+
+/// Requests sent at once on one HTTP/2 connection to a backend.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 /// The attempt has its upstream connection: count whether it came from the pool.
 pub fn on_connected(ctx: &RequestCtx, reused: bool, metrics: &Metrics) {

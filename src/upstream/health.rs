@@ -1,5 +1,6 @@
 //! Active health checks: probe each backend on an interval (HTTP GET or TCP connect) and take
-//! it out or put it back after the configured run of consecutive results.
+//! it out or put it back after the configured run of consecutive results. Checks of a TLS
+//! upstream go over TLS with its settings.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -9,13 +10,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::Pool;
-use crate::config::{CheckKind, HealthCheck};
+use tokio_rustls::TlsConnector;
+
+use crate::config::{CheckKind, HealthCheck, UpstreamTls};
 
 /// Where the checks get their pools: the running config's, and a signal for each new version.
 /// (The running config lives above this module, in `state`.)
@@ -82,7 +85,8 @@ async fn check_loop(pool: Arc<Pool>, index: usize) {
     loop {
         ticker.tick().await;
         let backend = &pool.backends[index];
-        let result = probe(backend.addr, &backend.name, &check).await;
+        let tls = pool.tls.as_ref().map(|t| (&t.conf, &t.checks));
+        let result = probe(backend.addr, &backend.name, &check, tls).await;
         record(&pool, index, &check, result);
     }
 }
@@ -129,6 +133,8 @@ pub enum ProbeError {
     Timeout(Duration),
     #[error("connect: {0}")]
     Connect(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("send: {0}")]
     Send(String),
     #[error("read: {0}")]
@@ -143,16 +149,29 @@ pub enum ProbeError {
     Status(u16),
 }
 
-/// One probe within the check's timeout.
-pub async fn probe(addr: SocketAddr, host: &str, check: &HealthCheck) -> Result<(), ProbeError> {
-    match tokio::time::timeout(check.timeout, probe_inner(addr, host, &check.kind)).await {
+/// The TLS settings and connector of a TLS upstream's checks.
+pub type CheckTls<'a> = (&'a UpstreamTls, &'a TlsConnector);
+
+/// One probe within the check's timeout (over TLS for a TLS upstream, as requests go).
+pub async fn probe(
+    addr: SocketAddr,
+    host: &str,
+    check: &HealthCheck,
+    tls: Option<CheckTls<'_>>,
+) -> Result<(), ProbeError> {
+    match tokio::time::timeout(check.timeout, probe_inner(addr, host, &check.kind, tls)).await {
         Ok(result) => result,
         Err(_) => Err(ProbeError::Timeout(check.timeout)),
     }
 }
 
-async fn probe_inner(addr: SocketAddr, host: &str, kind: &CheckKind) -> Result<(), ProbeError> {
-    let mut stream = TcpStream::connect(addr)
+async fn probe_inner(
+    addr: SocketAddr,
+    host: &str,
+    kind: &CheckKind,
+    tls: Option<CheckTls<'_>>,
+) -> Result<(), ProbeError> {
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| ProbeError::Connect(e.to_string()))?;
     let (path, expect) = match kind {
@@ -162,6 +181,26 @@ async fn probe_inner(addr: SocketAddr, host: &str, kind: &CheckKind) -> Result<(
             expect_status,
         } => (path, *expect_status),
     };
+    match tls {
+        None => exchange(stream, host, path, expect).await,
+        Some((conf, connector)) => {
+            let name = super::check_tls::server_name(conf, host, addr);
+            let stream = connector
+                .connect(name, stream)
+                .await
+                .map_err(|e| ProbeError::Tls(e.to_string()))?;
+            exchange(stream, host, path, expect).await
+        }
+    }
+}
+
+/// Sends the check's GET and judges the status.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    path: &str,
+    expect: Option<u16>,
+) -> Result<(), ProbeError> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchyard-health-check\r\nConnection: close\r\n\r\n"
     );
@@ -182,7 +221,7 @@ async fn probe_inner(addr: SocketAddr, host: &str, kind: &CheckKind) -> Result<(
 }
 
 /// Reads just enough of the response to parse the status line.
-async fn read_status(stream: &mut TcpStream) -> Result<u16, ProbeError> {
+async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> Result<u16, ProbeError> {
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     loop {

@@ -1,5 +1,6 @@
 //! Upstream pools: the backends of one upstream, their live state, and picking one for a request.
 
+mod check_tls;
 pub mod health;
 pub mod selection;
 pub mod sticky;
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::utils::tls::{parse_x509, WrappedX509};
+use pingora_core::utils::tls::{parse_x509, CertKey, WrappedX509};
 use std::time::Duration;
 
 use crate::config::{self, HashKey, HealthCheck, PassiveHealth, RetryPolicy, Strategy};
@@ -156,6 +157,8 @@ pub struct Pool {
     pub max_in_flight: Option<u64>,
     /// TLS to the backends, with the `ca` certificates ready for Pingora's connector.
     pub tls: Option<PeerTls>,
+    /// HTTP/2 to the backends.
+    pub http2: bool,
     /// Requests refused because `max_in_flight` was reached.
     overloaded: AtomicU64,
     rr: RoundRobin,
@@ -167,6 +170,10 @@ pub struct PeerTls {
     pub conf: config::UpstreamTls,
     /// `conf.ca` parsed for Pingora (`None`: the system roots).
     pub ca: Option<Arc<CaType>>,
+    /// The client certificate for Pingora's connector (mTLS).
+    pub client: Option<Arc<CertKey>>,
+    /// The health checks' TLS connector, with the same roots and verification.
+    pub checks: tokio_rustls::TlsConnector,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -188,6 +195,11 @@ impl PeerTls {
         PeerTls {
             conf: conf.clone(),
             ca,
+            client: conf
+                .client
+                .as_ref()
+                .map(|c| Arc::new(CertKey::new(c.chain.clone(), c.key.clone()))),
+            checks: check_tls::connector(conf),
         }
     }
 
@@ -197,6 +209,7 @@ impl PeerTls {
         peer.options.verify_cert = self.conf.verify;
         peer.options.verify_hostname = self.conf.verify;
         peer.options.ca = self.ca.clone();
+        peer.client_cert_key = self.client.clone();
     }
 }
 
@@ -249,6 +262,7 @@ impl Pool {
         });
         let pool = Pool {
             tls: conf.tls.as_ref().map(PeerTls::new),
+            http2: conf.http2,
             name: name.to_string(),
             strategy: conf.strategy,
             backends,

@@ -25,6 +25,7 @@ fn upstream(weights: &[u32], strategy: Strategy) -> config::Upstream {
         passive_health: None,
         max_in_flight: None,
         tls: None,
+        http2: false,
     }
 }
 

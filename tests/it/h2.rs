@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::Version;
 
-use crate::common::{client, spawn_origin, spawn_proxy, upstream, Proxy};
+use crate::common::{client, spawn_origin, spawn_proxy, upstream, wait_until, Proxy};
 use crate::tls::{tls_block, tls_client, Ca};
 
 fn h2c_client() -> reqwest::Client {
@@ -43,11 +43,14 @@ async fn h2c_prior_knowledge_only_when_enabled() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), Version::HTTP_11);
-    let metrics = proxy.metrics().await;
-    assert!(
-        metrics.contains("switchyard_client_requests_total{protocol=\"h2\",tls=\"false\"} 3"),
-        "{metrics}"
-    );
+    // Counted when each request is logged, just after its response.
+    wait_until(Duration::from_secs(5), || async {
+        proxy
+            .metrics()
+            .await
+            .contains("switchyard_client_requests_total{protocol=\"h2\",tls=\"false\"} 3")
+    })
+    .await;
 
     let off = spawn_proxy(&config(false)).await;
     assert!(h2c_client().get(off.url("/a")).send().await.is_err());

@@ -27,4 +27,5 @@ mod routing;
 mod sticky;
 mod tls;
 mod upgrade;
+mod upstream_h2;
 mod upstream_tls;

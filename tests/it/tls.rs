@@ -206,13 +206,16 @@ async fn alpn_offers_h2_and_http1_on_one_port() {
     }
     let plain = client().get(proxy.url("/x")).send().await.unwrap();
     assert_eq!(plain.headers()["x-seen-forwarded-proto"], "http");
-    let metrics = proxy.metrics().await;
+    // Counted when each request is logged, just after its response.
     for series in [
         "switchyard_client_requests_total{protocol=\"h2\",tls=\"true\"} 1",
         "switchyard_client_requests_total{protocol=\"http/1.1\",tls=\"true\"} 1",
         "switchyard_client_requests_total{protocol=\"http/1.1\",tls=\"false\"} 1",
     ] {
-        assert!(metrics.contains(series), "{series} in\n{metrics}");
+        wait_until(Duration::from_secs(5), || async {
+            proxy.metrics().await.contains(series)
+        })
+        .await;
     }
 }
 
@@ -249,10 +252,12 @@ async fn http1_only_alpn_and_plain_http_to_the_tls_port() {
         .await
         .unwrap();
     assert_eq!(plain.status(), 400);
-    let metrics = proxy.metrics().await;
     for reason in ["plain_http", "version"] {
         let series = format!("switchyard_tls_handshake_errors_total{{reason=\"{reason}\"}} 1");
-        assert!(metrics.contains(&series), "{series} in\n{metrics}");
+        wait_until(Duration::from_secs(5), || async {
+            proxy.metrics().await.contains(&series)
+        })
+        .await;
     }
     // The proxy still serves.
     let again = tls_client(Some(&ca), "h.test", addr)
