@@ -810,3 +810,128 @@ async fn warm_lists_are_stored_before_clients_ask_and_kept_fresh() {
         "{metrics}"
     );
 }
+
+/// A `HEAD` never leaves an empty body in the cache: on a caching route it goes upstream as a
+/// `GET`, so a `HEAD` miss stores the whole response and a `HEAD` on an expired entry refreshes
+/// it (RFC 9111 §4.3.5's freshening, with the body fetched again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_never_store_an_empty_body_and_freshen_a_matching_entry() {
+    let o = Scripted::start().await;
+    o.set(
+        "/h",
+        Reply::ok(
+            &[
+                ("Cache-Control", "max-age=1"),
+                ("ETag", "\"h1\""),
+                ("X-Version", "1"),
+            ],
+            "body of h",
+        ),
+    );
+    let proxy = o.proxy("").await;
+    let head = send(&proxy, "HEAD", "/h", &[]).await;
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    let get1 = get(&proxy, "/h").await;
+    assert_eq!(get1.body, "body of h");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    o.set(
+        "/h",
+        Reply::ok(
+            &[
+                ("Cache-Control", "max-age=600"),
+                ("ETag", "\"h1\""),
+                ("X-Version", "2"),
+            ],
+            "body of h",
+        ),
+    );
+    let head = send(&proxy, "HEAD", "/h", &[]).await;
+    assert_eq!(head.status, 200);
+    let gets_before = o.count("GET", "/h");
+    let hit = get(&proxy, "/h").await;
+    // On a caching route a HEAD goes upstream as a GET, so it fills or refreshes the entry.
+    assert_eq!((o.count("HEAD", "/h"), gets_before), (0, 2));
+    assert_eq!(hit.body, "body of h");
+    assert_eq!(
+        o.count("GET", "/h"),
+        gets_before,
+        "{}",
+        hit.header("cache-status")
+    );
+    assert_eq!(hit.header("x-version"), "2");
+}
+
+/// Dates in RFC 850 and asctime form are read (RFC 9110 §5.6.7); an invalid `Expires` means
+/// already expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obsolete_date_formats_give_freshness_and_an_invalid_expires_none() {
+    let o = Scripted::start().await;
+    let now = std::time::SystemTime::now();
+    let rfc850 = |t: std::time::SystemTime| {
+        // `Sunday, 06-Nov-94 08:49:37 GMT` from the IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`.
+        let imf = httpdate::fmt_http_date(t);
+        let parts: Vec<&str> = imf.split_whitespace().collect();
+        let day = match parts[0] {
+            "Mon," => "Monday",
+            "Tue," => "Tuesday",
+            "Wed," => "Wednesday",
+            "Thu," => "Thursday",
+            "Fri," => "Friday",
+            "Sat," => "Saturday",
+            _ => "Sunday",
+        };
+        format!(
+            "{day}, {}-{}-{} {} GMT",
+            parts[1],
+            parts[2],
+            &parts[3][2..],
+            parts[4]
+        )
+    };
+    o.set(
+        "/old-dates",
+        Reply::ok(
+            &[
+                ("Date", &rfc850(now)),
+                ("Expires", &rfc850(now + Duration::from_secs(120))),
+            ],
+            "dated",
+        ),
+    );
+    o.set(
+        "/bad-expires",
+        Reply::ok(&[("Expires", "next tuesday")], "expired"),
+    );
+    let proxy = o.proxy("").await;
+    get(&proxy, "/old-dates").await;
+    let hit = get(&proxy, "/old-dates").await;
+    assert!(
+        hit.header("cache-status").contains("hit"),
+        "{}",
+        hit.header("cache-status")
+    );
+    get(&proxy, "/bad-expires").await;
+    get(&proxy, "/bad-expires").await;
+    assert_eq!(o.count("GET", "/bad-expires"), 2);
+}
+
+/// `must-understand` (RFC 9111 §5.2.2.3): a known status is stored despite the `no-store`
+/// sent with it for caches that do not understand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn must_understand_stores_known_statuses_despite_no_store() {
+    let o = Scripted::start().await;
+    o.set(
+        "/mu",
+        Reply::ok(
+            &[("Cache-Control", "must-understand, no-store, max-age=60")],
+            "mu",
+        ),
+    );
+    let proxy = o.proxy("").await;
+    get(&proxy, "/mu").await;
+    assert!(get(&proxy, "/mu")
+        .await
+        .header("cache-status")
+        .contains("hit"));
+    assert_eq!(o.count("GET", "/mu"), 1);
+}
