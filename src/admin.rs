@@ -42,6 +42,7 @@ impl Admin {
                         json!({
                             "address": b.name,
                             "weight": b.weight(),
+                            "backup": b.is_backup(),
                             "healthy": b.is_healthy(),
                             "ejected": b.is_ejected(),
                             "ejections_total": b.ejections_total(),

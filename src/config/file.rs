@@ -196,6 +196,7 @@ pub struct FilePassiveHealth {
 pub struct FileBackend {
     pub address: String,
     pub weight: Option<i64>,
+    pub backup: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

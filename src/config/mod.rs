@@ -169,3 +169,5 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_capacity;

@@ -107,6 +107,8 @@ pub struct BackendSpec {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Used only when no primary (non-backup) backend is available, as nginx's `backup`.
+    pub backup: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +165,15 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
                 .field("address")
                 .invalid(format!("`{name}` is listed twice in this upstream")));
         }
-        backends.push(BackendSpec { name, addr, weight });
+        backends.push(BackendSpec {
+            name,
+            addr,
+            weight,
+            backup: b.backup.unwrap_or(false),
+        });
+    }
+    if backends.iter().all(|b| b.backup) {
+        return Err(list.invalid("needs at least one backend without `backup: true`"));
     }
     let health_check = up
         .health_check

@@ -26,6 +26,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Changes on reload; the backend's other state carries over.
     weight: AtomicU32,
+    /// A backup backend takes requests only when no primary is available; changes on reload.
+    backup: AtomicBool,
     /// Set by active health checks.
     healthy: AtomicBool,
     /// Set by passive health (outlier ejection) for `ejection_time`.
@@ -47,6 +49,7 @@ impl Backend {
             name: spec.name.clone(),
             addr: spec.addr,
             weight: AtomicU32::new(spec.weight),
+            backup: AtomicBool::new(spec.backup),
             healthy: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
@@ -61,6 +64,10 @@ impl Backend {
 
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_backup(&self) -> bool {
+        self.backup.load(Ordering::Relaxed)
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -233,6 +240,7 @@ impl Pool {
                 match kept {
                     Some(backend) => {
                         backend.weight.store(spec.weight, Ordering::Relaxed);
+                        backend.backup.store(spec.backup, Ordering::Relaxed);
                         if conf.health_check.is_none() {
                             // Nothing would ever check it again: a pool without checks
                             // counts every backend healthy (passive ejection still applies).
@@ -287,7 +295,14 @@ impl Pool {
     pub fn select(&self, hash: Option<u64>, tried: &[usize]) -> Option<(usize, &Arc<Backend>)> {
         // The schedule holds the backends active checks pass; ejection is checked here, so
         // that an ejection ending is seen by every pool that shares the backend.
-        let skip = |i: usize| tried.contains(&i) || self.backends[i].is_ejected();
+        // Backups take part only while no primary is available (tried ones count as gone, so
+        // a retry after every primary failed may go to a backup).
+        let backups = self.use_backups(tried);
+        let skip = |i: usize| {
+            tried.contains(&i)
+                || self.backends[i].is_ejected()
+                || self.backends[i].is_backup() != backups
+        };
         let index = match (self.strategy, hash, &self.ring) {
             (Strategy::LeastConnections, _, _) => {
                 least_conn::select(&self.backends, &self.rr, skip)
@@ -299,6 +314,15 @@ impl Pool {
             _ => self.rr.peek(skip),
         }?;
         Some((index, &self.backends[index]))
+    }
+
+    /// Whether no primary backend is left for this request, so the backups serve it.
+    pub fn use_backups(&self, tried: &[usize]) -> bool {
+        !self
+            .backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| !b.is_backup() && b.is_available() && !tried.contains(&i))
     }
 
     pub fn count_overload(&self) {
@@ -324,8 +348,9 @@ impl Pool {
         let sticky = self.sticky.as_ref()?;
         let (id, expires) = sticky.codec.decode(value, now_unix)?;
         let index = sticky.ids.iter().position(|known| *known == id)?;
-        self.backends[index]
-            .is_available()
+        let backend = &self.backends[index];
+        // A client pinned to a backup moves back once a primary is available again.
+        (backend.is_available() && (!backend.is_backup() || self.use_backups(&[])))
             .then(|| (index, sticky.codec.wants_refresh(expires, now_unix)))
     }
 

@@ -11,6 +11,7 @@ fn upstream(weights: &[u32], strategy: Strategy) -> config::Upstream {
             name: format!("127.0.0.1:{}", 9000 + i),
             addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
             weight,
+            backup: false,
         })
         .collect();
     config::Upstream {
@@ -252,4 +253,32 @@ fn concurrent_failures_never_eject_the_last_backend() {
         .filter(|p| p.backends.iter().all(|b| b.is_ejected()))
         .count();
     assert_eq!(both, 0, "both backends ejected in {both} rounds");
+}
+
+#[test]
+fn backups_serve_only_while_no_primary_is_available() {
+    for strategy in [
+        Strategy::RoundRobin,
+        Strategy::LeastConnections,
+        Strategy::IpHash,
+    ] {
+        let mut conf = upstream(&[1, 1, 1], strategy);
+        conf.backends[2].backup = true;
+        let p = Pool::new("p", &conf);
+        for k in 0..20 {
+            assert_ne!(p.select(Some(k), &[]).unwrap().0, 2, "{strategy:?}");
+        }
+        p.set_healthy(0, false);
+        assert_eq!(p.select(Some(1), &[]).unwrap().0, 1, "{strategy:?}");
+        // A retry after the last primary failed goes to the backup.
+        assert_eq!(p.select(Some(1), &[1]).unwrap().0, 2, "{strategy:?}");
+        p.set_healthy(1, false);
+        for k in 0..10 {
+            assert_eq!(p.select(Some(k), &[]).unwrap().0, 2, "{strategy:?}");
+        }
+        p.set_healthy(1, true);
+        for k in 0..10 {
+            assert_eq!(p.select(Some(k), &[]).unwrap().0, 1, "{strategy:?}");
+        }
+    }
 }

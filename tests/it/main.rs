@@ -7,6 +7,7 @@ mod balancing;
 mod cache;
 mod cache_rfc;
 mod cache_safety;
+mod capacity;
 mod chaos;
 mod cli;
 mod compress;

@@ -59,6 +59,7 @@ mod tests {
                     name: format!("b{i}"),
                     addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
                     weight,
+                    backup: false,
                 }))
             })
             .collect();
