@@ -1,8 +1,9 @@
-//! The admin listener: `GET /health`, `GET /stats` (JSON) and `GET /metrics` (Prometheus),
+//! The admin listener: `GET /health`, `GET /ready`, `GET /stats` (JSON) and `GET /metrics` (Prometheus),
 //! behind a bearer token when one is configured.
 
 mod cache;
 mod guard;
+mod ready;
 
 use std::sync::Arc;
 
@@ -202,7 +203,7 @@ impl ServeHttp for Admin {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let allowed: &[Method] = match path.as_str() {
-            "/health" | "/stats" | "/metrics" | "/cache/entry" | "/cache/top" => {
+            "/health" | "/ready" | "/stats" | "/metrics" | "/cache/entry" | "/cache/top" => {
                 &[Method::GET, Method::HEAD]
             }
             "/reload" | "/cache/purge" => &[Method::POST],
@@ -249,6 +250,10 @@ impl ServeHttp for Admin {
         }
         match path.as_str() {
             "/health" => text(StatusCode::OK, "ok"),
+            "/ready" => match ready::check(&self.shared).await {
+                Ok(doc) => json_reply(StatusCode::OK, &doc),
+                Err(doc) => json_reply(StatusCode::SERVICE_UNAVAILABLE, &doc),
+            },
             "/stats" => json_reply(StatusCode::OK, &self.stats()),
             "/reload" => self.reload().await,
             "/cache/purge" => self.purge(session).await,

@@ -75,6 +75,7 @@ pub struct Metrics {
     upstream_connects: IntCounterVec,
     tls_handshake_errors: IntCounterVec,
     client_requests: IntCounterVec,
+    access_log_dropped: IntCounter,
     /// `client_requests` for (http/1.1, h2) × (plain, TLS), resolved on first use.
     protocols: [OnceLock<IntCounter>; 4],
 }
@@ -165,7 +166,16 @@ impl Metrics {
                 .register(Box::new(counter.clone()))
                 .expect("unique metric name");
         }
+        let access_log_dropped = IntCounter::new(
+            "switchyard_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .expect("unique metric name");
         Metrics {
+            access_log_dropped,
             registry,
             tls_handshake_errors,
             client_requests,
@@ -176,6 +186,11 @@ impl Metrics {
             cache_lookups,
             upstream_connects,
         }
+    }
+
+    /// The counter of dropped access log lines (the writer counts into it).
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.access_log_dropped.clone()
     }
 
     /// Counts one upstream connection a request went out on. A label lookup per attempt (about

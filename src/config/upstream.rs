@@ -97,6 +97,8 @@ pub struct Upstream {
     pub max_in_flight: Option<u64>,
     /// TLS to the backends; `None`: plain TCP.
     pub tls: Option<super::upstream_tls::UpstreamTls>,
+    /// `/ready` needs a healthy backend of this upstream.
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +211,7 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
             .invalid("http checks over TLS are not supported yet; use type: tcp"));
     }
     Ok(Upstream {
+        required: up.required.unwrap_or(true),
         tls,
         strategy,
         backends,
