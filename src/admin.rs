@@ -31,10 +31,23 @@ impl Admin {
 
     /// The `/stats` document.
     pub fn stats(&self) -> Value {
+        self.stats_for(None)
+    }
+
+    /// The `/stats` document; with `route`, only that route and its upstream.
+    pub fn stats_for(&self, route: Option<&str>) -> Value {
         let runtime = self.shared.runtime();
+        let only = route.and_then(|r| {
+            runtime
+                .route_series
+                .iter()
+                .find(|s| s.route() == r)
+                .map(|s| s.upstream().to_string())
+        });
         let upstreams: serde_json::Map<String, Value> = runtime
             .pools
             .iter()
+            .filter(|(name, _)| route.is_none() || only.as_deref() == Some(name.as_str()))
             .map(|(name, pool)| {
                 let backends: Vec<Value> = pool
                     .backends
@@ -84,6 +97,7 @@ impl Admin {
             .route_series
             .iter()
             .zip(&runtime.config.routes)
+            .filter(|(series, _)| route.is_none_or(|r| series.route() == r))
             .map(|(series, route)| {
                 let mut cache = serde_json::Map::new();
                 let (mut served, mut lookups) = (0, 0);
@@ -254,7 +268,10 @@ impl ServeHttp for Admin {
                 Ok(doc) => json_reply(StatusCode::OK, &doc),
                 Err(doc) => json_reply(StatusCode::SERVICE_UNAVAILABLE, &doc),
             },
-            "/stats" => json_reply(StatusCode::OK, &self.stats()),
+            "/stats" => {
+                let route = cache::query_param(session.req_header().uri.query(), "route");
+                json_reply(StatusCode::OK, &self.stats_for(route.as_deref()))
+            }
             "/reload" => self.reload().await,
             "/cache/purge" => self.purge(session).await,
             "/cache/entry" => {

@@ -194,6 +194,8 @@ pub struct Observed {
     pub(super) upstream: Option<String>,
     /// When the first attempt began.
     pub(super) upstream_started: Option<Instant>,
+    /// When the current attempt began.
+    pub(super) attempt_started: Option<Instant>,
     /// Milliseconds from the first attempt to the end of the upstream response.
     pub(super) upstream_ms: Option<f64>,
     pub(super) upstream_status: Option<u16>,

@@ -32,6 +32,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::cache::{self, Cache};
 use crate::etag;
 use crate::fields;
+use crate::metrics::UpstreamTiming;
 use crate::state::Shared;
 use ctx::RequestCtx;
 
@@ -266,9 +267,9 @@ impl ProxyHttp for Proxy {
         // Each attempt sends the whole body again: a retry replays what was already read
         // through `request_body_filter`, so the count starts over.
         ctx.body_bytes = 0;
-        ctx.observed
-            .upstream_started
-            .get_or_insert_with(std::time::Instant::now);
+        let now = std::time::Instant::now();
+        ctx.observed.upstream_started.get_or_insert(now);
+        ctx.observed.attempt_started = Some(now);
         match ctx.upstream.peer.take() {
             Some(peer) => Ok(peer),
             None => balance::pick(session, ctx),
@@ -285,6 +286,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.observed.upstream = Some(peer._address.to_string());
+        if !reused {
+            observe::upstream_timing(&self.shared.metrics, ctx, UpstreamTiming::Connect);
+        }
         balance::on_connected(ctx, reused, &self.shared.metrics);
         Ok(())
     }
@@ -323,6 +327,7 @@ impl ProxyHttp for Proxy {
         // Before the cache sees the response: hop-by-hop fields are never stored (RFC 9111 §3.1).
         headers::strip_hop_by_hop(upstream_response);
         ctx.observed.upstream_status = Some(upstream_response.status.as_u16());
+        observe::upstream_timing(&self.shared.metrics, ctx, UpstreamTiming::FirstByte);
         balance::on_upstream_status(ctx, upstream_response.status.as_u16())?;
         encoding::on_upstream_response(session, upstream_response, ctx, &self.shared.compression)?;
         Cache::on_upstream_response(session, upstream_response, &mut ctx.cache);
@@ -337,6 +342,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
+            observe::upstream_timing(&self.shared.metrics, ctx, UpstreamTiming::Total);
             // The backend is done with this request, even if the client is still reading.
             ctx.upstream.attempt = None;
             ctx.observed.upstream_ms = ctx

@@ -9,7 +9,24 @@ use pingora_proxy::Session;
 use super::ctx::RequestCtx;
 use super::{arrived_over_tls, request_host};
 use crate::access_log::Entry;
+use crate::metrics::{Metrics, UpstreamTiming};
 use crate::state::Shared;
+
+/// Records a stage of the current upstream attempt (connect, first byte, end of body) in the
+/// per-backend latency histograms.
+pub fn upstream_timing(metrics: &Metrics, ctx: &RequestCtx, stage: UpstreamTiming) {
+    let (Some((pool, index)), Some(started)) =
+        (ctx.upstream.current(), ctx.observed.attempt_started)
+    else {
+        return;
+    };
+    metrics.observe_upstream_timing(
+        &pool.name,
+        &pool.backends[index].name,
+        stage,
+        started.elapsed().as_secs_f64(),
+    );
+}
 
 /// The status the request ended with: the one sent, 499 (nginx's "client closed request")
 /// when the request failed before an answer, 0 when nothing was sent.
@@ -31,8 +48,13 @@ pub fn finish(shared: &Shared, session: &Session, e: Option<&Error>, ctx: &mut R
     shared.metrics.observe_protocol(h2, tls);
     let duration = ctx.started.elapsed();
     let seconds = duration.as_secs_f64();
+    let bytes_sent = session.as_downstream().body_bytes_sent() as u64;
     match ctx.series() {
-        Some(series) => shared.metrics.observe_route_request(series, code, seconds),
+        Some(series) => {
+            let read = session.as_downstream().body_bytes_read() as u64;
+            shared.metrics.observe_route_sizes(series, read, bytes_sent);
+            shared.metrics.observe_route_request(series, code, seconds)
+        }
         None => shared
             .metrics
             .observe_request("none", "none", code, seconds),
@@ -73,7 +95,7 @@ pub fn finish(shared: &Shared, session: &Session, e: Option<&Error>, ctx: &mut R
         query: req.uri.query().map(str::to_string),
         protocol: if h2 { "HTTP/2.0" } else { "HTTP/1.1" },
         status: code,
-        bytes_sent: session.as_downstream().body_bytes_sent() as u64,
+        bytes_sent,
         duration,
         upstream: ctx.observed.upstream.clone(),
         upstream_status: ctx.observed.upstream_status,
