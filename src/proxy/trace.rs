@@ -88,10 +88,7 @@ pub fn ids(req: &RequestHeader, trusted: bool) -> Ids {
             let trace_id = random_128();
             Ids {
                 request_id,
-                traceparent: format!(
-                    "00-{trace_id}-{}-00",
-                    format!("{:016x}", rand::random::<u64>() | 1)
-                ),
+                traceparent: format!("00-{trace_id}-{:016x}-00", rand::random::<u64>() | 1),
                 trace_id,
                 tracestate: None,
             }
