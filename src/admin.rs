@@ -1,8 +1,9 @@
-//! The admin listener: `GET /health`, `GET /stats` (JSON) and `GET /metrics` (Prometheus),
+//! The admin listener: `GET /health`, `GET /ready`, `GET /stats` (JSON) and `GET /metrics` (Prometheus),
 //! behind a bearer token when one is configured.
 
 mod cache;
 mod guard;
+mod ready;
 
 use std::sync::Arc;
 
@@ -30,10 +31,23 @@ impl Admin {
 
     /// The `/stats` document.
     pub fn stats(&self) -> Value {
+        self.stats_for(None)
+    }
+
+    /// The `/stats` document; with `route`, only that route and its upstream.
+    pub fn stats_for(&self, route: Option<&str>) -> Value {
         let runtime = self.shared.runtime();
+        let only = route.and_then(|r| {
+            runtime
+                .route_series
+                .iter()
+                .find(|s| s.route() == r)
+                .map(|s| s.upstream().to_string())
+        });
         let upstreams: serde_json::Map<String, Value> = runtime
             .pools
             .iter()
+            .filter(|(name, _)| route.is_none() || only.as_deref() == Some(name.as_str()))
             .map(|(name, pool)| {
                 let backends: Vec<Value> = pool
                     .backends
@@ -84,6 +98,7 @@ impl Admin {
             .route_series
             .iter()
             .zip(&runtime.config.routes)
+            .filter(|(series, _)| route.is_none_or(|r| series.route() == r))
             .map(|(series, route)| {
                 let mut cache = serde_json::Map::new();
                 let (mut served, mut lookups) = (0, 0);
@@ -203,7 +218,7 @@ impl ServeHttp for Admin {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let allowed: &[Method] = match path.as_str() {
-            "/health" | "/stats" | "/metrics" | "/cache/entry" | "/cache/top" => {
+            "/health" | "/ready" | "/stats" | "/metrics" | "/cache/entry" | "/cache/top" => {
                 &[Method::GET, Method::HEAD]
             }
             "/reload" | "/cache/purge" => &[Method::POST],
@@ -250,7 +265,14 @@ impl ServeHttp for Admin {
         }
         match path.as_str() {
             "/health" => text(StatusCode::OK, "ok"),
-            "/stats" => json_reply(StatusCode::OK, &self.stats()),
+            "/ready" => match ready::check(&self.shared).await {
+                Ok(doc) => json_reply(StatusCode::OK, &doc),
+                Err(doc) => json_reply(StatusCode::SERVICE_UNAVAILABLE, &doc),
+            },
+            "/stats" => {
+                let route = cache::query_param(session.req_header().uri.query(), "route");
+                json_reply(StatusCode::OK, &self.stats_for(route.as_deref()))
+            }
             "/reload" => self.reload().await,
             "/cache/purge" => self.purge(session).await,
             "/cache/entry" => {

@@ -221,7 +221,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     server.run(RunArgs {
-        shutdown_signal: Box::new(lifecycle::Signals),
+        shutdown_signal: Box::new(lifecycle::Signals(Arc::clone(&shared))),
     });
     log::info!("switchyard stopped");
     Ok(())

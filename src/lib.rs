@@ -16,6 +16,7 @@
 //! - [`fields`]: list fields and field removal, shared by the proxy, cache and compression.
 //! - [`upstream`]: pools, backend selection and active health checks.
 //! - [`metrics`]: Prometheus series.
+//! - [`access_log`]: the per-request access log, written off the request path.
 //! - [`logging`]: the logger, with Pingora's pool race counted instead of logged as an error.
 //! - [`admin`]: the admin listener (health, stats, metrics, reload).
 //! - [`reload`]: live config reload (SIGHUP, admin, file watch).
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod cache;

@@ -26,6 +26,19 @@ pub struct RouteSeries {
     /// `code="200"`, by far the most common; other codes are looked up by label.
     ok: OnceLock<IntCounter>,
     lookups: [OnceLock<IntCounter>; Lookup::ALL.len()],
+    request_size: OnceLock<Histogram>,
+    response_size: OnceLock<Histogram>,
+}
+
+/// A stage of one upstream attempt, each timed from the attempt's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTiming {
+    /// A new connection was established (pooled connections are not timed).
+    Connect,
+    /// The response header arrived.
+    FirstByte,
+    /// The response body ended.
+    Total,
 }
 
 impl RouteSeries {
@@ -36,6 +49,8 @@ impl RouteSeries {
             duration: OnceLock::new(),
             ok: OnceLock::new(),
             lookups: Default::default(),
+            request_size: OnceLock::new(),
+            response_size: OnceLock::new(),
         }
     }
 
@@ -75,6 +90,11 @@ pub struct Metrics {
     upstream_connects: IntCounterVec,
     tls_handshake_errors: IntCounterVec,
     client_requests: IntCounterVec,
+    access_log_dropped: IntCounter,
+    /// Upstream connect, first byte and total times, by `upstream` and `backend`.
+    upstream_timings: [HistogramVec; 3],
+    request_size: HistogramVec,
+    response_size: HistogramVec,
     /// `client_requests` for (http/1.1, h2) × (plain, TLS), resolved on first use.
     protocols: [OnceLock<IntCounter>; 4],
 }
@@ -165,7 +185,68 @@ impl Metrics {
                 .register(Box::new(counter.clone()))
                 .expect("unique metric name");
         }
+        let access_log_dropped = IntCounter::new(
+            "switchyard_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .expect("unique metric name");
+        let latency = |name: &str, help: &str| {
+            let vec = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ]),
+                &["upstream", "backend"],
+            )
+            .expect("static metric definition");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("unique metric name");
+            vec
+        };
+        let upstream_timings = [
+            latency(
+                "switchyard_upstream_connect_seconds",
+                "Time to establish a new upstream connection",
+            ),
+            latency(
+                "switchyard_upstream_first_byte_seconds",
+                "Time from the start of an upstream attempt to the response header",
+            ),
+            latency(
+                "switchyard_upstream_response_seconds",
+                "Time from the start of an upstream attempt to the end of the response body",
+            ),
+        ];
+        let size = |name: &str, help: &str| {
+            let vec = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(
+                    prometheus::exponential_buckets(64.0, 4.0, 11).expect("static buckets"),
+                ),
+                &["route"],
+            )
+            .expect("static metric definition");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("unique metric name");
+            vec
+        };
+        let request_size = size(
+            "switchyard_request_size_bytes",
+            "Request body bytes read from the client, by route",
+        );
+        let response_size = size(
+            "switchyard_response_size_bytes",
+            "Response body bytes sent to the client, by route",
+        );
         Metrics {
+            upstream_timings,
+            request_size,
+            response_size,
+            access_log_dropped,
             registry,
             tls_handshake_errors,
             client_requests,
@@ -178,6 +259,11 @@ impl Metrics {
         }
     }
 
+    /// The counter of dropped access log lines (the writer counts into it).
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.access_log_dropped.clone()
+    }
+
     /// Counts one upstream connection a request went out on. A label lookup per attempt (about
     /// 100 ns): the backend's own atomics belong to the pool, which is rebuilt on reload.
     pub fn observe_upstream_connect(&self, upstream: &str, backend: &str, reused: bool) {
@@ -185,6 +271,32 @@ impl Metrics {
         self.upstream_connects
             .with_label_values(&[upstream, backend, reused])
             .inc();
+    }
+
+    /// Records one stage of an upstream attempt.
+    pub fn observe_upstream_timing(
+        &self,
+        upstream: &str,
+        backend: &str,
+        stage: UpstreamTiming,
+        seconds: f64,
+    ) {
+        self.upstream_timings[stage as usize]
+            .with_label_values(&[upstream, backend])
+            .observe(seconds);
+    }
+
+    /// Records the request and response body sizes of one request on a route.
+    pub fn observe_route_sizes(&self, series: &RouteSeries, request: u64, response: u64) {
+        let route = series.route.as_str();
+        series
+            .request_size
+            .get_or_init(|| self.request_size.with_label_values(&[route]))
+            .observe(request as f64);
+        series
+            .response_size
+            .get_or_init(|| self.response_size.with_label_values(&[route]))
+            .observe(response as f64);
     }
 
     /// Counts one failed TLS handshake.

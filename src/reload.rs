@@ -312,7 +312,7 @@ pub fn watch_file(shared: Arc<Shared>) -> Option<FileWatch> {
     }
 }
 
-/// Reloads the config on SIGHUP.
+/// Reloads the config on SIGHUP; reopens the access log on SIGUSR1 (logrotate's convention).
 pub struct ReloadOnSignal {
     pub shared: Arc<Shared>,
 }
@@ -324,9 +324,23 @@ impl BackgroundService for ReloadOnSignal {
             log::error!("cannot listen for SIGHUP; reload with POST /reload instead");
             return;
         };
+        let mut usr1 = signal(SignalKind::user_defined1()).ok();
+        if usr1.is_none() {
+            log::error!("cannot listen for SIGUSR1; the access log reopens on reload only");
+        }
         loop {
+            let reopen = async {
+                match usr1.as_mut() {
+                    Some(usr1) => usr1.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.changed() => return,
+                _ = reopen => {
+                    log::info!("SIGUSR1: reopening the access log");
+                    self.shared.access_log.reopen();
+                }
                 _ = hup.recv() => {
                     let shared = Arc::clone(&self.shared);
                     let _ = tokio::task::spawn_blocking(move || reload(&shared, "SIGHUP")).await;

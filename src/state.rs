@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::access_log::AccessLogger;
 use crate::cache::warm::WarmSource;
 use crate::cache::Cache;
 use crate::compress::CompressionStats;
@@ -124,6 +125,8 @@ pub struct Shared {
     /// The response cache; made once, from the config at start.
     pub cache: Cache,
     pub compression: CompressionStats,
+    /// The access log writer's handle.
+    pub access_log: AccessLogger,
     pub started: Instant,
     /// The config file, when Switchyard was started from one (reloads read it again).
     pub config_path: Option<PathBuf>,
@@ -136,16 +139,20 @@ pub struct Shared {
     pub(crate) last_reload: Mutex<Option<LastReload>>,
     /// Held while a reload builds and swaps, so that reloads never interleave.
     pub(crate) reload_lock: Mutex<()>,
+    /// A graceful shutdown began: `/ready` answers 503 from then on.
+    shutting_down: AtomicBool,
 }
 
 impl Shared {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Arc<Shared> {
+        let metrics = Metrics::new();
         Arc::new(Shared {
+            access_log: AccessLogger::start(&config.access_log, metrics.access_log_dropped()),
             cache: Cache::new(&config.cache),
             compression: CompressionStats::default(),
             runtime: ArcSwap::from_pointee(Runtime::new(1, config)),
             versions: watch::channel(1).0,
-            metrics: Metrics::new(),
+            metrics,
             started: Instant::now(),
             config_path,
             requests_total: AtomicU64::new(0),
@@ -155,6 +162,7 @@ impl Shared {
             refused_connections: AtomicU64::new(0),
             last_reload: Mutex::new(None),
             reload_lock: Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
         })
     }
 
@@ -166,6 +174,8 @@ impl Shared {
     /// Puts `runtime` in force for every new request.
     pub fn install(&self, runtime: Runtime) {
         let version = runtime.version;
+        // A reload reopens the access log, with its new settings.
+        self.access_log.configure(&runtime.config.access_log);
         self.runtime.store(Arc::new(runtime));
         self.versions.send_replace(version);
     }
@@ -225,6 +235,15 @@ impl Shared {
 
     pub fn refused_connections(&self) -> u64 {
         self.refused_connections.load(Ordering::Relaxed)
+    }
+
+    /// Marks the start of a graceful shutdown (`/ready` answers 503 from now on).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 
     /// Health-check loops running now.

@@ -12,8 +12,10 @@ use crate::proxy::frontend::LAST_CALL;
 use crate::state::Shared;
 
 /// SIGTERM and SIGINT stop gracefully; SIGQUIT hands the listeners to a new process
-/// (`switchyard --upgrade`).
-pub struct Signals;
+/// (`switchyard --upgrade`). A graceful stop first marks the instance not ready (`/ready`
+/// answers 503) and keeps serving for `server.shutdown_delay`, so that a load balancer
+/// polling `/ready` stops sending before the listeners close.
+pub struct Signals(pub Arc<Shared>);
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
@@ -34,6 +36,12 @@ impl ShutdownSignalWatch for Signals {
                 return ShutdownSignal::GracefulUpgrade;
             }
         }
+        self.0.begin_shutdown();
+        let delay = self.0.runtime().config.server.shutdown_delay;
+        if !delay.is_zero() {
+            log::info!("not ready; closing the listeners in {delay:?}");
+            tokio::time::sleep(delay).await;
+        }
         ShutdownSignal::GracefulTerminate
     }
 }
@@ -47,6 +55,7 @@ pub fn spawn_drain_watcher(server: &Server, shared: Arc<Shared>, grace: Duration
     std::thread::spawn(move || loop {
         match phases.blocking_recv() {
             Ok(ExecutionPhase::GracefulTerminate) | Ok(ExecutionPhase::ShutdownStarted) => {
+                shared.begin_shutdown();
                 let deadline = Instant::now() + grace;
                 // Connections waiting for a request get `LAST_CALL` to receive one; a request
                 // that arrives then must not meet an exiting process.

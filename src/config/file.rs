@@ -34,8 +34,23 @@ pub struct FileConfig {
     pub cache: FileCache,
     pub compression: Option<FileCompression>,
     pub tls: Option<FileTls>,
+    pub access_log: Option<FileAccessLog>,
     pub upstreams: BTreeMap<String, FileUpstream>,
     pub routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccessLog {
+    pub enabled: Option<bool>,
+    /// `stdout`, `stderr` or a file path.
+    pub path: Option<String>,
+    /// `json`, `combined` or a template with `$variables`.
+    pub format: Option<String>,
+    pub fields: Option<Vec<String>>,
+    pub sample: Option<f64>,
+    pub mask_query: Option<Vec<String>>,
+    pub drop_query: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -120,6 +135,8 @@ pub struct FileServer {
     pub h2c: Option<bool>,
     pub h2_max_concurrent_streams: Option<i64>,
     pub proxy_protocol: Option<bool>,
+    #[serde(default, deserialize_with = "text")]
+    pub shutdown_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -172,6 +189,8 @@ pub struct FileUpstream {
     /// `false`, `true`, or a block `{sni, verify, ca}`.
     pub tls: Option<serde_yaml::Value>,
     pub http2: Option<bool>,
+    /// `/ready` waits for a healthy backend of this upstream (default true).
+    pub required: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

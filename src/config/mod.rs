@@ -3,8 +3,9 @@
 //!
 //! Two layers, as in River: [`file`] holds the serde structs as written, and one module per
 //! section turns its part into the validated type ([`server`], [`admin`], [`upstream`],
-//! [`route`], [`cache`], [`compression`], [`tls`]); [`key`] tracks key paths for their errors.
+//! [`route`], [`cache`], [`compression`], [`tls`], [`access_log`]); [`key`] tracks key paths for their errors.
 
+mod access_log;
 mod admin;
 mod cache;
 mod compression;
@@ -21,6 +22,9 @@ mod warm;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use access_log::{
+    AccessLog, Field as LogField, LogFormat, LogTarget, Piece as LogPiece, Var as LogVar,
+};
 pub use admin::Admin;
 pub use cache::{
     Cache, ClientCacheControl, CookiePolicy, RedisTier, RouteCache, MAX_OBJECT_SIZE_LIMIT,
@@ -58,6 +62,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `None`: no TLS listener.
     pub tls: Option<Tls>,
+    pub access_log: AccessLog,
     /// The file as read (environment expanded), as the key tree of [`file::FileConfig`]:
     /// reload compares two of them key by key to name what changed.
     pub source: std::sync::Arc<serde_json::Value>,
@@ -156,7 +161,9 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         }
         None => None,
     };
+    let access_log = AccessLog::try_from(raw.access_log)?;
     Ok(Config {
+        access_log,
         source: Default::default(),
         tls,
         server,

@@ -38,6 +38,9 @@ pub struct Server {
     pub upgrade_socket: Option<PathBuf>,
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
     pub h2c: bool,
+    /// After SIGTERM, how long `/ready` answers 503 while the listeners still serve, so
+    /// that a load balancer stops sending before connections close.
+    pub shutdown_delay: Duration,
     /// Every plain connection starts with a PROXY protocol (v1 or v2) header.
     pub proxy_protocol: bool,
     /// Streams a client may open at once on one HTTP/2 connection.
@@ -121,6 +124,9 @@ impl TryFrom<FileServer> for Server {
             }
         };
         Ok(Server {
+            shutdown_delay: key
+                .field("shutdown_delay")
+                .window(raw.shutdown_delay.as_deref())?,
             upgrade_socket,
             h2c: raw.h2c.unwrap_or(false),
             proxy_protocol: raw.proxy_protocol.unwrap_or(false),

@@ -99,6 +99,8 @@ pub struct Upstream {
     pub tls: Option<super::upstream_tls::UpstreamTls>,
     /// HTTP/2 to the backends: ALPN `h2` over TLS, prior knowledge over plain TCP.
     pub http2: bool,
+    /// `/ready` needs a healthy backend of this upstream.
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +207,7 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
     let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
     let tls = super::upstream_tls::upstream_tls(key, up.tls, &names)?;
     Ok(Upstream {
+        required: up.required.unwrap_or(true),
         tls,
         http2: up.http2.unwrap_or(false),
         strategy,

@@ -1,5 +1,6 @@
 //! Per-request state carried through the proxy phases.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +32,10 @@ pub struct RequestCtx {
     pub(super) drop_body: bool,
     /// The request arrived over TLS.
     pub(super) tls: bool,
+    /// The request id and trace context (`trace.rs`).
+    pub(super) ids: super::trace::Ids,
+    /// What the access log reports besides the session (`observe.rs`).
+    pub(super) observed: Observed,
     _active: ActiveRequest,
 }
 
@@ -46,6 +51,8 @@ impl RequestCtx {
             body_bytes: 0,
             drop_body: false,
             tls: false,
+            ids: Default::default(),
+            observed: Observed::default(),
             _active: active,
         }
     }
@@ -73,6 +80,14 @@ impl RequestCtx {
             .server
             .server_header
             .as_deref()
+    }
+
+    /// What an error answer carries: the `Server` header and the request id.
+    pub fn reply(&self) -> super::errors::Reply<'_> {
+        super::errors::Reply {
+            server: self.server_header(),
+            request_id: Some(self.ids.request_id.as_str()).filter(|id| !id.is_empty()),
+        }
     }
 
     /// The targeted cache-control fields to remove from responses, when `cache.strip_targeted`.
@@ -168,4 +183,22 @@ pub struct Encoding {
     pub(super) upstream_head: bool,
     /// A variant suffix stripped from `If-None-Match` going upstream.
     pub(super) etag_suffix: Option<compress::Algorithm>,
+}
+
+/// What a request met on its way, for the access log (`RequestCtx::observed`).
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The client: the TCP peer, or behind trusted proxies the address they forwarded.
+    pub(super) client_ip: Option<IpAddr>,
+    /// The backend address of the last attempt.
+    pub(super) upstream: Option<String>,
+    /// When the first attempt began.
+    pub(super) upstream_started: Option<Instant>,
+    /// When the current attempt began.
+    pub(super) attempt_started: Option<Instant>,
+    /// Milliseconds from the first attempt to the end of the upstream response.
+    pub(super) upstream_ms: Option<f64>,
+    pub(super) upstream_status: Option<u16>,
+    /// The cache lookup result on a caching route.
+    pub(super) cache: Option<&'static str>,
 }

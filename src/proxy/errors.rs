@@ -59,18 +59,30 @@ pub fn body(code: u16, detail: &str) -> String {
     }
 }
 
-/// Sends `code` with a one-line text body such as `503 Service Unavailable: no healthy backend`,
-/// with `server` as the `Server` header.
+/// What an error answer carries besides its status: the `Server` header, and the request id
+/// (as `X-Request-Id` and in the body, so that a user's report can be found in the log).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reply<'a> {
+    pub server: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+}
+
+/// Sends `code` with a text body such as `503 Service Unavailable: no healthy backend`, and
+/// a second line `request id <id>`.
 pub async fn respond(
     session: &mut Session,
     code: u16,
     detail: &str,
-    server: Option<&str>,
+    reply: Reply<'_>,
 ) -> Result<()> {
-    let body = body(code, detail);
-    let mut resp = ResponseHeader::build(code, Some(5))?;
-    if let Some(server) = server {
+    let mut body = body(code, detail);
+    let mut resp = ResponseHeader::build(code, Some(6))?;
+    if let Some(server) = reply.server {
         resp.insert_header(http::header::SERVER, server)?;
+    }
+    if let Some(id) = reply.request_id {
+        body.push_str(&format!("request id {id}\n"));
+        resp.insert_header("x-request-id", id)?;
     }
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;

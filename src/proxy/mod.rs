@@ -10,10 +10,12 @@ pub mod frontend;
 pub mod handshake;
 pub mod headers;
 pub mod limits;
+pub mod observe;
 pub mod proxy_protocol;
 pub mod reader;
 pub mod redirect;
 pub mod retry;
+pub mod trace;
 
 use std::sync::Arc;
 
@@ -30,6 +32,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::cache::{self, Cache};
 use crate::etag;
 use crate::fields;
+use crate::metrics::UpstreamTiming;
 use crate::state::Shared;
 use ctx::RequestCtx;
 
@@ -78,6 +81,20 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let runtime = self.shared.runtime();
         ctx.tls = arrived_over_tls(session);
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted_proxies = &runtime.config.server.trusted_proxies;
+        let trusted = peer.is_some_and(|ip| client::is_trusted(ip, trusted_proxies));
+        ctx.ids = trace::ids(session.req_header(), trusted);
+        ctx.observed.client_ip = peer.map(|ip| {
+            client::client_ip(
+                ip,
+                &client::forwarded_for(session.req_header()),
+                trusted_proxies,
+            )
+        });
         let raw = session
             .as_downstream()
             .as_http1()
@@ -89,7 +106,7 @@ impl ProxyHttp for Proxy {
             // The request may be framed ambiguously: never read another from this connection.
             session.set_keepalive(None);
             let reason = refusal.to_string();
-            errors::respond(session, refusal.status(), &reason, ctx.server_header()).await?;
+            errors::respond(session, refusal.status(), &reason, ctx.reply()).await?;
             return Ok(true);
         }
         // After the header, reads wait as long as a slow upload may pause.
@@ -115,7 +132,7 @@ impl ProxyHttp for Proxy {
                 Ok(false)
             }
             None => {
-                errors::respond(session, 404, errors::detail_for(404), ctx.server_header()).await?;
+                errors::respond(session, 404, errors::detail_for(404), ctx.reply()).await?;
                 Ok(true)
             }
         }
@@ -250,6 +267,9 @@ impl ProxyHttp for Proxy {
         // Each attempt sends the whole body again: a retry replays what was already read
         // through `request_body_filter`, so the count starts over.
         ctx.body_bytes = 0;
+        let now = std::time::Instant::now();
+        ctx.observed.upstream_started.get_or_insert(now);
+        ctx.observed.attempt_started = Some(now);
         match ctx.upstream.peer.take() {
             Some(peer) => Ok(peer),
             None => balance::pick(session, ctx),
@@ -260,11 +280,15 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         reused: bool,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         _fd: std::os::unix::io::RawFd,
         _digest: Option<&Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.observed.upstream = Some(peer._address.to_string());
+        if !reused {
+            observe::upstream_timing(&self.shared.metrics, ctx, UpstreamTiming::Connect);
+        }
         balance::on_connected(ctx, reused, &self.shared.metrics);
         Ok(())
     }
@@ -277,6 +301,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         encoding::on_upstream_request(upstream_request, ctx);
         Cache::on_upstream_request(session, upstream_request);
+        trace::on_upstream_request(upstream_request, &ctx.ids)?;
         let host = request_host(session.req_header()).map(str::to_string);
         let hop = headers::Hop {
             peer: session
@@ -302,6 +327,8 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         // Before the cache sees the response: hop-by-hop fields are never stored (RFC 9111 §3.1).
         headers::strip_hop_by_hop(upstream_response);
+        ctx.observed.upstream_status = Some(upstream_response.status.as_u16());
+        observe::upstream_timing(&self.shared.metrics, ctx, UpstreamTiming::FirstByte);
         balance::on_upstream_status(ctx, upstream_response.status.as_u16())?;
         encoding::on_upstream_response(session, upstream_response, ctx, &self.shared.compression)?;
         Cache::on_upstream_response(session, upstream_response, &mut ctx.cache);
@@ -316,8 +343,13 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
+            observe::upstream_timing(&self.shared.metrics, ctx, UpstreamTiming::Total);
             // The backend is done with this request, even if the client is still reading.
             ctx.upstream.attempt = None;
+            ctx.observed.upstream_ms = ctx
+                .observed
+                .upstream_started
+                .map(|t| t.elapsed().as_secs_f64() * 1000.0);
         }
         encoding::on_upstream_body(body, end_of_stream, ctx, &self.shared.compression)?;
         Ok(None)
@@ -332,6 +364,7 @@ impl ProxyHttp for Proxy {
         if let Some(server) = ctx.server_header() {
             upstream_response.insert_header(http::header::SERVER, server)?;
         }
+        upstream_response.insert_header(trace::REQUEST_ID, &ctx.ids.request_id)?;
         if ctx.tls {
             if let Some(hsts) = ctx.route().and_then(|r| r.hsts.as_deref()) {
                 upstream_response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
@@ -362,6 +395,7 @@ impl ProxyHttp for Proxy {
             &mut ctx.cache,
         );
         if let Some(lookup) = lookup {
+            ctx.observed.cache = Some(lookup.as_str());
             if let Some(series) = ctx.series() {
                 self.shared.metrics.observe_cache(series, lookup);
             }
@@ -388,10 +422,11 @@ impl ProxyHttp for Proxy {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
+        ctx.observed.upstream = Some(peer._address.to_string());
         balance::on_connect_failure(ctx, e)
     }
 
@@ -434,7 +469,7 @@ impl ProxyHttp for Proxy {
         let mut answered = false;
         if let Some(code) = code {
             let detail = errors::detail_for(code);
-            match errors::respond(session, code, detail, ctx.server_header()).await {
+            match errors::respond(session, code, detail, ctx.reply()).await {
                 Ok(()) => answered = true,
                 Err(write_err) => log::debug!("cannot send {code} to the client: {write_err}"),
             }
@@ -447,28 +482,6 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let code = match session.response_written() {
-            Some(resp) => resp.status.as_u16(),
-            // nginx's "client closed request".
-            None if e.is_some() => 499,
-            None => 0,
-        };
-        // The request is over: give the backend slot back before metrics work.
-        ctx.upstream.attempt = None;
-        self.shared.metrics.observe_protocol(
-            session.as_downstream().is_http2(),
-            arrived_over_tls(session),
-        );
-        let seconds = ctx.started.elapsed().as_secs_f64();
-        match ctx.series() {
-            Some(series) => self
-                .shared
-                .metrics
-                .observe_route_request(series, code, seconds),
-            None => self
-                .shared
-                .metrics
-                .observe_request("none", "none", code, seconds),
-        }
+        observe::finish(&self.shared, session, e, ctx);
     }
 }

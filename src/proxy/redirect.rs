@@ -62,7 +62,7 @@ pub async fn to_https(session: &mut Session, ctx: &RequestCtx) -> Result<()> {
         .and_then(|tls| tls.listen.first())
         .map(|addr| addr.port());
     let Some(target) = host.and_then(|h| location(&h, &path, tls_port)) else {
-        return errors::respond(session, 400, "no valid Host", ctx.server_header()).await;
+        return errors::respond(session, 400, "no valid Host", ctx.reply()).await;
     };
     let mut resp = ResponseHeader::build(308, Some(4))?;
     if let Some(server) = ctx.server_header() {

@@ -24,6 +24,7 @@ fn upstream(weights: &[u32], strategy: Strategy) -> config::Upstream {
         sticky: None,
         retry: RetryPolicy::default(),
         passive_health: None,
+        required: true,
         max_in_flight: None,
         tls: None,
         http2: false,

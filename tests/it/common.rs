@@ -81,7 +81,8 @@ impl Drop for Origin {
 
 /// Starts an origin. Paths: `/health` (settable status), `/slow/<ms>` (answers after a delay),
 /// `/hop` (sends hop-by-hop headers); anything else answers 200 with a body naming the origin,
-/// its hit count and the path, and echoes the forwarding headers it saw as `x-seen-*`.
+/// its hit count and the path, and echoes the forwarding, request id and trace headers it saw
+/// as `x-seen-*`.
 ///
 /// Query parameters shape the answer: `cc` (Cache-Control), `etag` / `wetag` (strong / weak
 /// ETag), `lm=1` (a fixed Last-Modified), `expires` (Expires), `vary` (Vary; the body also
@@ -186,6 +187,9 @@ async fn handle(
         ("x-seen-forwarded-proto", "x-forwarded-proto"),
         ("x-seen-forwarded-host", "x-forwarded-host"),
         ("x-seen-host", "host"),
+        ("x-seen-request-id", "x-request-id"),
+        ("x-seen-traceparent", "traceparent"),
+        ("x-seen-tracestate", "tracestate"),
     ] {
         if let Some(v) = req.headers().get(header) {
             resp = resp.header(seen, v);

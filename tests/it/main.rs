@@ -20,6 +20,7 @@ mod health;
 mod ip_hash;
 mod least_conn;
 mod lifecycle;
+mod observability;
 mod proxy_protocol;
 mod redis;
 mod reload;
