@@ -107,6 +107,9 @@ pub struct FileServer {
     pub h2c: Option<bool>,
     pub h2_max_concurrent_streams: Option<i64>,
     pub proxy_protocol: Option<bool>,
+    pub access: Option<FileAccess>,
+    pub request_headers: Option<FileHeaderRules>,
+    pub response_headers: Option<FileHeaderRules>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -203,6 +206,8 @@ pub struct FileHealthCheck {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRoute {
+    /// The route's name in metrics, `/stats` and errors (default: host and path).
+    pub name: Option<String>,
     #[serde(rename = "match", default)]
     pub matcher: FileMatch,
     pub upstream: String,
@@ -211,6 +216,10 @@ pub struct FileRoute {
     pub compression: Option<serde_yaml::Value>,
     pub https_redirect: Option<bool>,
     pub hsts: Option<String>,
+    pub access: Option<FileAccess>,
+    pub rate_limit: Option<FileRateLimit>,
+    pub request_headers: Option<FileHeaderRules>,
+    pub response_headers: Option<FileHeaderRules>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -236,4 +245,41 @@ pub struct FileLevels {
 pub struct FileMatch {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
+    pub path_exact: Option<String>,
+    pub path_regex: Option<String>,
+    pub methods: Option<Vec<String>>,
+    /// Field name → exact value, or `~regex`.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Query parameter → exact value, or `~regex`.
+    pub query: Option<BTreeMap<String, String>>,
+}
+
+/// `access`: who may call a route (or the whole server).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccess {
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+}
+
+/// `rate_limit` of a route.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    /// `100/s`, `600/m`, `1000/h`.
+    pub rate: String,
+    pub burst: Option<i64>,
+    /// `client_ip`, `header:X-Api-Key`, `cookie:session` or `route`.
+    pub key: Option<String>,
+    /// `local` (only `local` for now).
+    pub scope: Option<String>,
+}
+
+/// `request_headers` / `response_headers`: fields to set, add and remove.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHeaderRules {
+    pub set: Option<BTreeMap<String, String>>,
+    pub add: Option<BTreeMap<String, String>>,
+    pub remove: Option<Vec<String>>,
 }

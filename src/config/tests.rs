@@ -251,7 +251,7 @@ fn rejects_bad_routes() {
     rejects(
         &format!("{BASE}  - match: {{ path_prefix: / }}\n    upstream: assessments\n"),
         "routes[1].match",
-        "already matches",
+        "no request can tell this route from routes[0]",
     );
 }
 
@@ -741,3 +741,5 @@ fn targeted_fields_are_field_names_and_never_cache_control() {
     let e = with("  targeted_fields: [\"bad name\"]\n").unwrap_err();
     assert!(e.to_string().contains("cache.targeted_fields[0]"), "{e}");
 }
+
+mod policy;

@@ -31,6 +31,8 @@ pub struct RequestCtx {
     pub(super) drop_body: bool,
     /// The request arrived over TLS.
     pub(super) tls: bool,
+    /// The client's address, after trusted proxies and the PROXY protocol (`gate::client_ip`).
+    pub(super) client_ip: Option<std::net::IpAddr>,
     _active: ActiveRequest,
 }
 
@@ -46,6 +48,7 @@ impl RequestCtx {
             body_bytes: 0,
             drop_body: false,
             tls: false,
+            client_ip: None,
             _active: active,
         }
     }

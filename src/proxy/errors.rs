@@ -67,6 +67,17 @@ pub async fn respond(
     detail: &str,
     server: Option<&str>,
 ) -> Result<()> {
+    respond_with(session, code, detail, server, &[]).await
+}
+
+/// [`respond`] with `extra` fields (`Retry-After` and the `RateLimit` fields of a 429).
+pub async fn respond_with(
+    session: &mut Session,
+    code: u16,
+    detail: &str,
+    server: Option<&str>,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
     let body = body(code, detail);
     let mut resp = ResponseHeader::build(code, Some(5))?;
     if let Some(server) = server {
@@ -77,6 +88,9 @@ pub async fn respond(
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if code == 503 {
         resp.insert_header(http::header::RETRY_AFTER, "1")?;
+    }
+    for (name, value) in extra {
+        resp.insert_header(*name, value.as_str())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session
