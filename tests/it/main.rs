@@ -19,6 +19,7 @@ mod health;
 mod ip_hash;
 mod least_conn;
 mod lifecycle;
+mod policy;
 mod proxy_protocol;
 mod redis;
 mod reload;
