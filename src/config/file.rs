@@ -218,6 +218,10 @@ pub struct FileRoute {
     pub hsts: Option<String>,
     pub access: Option<FileAccess>,
     pub rate_limit: Option<FileRateLimit>,
+    /// Removed from the start of the path going upstream (`/v1`: `/v1/users` → `/users`).
+    pub strip_prefix: Option<String>,
+    /// The `Host` sent to the backend.
+    pub upstream_host: Option<String>,
     pub request_headers: Option<FileHeaderRules>,
     pub response_headers: Option<FileHeaderRules>,
 }

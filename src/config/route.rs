@@ -47,6 +47,10 @@ pub struct Route {
     /// `access`; empty: everyone (after `server.access`).
     pub access: Access,
     pub rate_limit: Option<RateLimit>,
+    /// Removed from the start of the path going upstream.
+    pub strip_prefix: Option<String>,
+    /// The `Host` sent to the backend (the cache key keeps the client's).
+    pub upstream_host: Option<String>,
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
 }
@@ -150,6 +154,30 @@ pub(super) fn routes(
         route.rate_limit = match r.rate_limit {
             Some(raw) => Some(policy::rate_limit(&key.field("rate_limit"), raw)?),
             None => None,
+        };
+        route.strip_prefix = match r.strip_prefix.as_deref() {
+            None => None,
+            Some(p) if p.starts_with('/') && p.len() > 1 && !p.ends_with('/') => Some(p.into()),
+            Some(p) => {
+                return Err(key.field("strip_prefix").invalid(format!(
+                    "`{p}` must start with / and not end with / (like /v1)"
+                )))
+            }
+        };
+        route.upstream_host = match r.upstream_host.as_deref().map(str::trim) {
+            None => None,
+            Some(h)
+                if !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b)) =>
+            {
+                Some(h.to_ascii_lowercase())
+            }
+            Some(h) => {
+                return Err(key.field("upstream_host").invalid(format!(
+                    "`{h}` is not a host like api.internal or api.internal:8080"
+                )))
+            }
         };
         route.request_headers =
             policy::header_rules(&key.field("request_headers"), r.request_headers)?;

@@ -103,6 +103,36 @@ fn vars<'a>(req: &'a RequestHeader, ctx: &RequestCtx, host: &'a str) -> Vars<'a>
     }
 }
 
+/// The route's `strip_prefix` and `upstream_host` on the request going upstream (the client's
+/// request, and so the cache key, keeps its path and host).
+pub fn rewrite_upstream(upstream_req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    let Some(route) = ctx.route() else {
+        return Ok(());
+    };
+    if let Some(prefix) = &route.strip_prefix {
+        let path = upstream_req.uri.path();
+        let rest = path
+            .strip_prefix(prefix.as_str())
+            .filter(|r| r.is_empty() || r.starts_with('/'));
+        if let Some(rest) = rest {
+            let rest = if rest.is_empty() { "/" } else { rest };
+            let target = match upstream_req.uri.query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_string(),
+            };
+            let mut parts = upstream_req.uri.clone().into_parts();
+            parts.path_and_query = http::uri::PathAndQuery::try_from(target).ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                upstream_req.set_uri(uri);
+            }
+        }
+    }
+    if let Some(host) = &route.upstream_host {
+        upstream_req.insert_header(http::header::HOST, host.as_str())?;
+    }
+    Ok(())
+}
+
 /// `server.request_headers`, then the route's, on the request going upstream.
 pub fn on_upstream_request(
     client_req: &RequestHeader,

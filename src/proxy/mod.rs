@@ -312,6 +312,7 @@ impl ProxyHttp for Proxy {
                 .map(|a| a.port()),
         };
         headers::add_forwarded(upstream_request, &hop)?;
+        gate::rewrite_upstream(upstream_request, ctx)?;
         gate::on_upstream_request(
             session.req_header(),
             upstream_request,

@@ -327,3 +327,24 @@ async fn header_rules_apply_upstream_and_to_cache_hits() {
         "the second answer was a cache hit"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_prefix_and_upstream_host_change_only_the_upstream_request() {
+    let echo = spawn_echo().await;
+    let config = format!(
+        "upstreams:\n{}routes:\n  - match: {{ path_prefix: /v1/ }}\n    upstream: echo\n    strip_prefix: /v1\n    upstream_host: api.internal\n    cache: {{ enabled: true }}\n",
+        upstream("echo", &[(echo.addr, 1)], "")
+    );
+    let proxy = spawn_proxy(&config).await;
+    for _ in 0..2 {
+        let (status, text) = raw_get(&proxy, "/v1/cached/users?x=1", "").await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\r\n\r\n/cached/users?x=1\n"), "{text}");
+        assert!(text.contains("host: api.internal\n"), "{text}");
+    }
+    // Cached under the client's host and path: the second request was a hit.
+    assert_eq!(echo.hits.load(Ordering::SeqCst), 1);
+    let (status, text) = raw_get(&proxy, "/v1/x", "").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("\r\n\r\n/x\n"), "{text}");
+}

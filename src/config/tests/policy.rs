@@ -160,3 +160,26 @@ fn header_rules_refuse_framing_fields_and_unknown_variables() {
         "unknown variable",
     );
 }
+
+#[test]
+fn strip_prefix_and_upstream_host_are_checked() {
+    let c = parse(&with_route(
+        "strip_prefix: /p\nupstream_host: API.internal:8080",
+    ))
+    .unwrap();
+    assert_eq!(c.routes[1].strip_prefix.as_deref(), Some("/p"));
+    assert_eq!(
+        c.routes[1].upstream_host.as_deref(),
+        Some("api.internal:8080")
+    );
+    rejects(
+        &with_route("strip_prefix: /p/"),
+        "routes[1].strip_prefix",
+        "must start with /",
+    );
+    rejects(
+        &with_route("upstream_host: \"a b\""),
+        "routes[1].upstream_host",
+        "not a host",
+    );
+}
