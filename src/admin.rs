@@ -117,7 +117,12 @@ impl Admin {
                     served as f64 / lookups as f64
                 };
                 cache.insert("hit_ratio".into(), json!(ratio));
+                let refused: serde_json::Map<String, Value> = series
+                    .refused()
+                    .map(|(reason, n)| (reason.as_str().to_string(), json!(n)))
+                    .collect();
                 json!({
+                    "refused": refused,
                     "route": series.route(),
                     "upstream": series.upstream(),
                     "cache": route.cache.is_some().then_some(Value::Object(cache)),

@@ -9,7 +9,8 @@
 //! - [`tls`]: TLS termination: certificates, SNI choice, the rustls server config.
 //! - [`proxy`]: the front end (connections, TLS handshakes, HTTP/1.1 and HTTP/2) and the
 //!   `ProxyHttp` phases.
-//! - [`route`]: picks the route by host and path.
+//! - [`route`]: picks the route by host, path, method, headers and query.
+//! - [`policy`]: path normalisation, access rules, rate limits and header rules.
 //! - [`cache`]: the response cache (RFC 9111) on a TinyUFO memory storage.
 //! - [`compress`]: gzip, brotli and zstd, negotiated per request.
 //! - [`etag`]: ETags and conditional requests.
@@ -39,6 +40,7 @@ pub mod etag;
 pub mod fields;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod route;

@@ -15,6 +15,7 @@ mod snapshot;
 pub use snapshot::Snapshot;
 
 use crate::cache::Lookup;
+use crate::policy::Refusal;
 
 /// One route's series, resolved in the registry on first use and then updated with atomics
 /// alone: no label hashing or registry lock per request. Built with each config version.
@@ -26,6 +27,7 @@ pub struct RouteSeries {
     /// `code="200"`, by far the most common; other codes are looked up by label.
     ok: OnceLock<IntCounter>,
     lookups: [OnceLock<IntCounter>; Lookup::ALL.len()],
+    refused: [OnceLock<IntCounter>; Refusal::ALL.len()],
     request_size: OnceLock<Histogram>,
     response_size: OnceLock<Histogram>,
 }
@@ -51,6 +53,7 @@ impl RouteSeries {
             lookups: Default::default(),
             request_size: OnceLock::new(),
             response_size: OnceLock::new(),
+            refused: Default::default(),
         }
     }
 
@@ -71,6 +74,14 @@ impl RouteSeries {
             .iter()
             .zip(&self.lookups)
             .map(|(lookup, counter)| (*lookup, counter.get().map_or(0, IntCounter::get)))
+    }
+
+    /// Requests refused by policy on this route, by reason, since start.
+    pub fn refused(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
+        Refusal::ALL
+            .iter()
+            .zip(&self.refused)
+            .map(|(reason, counter)| (*reason, counter.get().map_or(0, IntCounter::get)))
     }
 }
 
@@ -95,6 +106,7 @@ pub struct Metrics {
     upstream_timings: [HistogramVec; 3],
     request_size: HistogramVec,
     response_size: HistogramVec,
+    policy_refused: IntCounterVec,
     /// `client_requests` for (http/1.1, h2) × (plain, TLS), resolved on first use.
     protocols: [OnceLock<IntCounter>; 4],
 }
@@ -180,7 +192,15 @@ impl Metrics {
             &["protocol", "tls"],
         )
         .expect("static metric definition");
-        for counter in [&tls_handshake_errors, &client_requests] {
+        let policy_refused = IntCounterVec::new(
+            Opts::new(
+                "switchyard_policy_refused_total",
+                "Requests refused by traffic policy, by route and reason (access, rate_limit)",
+            ),
+            &["route", "reason"],
+        )
+        .expect("static metric definition");
+        for counter in [&tls_handshake_errors, &client_requests, &policy_refused] {
             registry
                 .register(Box::new(counter.clone()))
                 .expect("unique metric name");
@@ -250,6 +270,7 @@ impl Metrics {
             registry,
             tls_handshake_errors,
             client_requests,
+            policy_refused,
             protocols: Default::default(),
             requests_total,
             request_duration,
@@ -324,6 +345,22 @@ impl Metrics {
                     .with_label_values(&[series.route.as_str(), lookup.as_str()])
             })
             .inc();
+    }
+
+    /// Counts one request refused by policy; `series` is `None` when no route matched.
+    pub fn observe_refused(&self, series: Option<&RouteSeries>, reason: Refusal) {
+        match series {
+            Some(series) => series.refused[reason as usize]
+                .get_or_init(|| {
+                    self.policy_refused
+                        .with_label_values(&[series.route.as_str(), reason.as_str()])
+                })
+                .inc(),
+            None => self
+                .policy_refused
+                .with_label_values(&["none", reason.as_str()])
+                .inc(),
+        }
     }
 
     /// Counts one reload attempt.

@@ -1,9 +1,22 @@
-//! Routing: pick the route for a request by Host (exact, then `*.wildcard`, then any) and then
-//! by the longest path prefix.
+//! Routing: pick the route for a request by Host (exact, then `*.wildcard`, then any), then by
+//! path (exact, then the longest prefix; a `path_regex` narrows like a condition), then by the
+//! narrowing conditions (regex, methods, headers, query): more of them first, then file order.
+
+use http::{HeaderMap, Method};
 
 use crate::config::{HostMatch, Route};
 
-/// Routes in match order: most specific host first, then longest prefix.
+/// What routing looks at in a request; `path` is already normalised.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+}
+
+/// Routes in match order (see the module documentation).
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<(usize, Route)>,
@@ -12,20 +25,76 @@ pub struct Router {
 impl Router {
     pub fn new(routes: &[Route]) -> Router {
         let mut routes: Vec<(usize, Route)> = routes.iter().cloned().enumerate().collect();
+        // A stable sort: equal keys keep file order.
         routes.sort_by_key(|(_, r)| {
-            std::cmp::Reverse((host_rank(r.host.as_ref()), r.path_prefix.len()))
+            let path = match &r.path_exact {
+                Some(p) => (1, p.len()),
+                None => (0, r.path_prefix.len()),
+            };
+            std::cmp::Reverse((host_rank(r.host.as_ref()), path, r.narrowing()))
         });
         Router { routes }
     }
 
-    /// The index (in config order) and route for `host` (any case, port allowed) and `path`.
-    pub fn find(&self, host: &str, path: &str) -> Option<(usize, &Route)> {
-        let host = strip_port(host);
+    /// The index (in config order) and route for a request (host in any case, port allowed).
+    pub fn find(&self, req: &Request<'_>) -> Option<(usize, &Route)> {
+        let host = strip_port(req.host);
         self.routes
             .iter()
-            .find(|(_, r)| host_matches(r.host.as_ref(), host) && path.starts_with(&r.path_prefix))
+            .find(|(_, r)| host_matches(r.host.as_ref(), host) && matches(r, req))
             .map(|(i, r)| (*i, r))
     }
+}
+
+fn matches(r: &Route, req: &Request<'_>) -> bool {
+    let path_ok = match &r.path_exact {
+        Some(p) => req.path == p,
+        None => req.path.starts_with(&r.path_prefix),
+    };
+    path_ok
+        && r.path_regex
+            .as_ref()
+            .is_none_or(|re| re.0.is_match(req.path))
+        && (r.methods.is_empty() || r.methods.contains(req.method))
+        && r.headers.iter().all(|(name, want)| {
+            req.headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| want.matches(v.trim())))
+        })
+        && r.query.iter().all(|(name, want)| {
+            query_pairs(req.query.unwrap_or("")).any(|(k, v)| k == *name && want.matches(&v))
+        })
+}
+
+/// The `name=value` pairs of a query, percent-decoded (`+` is a space).
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(k), decode(v))
+    })
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Orders host matches: exact beats the longest wildcard beats none.
@@ -70,10 +139,7 @@ mod tests {
             host,
             path_prefix: prefix.into(),
             upstream: upstream.into(),
-            cache: None,
-            compression: None,
-            https_redirect: false,
-            hsts: None,
+            ..Route::default()
         }
     }
 
@@ -100,8 +166,28 @@ mod tests {
         ])
     }
 
+    fn get<'a>(host: &'a str, path: &'a str, headers: &'a HeaderMap) -> Request<'a> {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        Request {
+            host,
+            path,
+            query,
+            method: &Method::GET,
+            headers,
+        }
+    }
+
     fn upstream(host: &str, path: &str) -> String {
-        router().find(host, path).unwrap().1.upstream.clone()
+        let headers = HeaderMap::new();
+        router()
+            .find(&get(host, path, &headers))
+            .unwrap()
+            .1
+            .upstream
+            .clone()
     }
 
     #[test]
@@ -124,11 +210,74 @@ mod tests {
     #[test]
     fn no_route_is_none() {
         let r = Router::new(&[route(None, "/only/", "x")]);
-        assert!(r.find("h", "/elsewhere").is_none());
+        assert!(r.find(&get("h", "/elsewhere", &HeaderMap::new())).is_none());
     }
 
     #[test]
     fn index_is_config_order() {
-        assert_eq!(router().find("x", "/api/v2/").unwrap().0, 2);
+        let headers = HeaderMap::new();
+        assert_eq!(router().find(&get("x", "/api/v2/", &headers)).unwrap().0, 2);
+    }
+
+    fn pattern(re: &str) -> crate::config::Pattern {
+        crate::config::Pattern(regex::Regex::new(re).unwrap())
+    }
+
+    #[test]
+    fn exact_then_prefix_then_narrowed_then_file_order() {
+        use crate::config::ValueMatch;
+        let mut exact = route(None, "/", "exact");
+        exact.path_exact = Some("/api/users".into());
+        let mut regex_a = route(None, "/api/", "regex-a");
+        regex_a.path_regex = Some(pattern("^/api/v[0-9]+/"));
+        let mut regex_b = route(None, "/api/", "regex-b");
+        regex_b.path_regex = Some(pattern("^/api/v1/"));
+        let mut post = route(None, "/api/", "post");
+        post.methods = vec![Method::POST];
+        let mut tenant = route(None, "/api/", "tenant");
+        tenant.headers = vec![(
+            http::HeaderName::from_static("x-tenant"),
+            ValueMatch::Exact("acme".into()),
+        )];
+        tenant.query = vec![("version".into(), ValueMatch::Regex(pattern("^2$")))];
+        let r = Router::new(&[
+            route(None, "/", "default"),
+            route(None, "/api/", "api"),
+            regex_a,
+            regex_b,
+            post,
+            tenant,
+            exact,
+        ]);
+        let pick = |method: &Method, path: &str, headers: &HeaderMap| {
+            let mut req = get("h", path, headers);
+            req.method = method;
+            r.find(&req).unwrap().1.upstream.clone()
+        };
+        let none = HeaderMap::new();
+        let mut acme = HeaderMap::new();
+        acme.insert("x-tenant", "acme".parse().unwrap());
+        assert_eq!(pick(&Method::GET, "/api/users", &none), "exact");
+        assert_eq!(pick(&Method::GET, "/api/users/1", &none), "api");
+        // Both regexes match: the first in file order wins.
+        assert_eq!(pick(&Method::GET, "/api/v1/x", &none), "regex-a");
+        assert_eq!(pick(&Method::POST, "/api/x", &none), "post");
+        // Two conditions beat one.
+        assert_eq!(pick(&Method::POST, "/api/x?version=2", &acme), "tenant");
+        assert_eq!(pick(&Method::GET, "/api/x?version=3", &acme), "api");
+        assert_eq!(pick(&Method::GET, "/other", &acme), "default");
+    }
+
+    #[test]
+    fn query_values_are_decoded() {
+        let pairs: Vec<_> = query_pairs("a=1&b=x%20y+z&c").collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y z".into()),
+                ("c".into(), String::new())
+            ]
+        );
     }
 }

@@ -17,6 +17,7 @@ use crate::compress::CompressionStats;
 use crate::config::Warm;
 use crate::config::{Config, HostMatch, Route};
 use crate::metrics::{Metrics, RouteSeries, Snapshot};
+use crate::policy::rate::Limiter;
 use crate::route::Router;
 use crate::upstream::health::PoolSource;
 use crate::upstream::{Backend, Pool};
@@ -31,6 +32,8 @@ pub struct Runtime {
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// The metric series of each route, in config order.
     pub route_series: Vec<RouteSeries>,
+    /// The rate limiter of each route that has one, in config order.
+    pub limiters: Vec<Option<Arc<Limiter>>>,
     /// Backends no longer configured that still had requests in flight at the last reload.
     pub draining: Vec<(String, Arc<Backend>)>,
     /// The TLS server config new handshakes use (`None`: no `tls` block).
@@ -83,14 +86,35 @@ impl Runtime {
                     None
                 }
             });
+        let labels: Vec<String> = config.routes.iter().map(route_label).collect();
+        let limiters = config
+            .routes
+            .iter()
+            .zip(&labels)
+            .map(|(route, label)| {
+                let limit = route.rate_limit.as_ref()?;
+                // A route that keeps its label and limit keeps its budgets across a reload.
+                let kept = previous.and_then(|p| {
+                    p.route_series
+                        .iter()
+                        .zip(&p.limiters)
+                        .find(|(s, _)| s.route() == label)
+                        .and_then(|(_, l)| l.clone())
+                        .filter(|l| l.limit() == limit)
+                });
+                Some(kept.unwrap_or_else(|| Arc::new(Limiter::new(limit))))
+            })
+            .collect();
         Runtime {
             tls,
+            limiters,
             version,
             router: Router::new(&config.routes),
             route_series: config
                 .routes
                 .iter()
-                .map(|r| RouteSeries::new(route_label(r), r.upstream.clone()))
+                .zip(labels)
+                .map(|(r, label)| RouteSeries::new(label, r.upstream.clone()))
                 .collect(),
             pools,
             draining,
@@ -99,12 +123,24 @@ impl Runtime {
     }
 }
 
-/// `api.example.com/v1/`, `*.example.com/`, or `/static/` for a route without a host.
+/// The route's `name`; else `api.example.com/v1/`, `*.example.com/`, or `/static/` for a
+/// route without a host (`=/exact` for `path_exact`, `~regex` appended for `path_regex`).
 fn route_label(route: &Route) -> String {
-    match &route.host {
-        Some(HostMatch::Exact(host)) => format!("{host}{}", route.path_prefix),
-        Some(HostMatch::Wildcard(suffix)) => format!("*{suffix}{}", route.path_prefix),
+    if let Some(name) = &route.name {
+        return name.clone();
+    }
+    let mut path = match &route.path_exact {
+        Some(p) => format!("={p}"),
         None => route.path_prefix.clone(),
+    };
+    if let Some(re) = &route.path_regex {
+        path.push('~');
+        path.push_str(re.0.as_str());
+    }
+    match &route.host {
+        Some(HostMatch::Exact(host)) => format!("{host}{path}"),
+        Some(HostMatch::Wildcard(suffix)) => format!("*{suffix}{path}"),
+        None => path,
     }
 }
 

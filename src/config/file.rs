@@ -137,6 +137,9 @@ pub struct FileServer {
     pub proxy_protocol: Option<bool>,
     #[serde(default, deserialize_with = "text")]
     pub shutdown_delay: Option<String>,
+    pub access: Option<FileAccess>,
+    pub request_headers: Option<FileHeaderRules>,
+    pub response_headers: Option<FileHeaderRules>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -236,6 +239,8 @@ pub struct FileHealthCheck {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRoute {
+    /// The route's name in metrics, `/stats` and errors (default: host and path).
+    pub name: Option<String>,
     #[serde(rename = "match", default)]
     pub matcher: FileMatch,
     pub upstream: String,
@@ -244,6 +249,14 @@ pub struct FileRoute {
     pub compression: Option<serde_yaml::Value>,
     pub https_redirect: Option<bool>,
     pub hsts: Option<String>,
+    pub access: Option<FileAccess>,
+    pub rate_limit: Option<FileRateLimit>,
+    /// Removed from the start of the path going upstream (`/v1`: `/v1/users` → `/users`).
+    pub strip_prefix: Option<String>,
+    /// The `Host` sent to the backend.
+    pub upstream_host: Option<String>,
+    pub request_headers: Option<FileHeaderRules>,
+    pub response_headers: Option<FileHeaderRules>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -269,4 +282,41 @@ pub struct FileLevels {
 pub struct FileMatch {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
+    pub path_exact: Option<String>,
+    pub path_regex: Option<String>,
+    pub methods: Option<Vec<String>>,
+    /// Field name → exact value, or `~regex`.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Query parameter → exact value, or `~regex`.
+    pub query: Option<BTreeMap<String, String>>,
+}
+
+/// `access`: who may call a route (or the whole server).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccess {
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+}
+
+/// `rate_limit` of a route.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    /// `100/s`, `600/m`, `1000/h`.
+    pub rate: String,
+    pub burst: Option<i64>,
+    /// `client_ip`, `header:X-Api-Key`, `cookie:session` or `route`.
+    pub key: Option<String>,
+    /// `local` (only `local` for now).
+    pub scope: Option<String>,
+}
+
+/// `request_headers` / `response_headers`: fields to set, add and remove.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHeaderRules {
+    pub set: Option<BTreeMap<String, String>>,
+    pub add: Option<BTreeMap<String, String>>,
+    pub remove: Option<Vec<String>>,
 }

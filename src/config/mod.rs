@@ -11,6 +11,7 @@ mod cache;
 mod compression;
 mod file;
 mod key;
+mod policy;
 mod route;
 mod server;
 mod tls;
@@ -29,6 +30,7 @@ pub use admin::Admin;
 pub use cache::{
     Cache, ClientCacheControl, CookiePolicy, RedisTier, RouteCache, MAX_OBJECT_SIZE_LIMIT,
 };
+pub use policy::{Access, HeaderRules, Part, Pattern, RateKey, RateLimit, Template, ValueMatch};
 pub use route::{HostMatch, Route};
 pub use server::Server;
 pub use tls::{Alpn, Tls, TlsVersion};

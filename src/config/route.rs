@@ -7,8 +7,9 @@ use crate::compress;
 
 use super::cache::{route_cache, RouteCache};
 use super::compression;
-use super::file::{FileCompression, FileRoute};
+use super::file::{FileCompression, FileMatch, FileRoute};
 use super::key::{Invalid, Key};
+use super::policy::{self, Access, HeaderRules, Pattern, RateLimit, ValueMatch};
 use super::upstream::Upstream;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,10 +20,21 @@ pub enum HostMatch {
     Wildcard(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Route {
+    /// `name`: the route's label in metrics and `/stats`.
+    pub name: Option<String>,
     pub host: Option<HostMatch>,
+    /// `/` when the route names no path; unused when `path_exact` is set.
     pub path_prefix: String,
+    pub path_exact: Option<String>,
+    pub path_regex: Option<Pattern>,
+    /// Empty: any method.
+    pub methods: Vec<http::Method>,
+    /// Fields the request must carry, by name (lowercase) and value.
+    pub headers: Vec<(http::HeaderName, ValueMatch)>,
+    /// Query parameters the request must carry (percent-decoded), sorted by name.
+    pub query: Vec<(String, ValueMatch)>,
     pub upstream: String,
     /// `None`: responses on this route are not cached.
     pub cache: Option<RouteCache>,
@@ -32,6 +44,37 @@ pub struct Route {
     pub https_redirect: bool,
     /// The `Strict-Transport-Security` value sent on HTTPS responses.
     pub hsts: Option<String>,
+    /// `access`; empty: everyone (after `server.access`).
+    pub access: Access,
+    pub rate_limit: Option<RateLimit>,
+    /// Removed from the start of the path going upstream.
+    pub strip_prefix: Option<String>,
+    /// The `Host` sent to the backend (the cache key keeps the client's).
+    pub upstream_host: Option<String>,
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
+}
+
+impl Route {
+    /// What tells this route apart from another with the same path: how many request
+    /// properties beyond host and path it requires.
+    pub fn narrowing(&self) -> usize {
+        usize::from(self.path_regex.is_some())
+            + usize::from(!self.methods.is_empty())
+            + self.headers.len()
+            + self.query.len()
+    }
+
+    /// Whether no request could tell this route from `other`.
+    fn same_match(&self, other: &Route) -> bool {
+        self.host == other.host
+            && self.path_exact == other.path_exact
+            && (self.path_exact.is_some() || self.path_prefix == other.path_prefix)
+            && self.path_regex == other.path_regex
+            && self.methods == other.methods
+            && self.headers == other.headers
+            && self.query == other.query
+    }
 }
 
 /// Validates `routes` against the upstreams they name and the global compression block.
@@ -58,28 +101,35 @@ pub(super) fn routes(
                 known.join(", ")
             )));
         }
-        let matcher = key.field("match");
-        let host = match r.matcher.host.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(h) => Some(host_match(&matcher.field("host"), h)?),
+        let name = match r.name.as_deref().map(str::trim) {
+            None => None,
+            Some(n)
+                if !n.is_empty() && n.len() <= 100 && n.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Some(n.to_string())
+            }
+            Some(n) => {
+                return Err(key
+                    .field("name")
+                    .invalid(format!("`{n}` must be 1 to 100 visible ASCII characters")))
+            }
         };
-        let path_prefix = r.matcher.path_prefix.unwrap_or_else(|| "/".into());
-        if !path_prefix.starts_with('/') {
-            return Err(matcher
-                .field("path_prefix")
-                .invalid(format!("`{path_prefix}` must start with /")));
+        if let Some(n) = &name {
+            if routes.iter().any(|seen| seen.name.as_ref() == Some(n)) {
+                return Err(key
+                    .field("name")
+                    .invalid(format!("another route is named `{n}`")));
+            }
         }
-        if routes
-            .iter()
-            .any(|seen| seen.host == host && seen.path_prefix == path_prefix)
-        {
-            return Err(
-                matcher.invalid("another route already matches the same host and path_prefix")
-            );
+        let mut route = matching(&key.field("match"), r.matcher)?;
+        if let Some(seen) = routes.iter().position(|seen| seen.same_match(&route)) {
+            return Err(key.field("match").invalid(format!(
+                "no request can tell this route from routes[{seen}]: add or change a host, path, method, header or query condition"
+            )));
         }
         let cache = match r.cache {
             Some(c) => {
-                let exact = match &host {
+                let exact = match &route.host {
                     Some(HostMatch::Exact(h)) => Some(h.as_str()),
                     _ => None,
                 };
@@ -100,17 +150,118 @@ pub(super) fn routes(
                 )))
             }
         };
-        routes.push(Route {
-            host,
-            path_prefix,
-            upstream: r.upstream,
-            cache,
-            compression,
-            https_redirect: r.https_redirect.unwrap_or(false),
-            hsts,
-        });
+        route.name = name;
+        route.upstream = r.upstream;
+        route.cache = cache;
+        route.compression = compression;
+        route.https_redirect = r.https_redirect.unwrap_or(false);
+        route.hsts = hsts;
+        route.access = policy::access(&key.field("access"), r.access)?;
+        route.rate_limit = match r.rate_limit {
+            Some(raw) => Some(policy::rate_limit(&key.field("rate_limit"), raw)?),
+            None => None,
+        };
+        route.strip_prefix = match r.strip_prefix.as_deref() {
+            None => None,
+            Some(p) if p.starts_with('/') && p.len() > 1 && !p.ends_with('/') => Some(p.into()),
+            Some(p) => {
+                return Err(key.field("strip_prefix").invalid(format!(
+                    "`{p}` must start with / and not end with / (like /v1)"
+                )))
+            }
+        };
+        route.upstream_host = match r.upstream_host.as_deref().map(str::trim) {
+            None => None,
+            Some(h)
+                if !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b)) =>
+            {
+                Some(h.to_ascii_lowercase())
+            }
+            Some(h) => {
+                return Err(key.field("upstream_host").invalid(format!(
+                    "`{h}` is not a host like api.internal or api.internal:8080"
+                )))
+            }
+        };
+        route.request_headers =
+            policy::header_rules(&key.field("request_headers"), r.request_headers)?;
+        route.response_headers =
+            policy::header_rules(&key.field("response_headers"), r.response_headers)?;
+        routes.push(route);
     }
     Ok(routes)
+}
+
+/// The `match` block: host, one kind of path, and the narrowing conditions.
+fn matching(matcher: &Key, raw: FileMatch) -> Result<Route, Invalid> {
+    let host = match raw.host.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(h) => Some(host_match(&matcher.field("host"), h)?),
+    };
+    let path = |name: &str, p: &str| -> Result<String, Invalid> {
+        if !p.starts_with('/') {
+            return Err(matcher
+                .field(name)
+                .invalid(format!("`{p}` must start with /")));
+        }
+        Ok(p.to_string())
+    };
+    let path_exact = match raw.path_exact.as_deref() {
+        Some(_) if raw.path_prefix.is_some() || raw.path_regex.is_some() => {
+            return Err(matcher
+                .field("path_exact")
+                .invalid("cannot be combined with path_prefix or path_regex"))
+        }
+        Some(p) => Some(path("path_exact", p)?),
+        None => None,
+    };
+    let path_prefix = match raw.path_prefix.as_deref() {
+        Some(p) => path("path_prefix", p)?,
+        None => "/".into(),
+    };
+    let path_regex = match raw.path_regex.as_deref() {
+        Some(re) => Some(Pattern::new(&matcher.field("path_regex"), re)?),
+        None => None,
+    };
+    let mut methods = Vec::new();
+    for (i, m) in raw.methods.unwrap_or_default().iter().enumerate() {
+        let upper = m.trim().to_ascii_uppercase();
+        let method = http::Method::from_bytes(upper.as_bytes()).map_err(|_| {
+            matcher
+                .field("methods")
+                .index(i)
+                .invalid(format!("`{m}` is not a method"))
+        })?;
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+    methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let mut headers = Vec::new();
+    for (name, value) in raw.headers.unwrap_or_default() {
+        let at = matcher.field("headers").field(&name);
+        let field = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| at.invalid(format!("`{name}` is not a field name")))?;
+        headers.push((field, policy::value_match(&at, &value)?));
+    }
+    headers.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let mut query = Vec::new();
+    for (name, value) in raw.query.unwrap_or_default() {
+        let at = matcher.field("query").field(&name);
+        query.push((name, policy::value_match(&at, &value)?));
+    }
+    Ok(Route {
+        host,
+        path_prefix,
+        path_exact,
+        path_regex,
+        methods,
+        headers,
+        query,
+        ..Route::default()
+    })
 }
 
 fn host_match(key: &Key, host: &str) -> Result<HostMatch, Invalid> {

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 
 use super::file::FileServer;
 use super::key::{Invalid, Key};
+use super::policy::{self, Access, HeaderRules};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Server {
@@ -45,6 +46,11 @@ pub struct Server {
     pub proxy_protocol: bool,
     /// Streams a client may open at once on one HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
+    /// `server.access`: checked before every route's own.
+    pub access: Access,
+    /// Header rules for every route, applied before the route's own.
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
 }
 
 impl TryFrom<FileServer> for Server {
@@ -130,6 +136,15 @@ impl TryFrom<FileServer> for Server {
             upgrade_socket,
             h2c: raw.h2c.unwrap_or(false),
             proxy_protocol: raw.proxy_protocol.unwrap_or(false),
+            access: policy::access(&key.field("access"), raw.access)?,
+            request_headers: policy::header_rules(
+                &key.field("request_headers"),
+                raw.request_headers,
+            )?,
+            response_headers: policy::header_rules(
+                &key.field("response_headers"),
+                raw.response_headers,
+            )?,
             h2_max_concurrent_streams,
             listen,
             threads,

@@ -251,7 +251,7 @@ fn rejects_bad_routes() {
     rejects(
         &format!("{BASE}  - match: {{ path_prefix: / }}\n    upstream: assessments\n"),
         "routes[1].match",
-        "already matches",
+        "no request can tell this route from routes[0]",
     );
 }
 
@@ -789,3 +789,4 @@ fn warm_lists_need_paths_and_a_host() {
         .unwrap();
     assert_eq!(warm.host, "shop.example", "the route's exact host");
 }
+mod policy;

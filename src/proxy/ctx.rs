@@ -36,6 +36,8 @@ pub struct RequestCtx {
     pub(super) ids: super::trace::Ids,
     /// What the access log reports besides the session (`observe.rs`).
     pub(super) observed: Observed,
+    /// The client's address, after trusted proxies and the PROXY protocol (`gate::client_ip`).
+    pub(super) client_ip: Option<std::net::IpAddr>,
     _active: ActiveRequest,
 }
 
@@ -53,6 +55,7 @@ impl RequestCtx {
             tls: false,
             ids: Default::default(),
             observed: Observed::default(),
+            client_ip: None,
             _active: active,
         }
     }

@@ -75,8 +75,19 @@ pub async fn respond(
     detail: &str,
     reply: Reply<'_>,
 ) -> Result<()> {
+    respond_with(session, code, detail, reply, &[]).await
+}
+
+/// [`respond`] with `extra` fields (`Retry-After` and the `RateLimit` fields of a 429).
+pub async fn respond_with(
+    session: &mut Session,
+    code: u16,
+    detail: &str,
+    reply: Reply<'_>,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
     let mut body = body(code, detail);
-    let mut resp = ResponseHeader::build(code, Some(6))?;
+    let mut resp = ResponseHeader::build(code, Some(6 + extra.len()))?;
     if let Some(server) = reply.server {
         resp.insert_header(http::header::SERVER, server)?;
     }
@@ -89,6 +100,9 @@ pub async fn respond(
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if code == 503 {
         resp.insert_header(http::header::RETRY_AFTER, "1")?;
+    }
+    for (name, value) in extra {
+        resp.insert_header(*name, value.as_str())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session

@@ -7,6 +7,7 @@ pub mod ctx;
 pub mod encoding;
 pub mod errors;
 pub mod frontend;
+pub mod gate;
 pub mod handshake;
 pub mod headers;
 pub mod limits;
@@ -33,6 +34,7 @@ use crate::cache::{self, Cache};
 use crate::etag;
 use crate::fields;
 use crate::metrics::UpstreamTiming;
+use crate::route;
 use crate::state::Shared;
 use ctx::RequestCtx;
 
@@ -111,22 +113,41 @@ impl ProxyHttp for Proxy {
         }
         // After the header, reads wait as long as a slow upload may pause.
         session.set_read_timeout(Some(BODY_READ_TIMEOUT));
+        if !gate::normalise_path(session.req_header_mut()) {
+            ctx.runtime = Some(runtime);
+            errors::respond(
+                session,
+                400,
+                "malformed percent-escape in the path",
+                ctx.reply(),
+            )
+            .await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         let found = runtime
             .router
-            .find(request_host(req).unwrap_or(""), req.uri.path())
+            .find(&route::Request {
+                host: request_host(req).unwrap_or(""),
+                path: req.uri.path(),
+                query: req.uri.query(),
+                method: &req.method,
+                headers: &req.headers,
+            })
             .map(|(index, route)| (index, runtime.pools.get(&route.upstream).cloned()));
         ctx.runtime = Some(runtime);
+        ctx.route = found.as_ref().map(|(index, _)| *index);
+        ctx.client_ip = gate::client_ip(session, ctx);
+        // Access rules and rate limits come before anything else answers or looks up.
+        if gate::refuse(session, ctx, &self.shared.metrics).await? {
+            return Ok(true);
+        }
         match found {
-            Some((index, _))
-                if !ctx.tls && ctx.route_at(index).is_some_and(|r| r.https_redirect) =>
-            {
-                ctx.route = Some(index);
+            Some(_) if !ctx.tls && ctx.route().is_some_and(|r| r.https_redirect) => {
                 redirect::to_https(session, ctx).await?;
                 Ok(true)
             }
-            Some((index, pool)) => {
-                ctx.route = Some(index);
+            Some((_, pool)) => {
                 ctx.upstream.pool = pool;
                 balance::prepare(session, ctx);
                 Ok(false)
@@ -316,7 +337,14 @@ impl ProxyHttp for Proxy {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.port()),
         };
-        headers::add_forwarded(upstream_request, &hop)
+        headers::add_forwarded(upstream_request, &hop)?;
+        gate::rewrite_upstream(upstream_request, ctx)?;
+        gate::on_upstream_request(
+            session.req_header(),
+            upstream_request,
+            ctx,
+            host.as_deref().unwrap_or(""),
+        )
     }
 
     async fn upstream_response_filter(
@@ -403,7 +431,9 @@ impl ProxyHttp for Proxy {
         if let Some(cookie) = ctx.upstream.set_cookie.take() {
             upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
         }
-        Ok(())
+        // After the cache: stored objects keep the origin's fields; hits get the rules too.
+        let req = session.req_header();
+        gate::on_response(req, upstream_response, ctx, request_host(req).unwrap_or(""))
     }
 
     fn response_body_filter(

@@ -21,6 +21,7 @@ mod ip_hash;
 mod least_conn;
 mod lifecycle;
 mod observability;
+mod policy;
 mod proxy_protocol;
 mod redis;
 mod reload;

@@ -1,0 +1,169 @@
+//! The proxy's side of traffic policy: normalises the path, works out the client IP, and
+//! applies access rules, rate limits and header rules (`crate::policy`) to a routed request.
+
+use std::net::IpAddr;
+
+use pingora_error::Result;
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+
+use super::client;
+use super::ctx::RequestCtx;
+use super::errors;
+use crate::metrics::Metrics;
+use crate::policy::headers::{self, Vars};
+use crate::policy::normalize::normalize;
+use crate::policy::{self, rate, Refusal};
+
+/// Rewrites the request path into its normal form (forwarded as such). `false`: the path has
+/// a broken escape; the caller answers 400.
+pub fn normalise_path(req: &mut RequestHeader) -> bool {
+    let path = req.uri.path();
+    let normal = match normalize(path) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return true,
+        Ok(std::borrow::Cow::Owned(normal)) => normal,
+        Err(_) => return false,
+    };
+    let target = match req.uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = req.uri.clone().into_parts();
+    let Ok(pq) = http::uri::PathAndQuery::try_from(target) else {
+        return false;
+    };
+    parts.path_and_query = Some(pq);
+    match http::Uri::from_parts(parts) {
+        Ok(uri) => {
+            req.set_uri(uri);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The client's address: the TCP peer (or the PROXY protocol source), or behind trusted
+/// proxies the right-most untrusted `X-Forwarded-For` element.
+pub fn client_ip(session: &Session, ctx: &RequestCtx) -> Option<IpAddr> {
+    let peer = session.client_addr()?.as_inet()?.ip();
+    let trusted = &ctx.runtime.as_ref()?.config.server.trusted_proxies;
+    let req = session.req_header();
+    Some(client::client_ip(
+        peer,
+        &client::forwarded_for(req),
+        trusted,
+    ))
+}
+
+/// Access rules, then the route's rate limit. `Ok(true)`: the request was answered (403 or
+/// 429) and goes no further: no upstream, no cache lookup.
+pub async fn refuse(session: &mut Session, ctx: &RequestCtx, metrics: &Metrics) -> Result<bool> {
+    let (Some(runtime), Some(ip)) = (&ctx.runtime, ctx.client_ip) else {
+        return Ok(false);
+    };
+    if !policy::admits(&runtime.config.server, ctx.route(), ip) {
+        metrics.observe_refused(ctx.series(), Refusal::Access);
+        errors::respond(session, 403, "refused by access rules", ctx.reply()).await?;
+        return Ok(true);
+    }
+    let Some(index) = ctx.route else {
+        return Ok(false);
+    };
+    let Some(limiter) = runtime.limiters.get(index).and_then(Option::as_ref) else {
+        return Ok(false);
+    };
+    let limit = limiter.limit();
+    let key = rate::key_of(&limit.key, &session.req_header().headers, ip);
+    let Err(wait) = limiter.check(key) else {
+        return Ok(false);
+    };
+    metrics.observe_refused(ctx.series(), Refusal::RateLimit);
+    let fields = rate::refusal_fields(limit, wait);
+    errors::respond_with(session, 429, "rate limit exceeded", ctx.reply(), &fields).await?;
+    Ok(true)
+}
+
+fn vars<'a>(req: &'a RequestHeader, ctx: &RequestCtx, host: &'a str) -> Vars<'a> {
+    Vars {
+        client_ip: ctx.client_ip,
+        host,
+        request_id: req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        scheme: if ctx.tls { "https" } else { "http" },
+    }
+}
+
+/// The route's `strip_prefix` and `upstream_host` on the request going upstream (the client's
+/// request, and so the cache key, keeps its path and host).
+pub fn rewrite_upstream(upstream_req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    let Some(route) = ctx.route() else {
+        return Ok(());
+    };
+    if let Some(prefix) = &route.strip_prefix {
+        let path = upstream_req.uri.path();
+        let rest = path
+            .strip_prefix(prefix.as_str())
+            .filter(|r| r.is_empty() || r.starts_with('/'));
+        if let Some(rest) = rest {
+            let rest = if rest.is_empty() { "/" } else { rest };
+            let target = match upstream_req.uri.query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_string(),
+            };
+            let mut parts = upstream_req.uri.clone().into_parts();
+            parts.path_and_query = http::uri::PathAndQuery::try_from(target).ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                upstream_req.set_uri(uri);
+            }
+        }
+    }
+    if let Some(host) = &route.upstream_host {
+        upstream_req.insert_header(http::header::HOST, host.as_str())?;
+    }
+    Ok(())
+}
+
+/// `server.request_headers`, then the route's, on the request going upstream.
+pub fn on_upstream_request(
+    client_req: &RequestHeader,
+    upstream_req: &mut RequestHeader,
+    ctx: &RequestCtx,
+    host: &str,
+) -> Result<()> {
+    let Some(runtime) = &ctx.runtime else {
+        return Ok(());
+    };
+    let vars = vars(client_req, ctx, host);
+    headers::apply(&runtime.config.server.request_headers, upstream_req, &vars)?;
+    if let Some(route) = ctx.route() {
+        headers::apply(&route.request_headers, upstream_req, &vars)?;
+    }
+    Ok(())
+}
+
+/// `server.response_headers`, then the route's, on every response (cache hits included).
+pub fn on_response(
+    client_req: &RequestHeader,
+    resp: &mut ResponseHeader,
+    ctx: &RequestCtx,
+    host: &str,
+) -> Result<()> {
+    let Some(runtime) = &ctx.runtime else {
+        return Ok(());
+    };
+    let route = ctx.route();
+    if runtime.config.server.response_headers.is_empty()
+        && route.is_none_or(|r| r.response_headers.is_empty())
+    {
+        return Ok(());
+    }
+    let vars = vars(client_req, ctx, host);
+    headers::apply(&runtime.config.server.response_headers, resp, &vars)?;
+    if let Some(route) = route {
+        headers::apply(&route.response_headers, resp, &vars)?;
+    }
+    Ok(())
+}
