@@ -14,7 +14,7 @@ use crate::config::{HeaderRules, Part, Template};
 pub struct Vars<'a> {
     pub client_ip: Option<IpAddr>,
     pub host: &'a str,
-    /// The client's `X-Request-Id`, or empty.
+    /// The request's id (kept from a trusted peer, otherwise made by the proxy).
     pub request_id: &'a str,
     pub scheme: &'a str,
 }

@@ -83,15 +83,13 @@ pub async fn refuse(session: &mut Session, ctx: &RequestCtx, metrics: &Metrics) 
     Ok(true)
 }
 
-fn vars<'a>(req: &'a RequestHeader, ctx: &RequestCtx, host: &'a str) -> Vars<'a> {
+/// The variables of header rules; `$request_id` is the request's id (kept from a trusted peer
+/// or made here, see `trace.rs`), not whatever a client sent.
+fn vars<'a>(ctx: &'a RequestCtx, host: &'a str) -> Vars<'a> {
     Vars {
         client_ip: ctx.client_ip,
         host,
-        request_id: req
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
+        request_id: ctx.ids.request_id.as_str(),
         scheme: if ctx.tls { "https" } else { "http" },
     }
 }
@@ -128,7 +126,6 @@ pub fn rewrite_upstream(upstream_req: &mut RequestHeader, ctx: &RequestCtx) -> R
 
 /// `server.request_headers`, then the route's, on the request going upstream.
 pub fn on_upstream_request(
-    client_req: &RequestHeader,
     upstream_req: &mut RequestHeader,
     ctx: &RequestCtx,
     host: &str,
@@ -136,7 +133,7 @@ pub fn on_upstream_request(
     let Some(runtime) = &ctx.runtime else {
         return Ok(());
     };
-    let vars = vars(client_req, ctx, host);
+    let vars = vars(ctx, host);
     headers::apply(&runtime.config.server.request_headers, upstream_req, &vars)?;
     if let Some(route) = ctx.route() {
         headers::apply(&route.request_headers, upstream_req, &vars)?;
@@ -145,12 +142,7 @@ pub fn on_upstream_request(
 }
 
 /// `server.response_headers`, then the route's, on every response (cache hits included).
-pub fn on_response(
-    client_req: &RequestHeader,
-    resp: &mut ResponseHeader,
-    ctx: &RequestCtx,
-    host: &str,
-) -> Result<()> {
+pub fn on_response(resp: &mut ResponseHeader, ctx: &RequestCtx, host: &str) -> Result<()> {
     let Some(runtime) = &ctx.runtime else {
         return Ok(());
     };
@@ -160,7 +152,7 @@ pub fn on_response(
     {
         return Ok(());
     }
-    let vars = vars(client_req, ctx, host);
+    let vars = vars(ctx, host);
     headers::apply(&runtime.config.server.response_headers, resp, &vars)?;
     if let Some(route) = route {
         headers::apply(&route.response_headers, resp, &vars)?;

@@ -339,12 +339,7 @@ impl ProxyHttp for Proxy {
         };
         headers::add_forwarded(upstream_request, &hop)?;
         gate::rewrite_upstream(upstream_request, ctx)?;
-        gate::on_upstream_request(
-            session.req_header(),
-            upstream_request,
-            ctx,
-            host.as_deref().unwrap_or(""),
-        )
+        gate::on_upstream_request(upstream_request, ctx, host.as_deref().unwrap_or(""))
     }
 
     async fn upstream_response_filter(
@@ -433,7 +428,7 @@ impl ProxyHttp for Proxy {
         }
         // After the cache: stored objects keep the origin's fields; hits get the rules too.
         let req = session.req_header();
-        gate::on_response(req, upstream_response, ctx, request_host(req).unwrap_or(""))
+        gate::on_response(upstream_response, ctx, request_host(req).unwrap_or(""))
     }
 
     fn response_body_filter(
