@@ -1,6 +1,6 @@
 //! HTTP fields: the elements of list fields, and removal of the fields a predicate names.
 
-use http::header::{AsHeaderName, HeaderMap, HeaderName};
+use http::header::{AsHeaderName, HeaderMap, HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 /// The elements of a comma-separated list field (RFC 9110 §5.6.1) over all its lines, trimmed,
@@ -20,25 +20,34 @@ pub fn list(headers: &HeaderMap, name: impl AsHeaderName) -> impl Iterator<Item 
 pub trait Header {
     fn map(&self) -> &HeaderMap;
     fn remove(&mut self, name: &HeaderName);
+    /// Replaces every line of `name` with `value`.
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> pingora_error::Result<()>;
+    /// Adds a line of `name`.
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> pingora_error::Result<()>;
 }
 
-impl Header for ResponseHeader {
-    fn map(&self) -> &HeaderMap {
-        &self.headers
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
+/// The same four methods for both of Pingora's header types.
+macro_rules! impl_header {
+    ($t:ty) => {
+        impl Header for $t {
+            fn map(&self) -> &HeaderMap {
+                &self.headers
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+            fn set(&mut self, name: HeaderName, value: HeaderValue) -> pingora_error::Result<()> {
+                self.insert_header(name, value)
+            }
+            fn add(&mut self, name: HeaderName, value: HeaderValue) -> pingora_error::Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+        }
+    };
 }
 
-impl Header for RequestHeader {
-    fn map(&self) -> &HeaderMap {
-        &self.headers
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
+impl_header!(ResponseHeader);
+impl_header!(RequestHeader);
 
 /// Removes every field whose name `doomed` picks. One pass over the names finds them, so a
 /// header with none costs no removal (Pingora's parses and looks up each name it is given).

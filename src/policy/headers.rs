@@ -3,11 +3,11 @@
 
 use std::net::IpAddr;
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora_error::Result;
-use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::config::{HeaderRules, Part, Template};
+use crate::fields::Header;
 
 /// The values variables expand to.
 #[derive(Debug, Clone, Copy)]
@@ -42,40 +42,9 @@ pub fn expand(template: &Template, vars: &Vars<'_>) -> Option<HeaderValue> {
     HeaderValue::from_str(&out).ok()
 }
 
-/// The header of a request or a response, as the rules see it.
-pub trait Fields {
-    fn remove(&mut self, name: &HeaderName);
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-}
-
-impl Fields for RequestHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
-}
-
-impl Fields for ResponseHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
-}
-
 /// Applies `rules` to `fields`. A value that expands to an invalid field (a host with a control
 /// character, say) is skipped.
-pub fn apply(rules: &HeaderRules, fields: &mut impl Fields, vars: &Vars<'_>) -> Result<()> {
+pub fn apply(rules: &HeaderRules, fields: &mut impl Header, vars: &Vars<'_>) -> Result<()> {
     for name in &rules.remove {
         fields.remove(name);
     }
@@ -95,6 +64,8 @@ pub fn apply(rules: &HeaderRules, fields: &mut impl Fields, vars: &Vars<'_>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderName;
+    use pingora_http::RequestHeader;
 
     #[test]
     fn rules_remove_set_add_with_variables() {
