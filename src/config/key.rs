@@ -93,6 +93,23 @@ impl Key {
     }
 
     /// `ip:port`, or `host:port` resolved now.
+    /// A non-empty list of addresses at this key (`default` when absent), each checked by
+    /// [`Key::socket_addr`] at its index.
+    pub fn socket_addrs(
+        &self,
+        list: Option<Vec<String>>,
+        default: &str,
+    ) -> Result<Vec<SocketAddr>, Invalid> {
+        let list = list.unwrap_or_else(|| vec![default.to_string()]);
+        if list.is_empty() {
+            return Err(self.invalid("needs at least one address"));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, a)| self.index(i).socket_addr(a))
+            .collect()
+    }
+
     pub fn socket_addr(&self, text: &str) -> Result<SocketAddr, Invalid> {
         if let Ok(addr) = text.parse::<SocketAddr>() {
             return Ok(addr);

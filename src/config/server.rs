@@ -58,15 +58,9 @@ impl TryFrom<FileServer> for Server {
 
     fn try_from(raw: FileServer) -> Result<Server, Invalid> {
         let key = Key::root("server");
-        let listen = raw.listen.unwrap_or_else(|| vec!["0.0.0.0:8080".into()]);
-        if listen.is_empty() {
-            return Err(key.field("listen").invalid("needs at least one address"));
-        }
-        let listen = listen
-            .iter()
-            .enumerate()
-            .map(|(i, a)| key.field("listen").index(i).socket_addr(a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let listen = key
+            .field("listen")
+            .socket_addrs(raw.listen, "0.0.0.0:8080")?;
         let threads = match raw.threads {
             Some(0) => return Err(key.field("threads").invalid("must be at least 1")),
             Some(n) => n,

@@ -61,15 +61,9 @@ impl Tls {
 /// Validates the `tls` block; relative certificate paths are read from the working directory.
 pub(super) fn tls(raw: FileTls) -> Result<Tls, Invalid> {
     let key = Key::root("tls");
-    let listen = raw.listen.unwrap_or_else(|| vec!["0.0.0.0:443".into()]);
-    if listen.is_empty() {
-        return Err(key.field("listen").invalid("needs at least one address"));
-    }
-    let listen = listen
-        .iter()
-        .enumerate()
-        .map(|(i, a)| key.field("listen").index(i).socket_addr(a))
-        .collect::<Result<Vec<_>, _>>()?;
+    let listen = key
+        .field("listen")
+        .socket_addrs(raw.listen, "0.0.0.0:443")?;
     let list = key.field("certificates");
     let raw_certs = raw.certificates.unwrap_or_default();
     if raw_certs.is_empty() {
