@@ -75,8 +75,8 @@ fn lib_layout_lists_every_module() {
     assert_eq!(declared, on_disk, "lib.rs pub mods vs src/");
 }
 
-/// Every source file as its module path (`proxy::ctx`), with its text up to its tests.
-fn module_files() -> Vec<(Vec<String>, String)> {
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).expect("read dir") {
             let path = entry.expect("dir entry").path();
@@ -87,9 +87,15 @@ fn module_files() -> Vec<(Vec<String>, String)> {
             }
         }
     }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out
+}
+
+/// Every source file as its module path (`proxy::ctx`), with its text up to its tests.
+fn module_files() -> Vec<(Vec<String>, String)> {
     let src = root().join("src");
-    let mut paths = Vec::new();
-    walk(&src, &mut paths);
+    let paths = rust_files(&src);
     paths
         .into_iter()
         .filter_map(|path| {
@@ -220,18 +226,7 @@ fn no_import_circles_between_modules() {
 /// read in one sitting (test files aside).
 #[test]
 fn every_source_file_opens_with_its_purpose_and_stays_short() {
-    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("read dir") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
-    let mut paths = Vec::new();
-    walk(&root().join("src"), &mut paths);
+    let paths = rust_files(&root().join("src"));
     assert!(paths.len() > 40, "found the sources");
     for path in paths {
         let text = std::fs::read_to_string(&path).expect("read source");
