@@ -53,7 +53,11 @@ impl Sketch {
                 );
             }
         }
-        let counts = self.keys.entry(key.to_string()).or_default();
+        // Looked up by `&str` first: a key already counted costs no allocation.
+        let counts = match self.keys.get_mut(key) {
+            Some(counts) => counts,
+            None => self.keys.entry(key.to_string()).or_default(),
+        };
         if hit {
             counts.hits += 1;
         } else {
