@@ -25,6 +25,7 @@ use crate::cache::warm::Warmer;
 use crate::config::{Alpn, Config, Tls, TlsVersion};
 use crate::demo::DemoOrigin;
 use crate::proxy::frontend::Frontend;
+use crate::proxy::h2_streams::H2Streams;
 use crate::proxy::Proxy;
 use crate::reload;
 use crate::state::Shared;
@@ -111,8 +112,9 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     }
     server.bootstrap();
 
+    let streams = Arc::new(H2Streams::default());
     let mut app = HttpProxy::new(
-        Proxy::new(Arc::clone(&shared)),
+        Proxy::new(Arc::clone(&shared), Arc::clone(&streams)),
         server.configuration.clone(),
     );
     app.handle_init_modules();
@@ -130,7 +132,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     app.h2_options = Some(h2);
     let mut proxy = Service::new(
         "switchyard proxy".to_string(),
-        Frontend::new(app, Arc::clone(&shared), tls_listen.clone()),
+        Frontend::new(app, Arc::clone(&shared), tls_listen.clone(), streams),
     );
     // TLS listeners are plain TCP to Pingora: the front end runs the handshake itself, with
     // the certificates, minimum version and ALPN of the running config.

@@ -102,6 +102,7 @@ pub struct Metrics {
     tls_handshake_errors: IntCounterVec,
     client_requests: IntCounterVec,
     access_log_dropped: IntCounter,
+    h2_reset_floods: IntCounter,
     /// Upstream connect, first byte and total times, by `upstream` and `backend`.
     upstream_timings: [HistogramVec; 3],
     request_size: HistogramVec,
@@ -210,9 +211,16 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
         )
         .expect("static metric definition");
-        registry
-            .register(Box::new(access_log_dropped.clone()))
-            .expect("unique metric name");
+        let h2_reset_floods = IntCounter::new(
+            "switchyard_h2_reset_floods_total",
+            "HTTP/2 streams refused on connections running too many handlers (rapid reset); each such connection is sent GOAWAY",
+        )
+        .expect("static metric definition");
+        for counter in [&access_log_dropped, &h2_reset_floods] {
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("unique metric name");
+        }
         let latency = |name: &str, help: &str| {
             let vec = HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(vec![
@@ -267,6 +275,7 @@ impl Metrics {
             request_size,
             response_size,
             access_log_dropped,
+            h2_reset_floods,
             registry,
             tls_handshake_errors,
             client_requests,
@@ -281,6 +290,11 @@ impl Metrics {
     }
 
     /// The counter of dropped access log lines (the writer counts into it).
+    /// An HTTP/2 connection closed for resetting too many streams (`proxy::h2_streams`).
+    pub fn count_h2_reset_flood(&self) {
+        self.h2_reset_floods.inc();
+    }
+
     pub fn access_log_dropped(&self) -> IntCounter {
         self.access_log_dropped.clone()
     }

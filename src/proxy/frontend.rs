@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::errors;
+use super::h2_streams::{self, H2Streams};
 use super::handshake;
 use super::proxy_protocol;
 use super::reader::{self, Head, HeaderError, READ_CHUNK};
@@ -40,6 +41,8 @@ pub struct Frontend {
     connections: AtomicUsize,
     /// The TLS listen addresses: a connection that arrived on one is TLS.
     tls_listen: Vec<SocketAddr>,
+    /// HTTP/2 handlers in flight per connection, shared with the proxy.
+    streams: Arc<H2Streams>,
 }
 
 /// How an HTTP/2 connection with prior knowledge starts (RFC 9113 §3.4).
@@ -80,12 +83,14 @@ impl Frontend {
         proxy: HttpProxy<Proxy>,
         shared: Arc<Shared>,
         tls_listen: Vec<SocketAddr>,
+        streams: Arc<H2Streams>,
     ) -> Frontend {
         Frontend {
             proxy: Arc::new(proxy),
             shared,
             connections: AtomicUsize::new(0),
             tls_listen,
+            streams,
         }
     }
 
@@ -155,6 +160,8 @@ impl Frontend {
 
     /// Hands an HTTP/2 connection to Pingora's HTTP/2 server (its handshake, then each stream
     /// through the proxy phases, GOAWAY on shutdown). `read` is what was read of it already.
+    /// The connection gets its own shutdown signal, raised by a server shutdown or by a flood
+    /// of streams (`h2_streams`), so that either ends it with a graceful GOAWAY.
     async fn serve_h2(
         &self,
         stream: Stream,
@@ -168,7 +175,26 @@ impl Frontend {
             l4.rewind(read);
             l4
         };
-        ServerApp::process_new(&self.proxy, stream, shutdown).await
+        let registered = h2_streams::key_of_stream(&stream)
+            .and_then(|key| self.streams.register(key, *shutdown.borrow()));
+        let Some((registration, own)) = registered else {
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        };
+        let mut server = shutdown.clone();
+        let forward = async {
+            loop {
+                if server.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if *server.borrow() {
+                    registration.shut_down();
+                }
+            }
+        };
+        tokio::select! {
+            served = ServerApp::process_new(&self.proxy, stream, &own) => served,
+            () = forward => None,
+        }
     }
 
     /// Waits up to `wait` for the first byte of the client's next request, holding no buffer.

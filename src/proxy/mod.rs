@@ -8,6 +8,7 @@ pub mod encoding;
 pub mod errors;
 pub mod frontend;
 pub mod gate;
+pub mod h2_streams;
 pub mod handshake;
 pub mod headers;
 pub mod limits;
@@ -44,11 +45,13 @@ const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 /// The proxy: routes a request, picks a backend and forwards to it.
 pub struct Proxy {
     shared: Arc<Shared>,
+    /// HTTP/2 handlers in flight per connection, shared with the front end.
+    streams: Arc<h2_streams::H2Streams>,
 }
 
 impl Proxy {
-    pub fn new(shared: Arc<Shared>) -> Proxy {
-        Proxy { shared }
+    pub fn new(shared: Arc<Shared>, streams: Arc<h2_streams::H2Streams>) -> Proxy {
+        Proxy { shared, streams }
     }
 }
 
@@ -83,6 +86,12 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let runtime = self.shared.runtime();
         ctx.tls = arrived_over_tls(session);
+        if h2_streams::flooded(&self.streams, session.as_downstream()) {
+            ctx.runtime = Some(runtime);
+            let reason = "too many HTTP/2 streams in flight on this connection";
+            errors::respond(session, 429, reason, ctx.reply()).await?;
+            return Ok(true);
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -508,5 +517,14 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         observe::finish(&self.shared, session, e, ctx);
+        let limit = self
+            .shared
+            .runtime()
+            .config
+            .server
+            .h2_max_concurrent_streams;
+        if h2_streams::finished(&self.streams, session.as_downstream(), e, limit) {
+            self.shared.metrics.count_h2_reset_flood();
+        }
     }
 }

@@ -255,3 +255,50 @@ async fn graceful_shutdown_sends_goaway_and_finishes_the_stream_in_flight() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_resetting_streams_faster_than_they_finish_is_sent_goaway() {
+    let origin = spawn_origin("o").await;
+    // At most 10 concurrent streams: a client that resets over 20 streams, more than it let
+    // finish, is flooding.
+    let proxy = spawn_proxy(&h2c_config(origin.addr, "5s")).await;
+    let (mut send, connection) = raw_h2(proxy.addr).await;
+    let mut opened = 0;
+    for _ in 0..300 {
+        let Ok(ready) = send.ready().await else {
+            break;
+        };
+        send = ready;
+        let req = http::Request::get("http://f.test/slow/1000")
+            .body(())
+            .unwrap();
+        let Ok((response, _)) = send.send_request(req, true) else {
+            break;
+        };
+        opened += 1;
+        // Reset once the proxy took the stream up: a stream reset before that is counted by
+        // the HTTP/2 codec itself (`max_pending_accept_reset_streams`).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(response);
+    }
+    assert!(opened > 20, "the client could open {opened} streams");
+    // GOAWAY: the connection ends once the handlers it started are done.
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(ended.is_ok(), "the flooding connection was not closed");
+    // The streams over the line never reached the backend.
+    let reached = origin.hits();
+    assert!(
+        reached <= 25,
+        "{reached} of {opened} reset streams reached the backend"
+    );
+    let metrics = proxy.metrics().await;
+    let floods: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_h2_reset_floods_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(floods, 1, "opened {opened}, reached {reached}");
+    // Other connections are served as before.
+    let resp = h2c_client().get(proxy.url("/after")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
