@@ -10,6 +10,7 @@ use pingora_proxy::Session;
 use super::client;
 use super::ctx::RequestCtx;
 use super::errors;
+use super::trace;
 use crate::metrics::Metrics;
 use crate::policy::headers::{self, Vars};
 use crate::policy::normalize::normalize;
@@ -158,4 +159,22 @@ pub fn on_response(resp: &mut ResponseHeader, ctx: &RequestCtx, host: &str) -> R
         headers::apply(&route.response_headers, resp, &vars)?;
     }
     Ok(())
+}
+
+/// Sets the request's ids and the client address the log reports, trusting the peer's
+/// `X-Request-Id` and `X-Forwarded-For` only when it is one of `trusted_proxies`.
+pub fn identify(session: &Session, trusted_proxies: &[ipnet::IpNet], ctx: &mut RequestCtx) {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let trusted = peer.is_some_and(|ip| client::is_trusted(ip, trusted_proxies));
+    ctx.ids = trace::ids(session.req_header(), trusted);
+    ctx.observed.client_ip = peer.map(|ip| {
+        client::client_ip(
+            ip,
+            &client::forwarded_for(session.req_header()),
+            trusted_proxies,
+        )
+    });
 }

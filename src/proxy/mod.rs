@@ -92,20 +92,7 @@ impl ProxyHttp for Proxy {
             errors::respond(session, 429, reason, ctx.reply()).await?;
             return Ok(true);
         }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let trusted_proxies = &runtime.config.server.trusted_proxies;
-        let trusted = peer.is_some_and(|ip| client::is_trusted(ip, trusted_proxies));
-        ctx.ids = trace::ids(session.req_header(), trusted);
-        ctx.observed.client_ip = peer.map(|ip| {
-            client::client_ip(
-                ip,
-                &client::forwarded_for(session.req_header()),
-                trusted_proxies,
-            )
-        });
+        gate::identify(session, &runtime.config.server.trusted_proxies, ctx);
         let raw = session
             .as_downstream()
             .as_http1()
