@@ -3,7 +3,13 @@
 #
 #   benches/load/compare.sh           three interleaved repetitions of 10 s per cell
 #   benches/load/compare.sh --quick   one repetition of 5 s (smoke run)
-#   ONLY=cache benches/load/compare.sh  one group of the matrix (pass, cache or gzip)
+#   ONLY=cache,h2 benches/load/compare.sh  some groups of the matrix (pass, cache, gzip,
+#                                       https, https-cache, handshake, h2)
+#
+# The TLS groups use one ECDSA P-256 certificate made here with openssl, TLS 1.3 for both
+# contenders: `https` and `https-cache` are keep-alive requests over TLS (pass-through and cache
+# hits), `handshake` opens a new TLS connection per request (`Connection: close`), and `h2` is
+# cache hits over HTTP/2 with h2load (50 connections, 10 streams each).
 #
 # Everything listens on 127.0.0.1 only; configs live in a temp dir; only the processes this
 # script started are stopped (by pid). Each contender runs one worker process/thread, pinned to
@@ -41,7 +47,7 @@ trap cleanup EXIT
 
 # --- tools -------------------------------------------------------------------------------
 need=()
-for tool in nginx:nginx haproxy:haproxy varnishd:varnish wrk:wrk; do
+for tool in nginx:nginx haproxy:haproxy varnishd:varnish wrk:wrk h2load:nghttp2-client openssl:openssl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -86,6 +92,11 @@ while sum(map(len, parts)) < 102400:
 open(f"{root}/page", "w").write("".join(parts)[:102400])
 PY
 
+# --- a certificate for the TLS groups ---------------------------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+  -keyout "$WORK/tls.key" -out "$WORK/tls.pem" 2>/dev/null
+
 # --- origins: two nginx, one worker each ---------------------------------------------------
 for port in 18001 18002; do
   cat > "$WORK/origin-$port.conf" <<CONF
@@ -126,6 +137,11 @@ http {
   proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=c:10m max_size=256m inactive=10m;
   server { listen 127.0.0.1:18201; location / { $PROXY } }
   server { listen 127.0.0.1:18202; location / { proxy_cache c; proxy_cache_valid 200 60s; $PROXY } }
+  ssl_certificate $WORK/tls.pem;
+  ssl_certificate_key $WORK/tls.key;
+  ssl_protocols TLSv1.3;
+  server { listen 127.0.0.1:18211 ssl; location / { $PROXY } }
+  server { listen 127.0.0.1:18212 ssl http2; location / { proxy_cache c; proxy_cache_valid 200 60s; $PROXY } }
   server { listen 127.0.0.1:18203; gzip on; gzip_comp_level 6; gzip_min_length 1024;
            gzip_types text/html application/json; location / { $PROXY } }
 }
@@ -159,9 +175,12 @@ sub vcl_init { new rr = directors.round_robin(); rr.add_backend(o1); rr.add_back
 sub vcl_recv { set req.backend_hint = rr.backend(); }
 CONF
 
-switchyard_conf() { # name port admin threads route-extra
+switchyard_conf() { # name port admin threads route-extra [tls-port]
+  local tls=""
+  [ -n "${6:-}" ] && tls="tls: { listen: [\"127.0.0.1:$6\"], min_version: \"1.3\", certificates: [{ cert: $WORK/tls.pem, key: $WORK/tls.key }] }"
   cat > "$WORK/$1.yaml" <<CONF
 server: { listen: ["127.0.0.1:$2"], threads: $4, grace_period: 1s }
+$tls
 admin: { listen: "127.0.0.1:$3" }
 cache: { max_size: 256MiB }
 upstreams:
@@ -173,9 +192,9 @@ routes:
 $5
 CONF
 }
-switchyard_conf sy-pass 18101 19101 1 ""
+switchyard_conf sy-pass 18101 19101 1 "" 18111
 switchyard_conf sy-pass2 18102 19102 2 ""
-switchyard_conf sy-cache 18103 19103 1 "    cache: { enabled: true }"
+switchyard_conf sy-cache 18103 19103 1 "    cache: { enabled: true }" 18113
 switchyard_conf sy-fill 18105 19105 1 "    cache: { enabled: true }"
 sed -i 's/max_size: 256MiB/max_size: 64MiB/' "$WORK/sy-fill.yaml"
 switchyard_conf sy-gzip 18104 19104 1 "    cache: { enabled: true }
@@ -205,7 +224,7 @@ wait_port() {
   echo "port $1 did not open" >&2
   return 1
 }
-for port in 18001 18002 18101 18102 18103 18104 18105 18201 18301 18401; do wait_port $port; done
+for port in 18001 18002 18101 18102 18103 18104 18105 18111 18113 18201 18211 18212 18301 18401; do wait_port $port; done
 
 # RSS in KiB of a process and its children (nginx and varnish run worker children).
 rss() {
@@ -236,20 +255,41 @@ CELLS=(
   "varnish|18401|/page||cache|varnish"
   "switchyard gzip+cache|18104|/page|gzip|gzip|sy-gzip"
   "nginx gzip 6|18203|/page|gzip|gzip|nginx"
+  "switchyard https|18111|/small||https|sy-pass"
+  "nginx https|18211|/small||https|nginx"
+  "switchyard https cache|18113|/small||https-cache|sy-cache"
+  "nginx https cache|18212|/small||https-cache|nginx"
+  "switchyard new TLS connections|18113|/small||handshake|sy-cache"
+  "nginx new TLS connections|18212|/small||handshake|nginx"
+  "switchyard h2 cache|18113|/small||h2|sy-cache"
+  "nginx h2 cache|18212|/small||h2|nginx"
 )
 
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
 run_cell() { # cell rep
   IFS='|' read -r name port path encoding group proc <<<"$1"
-  [ -n "${ONLY:-}" ] && [ "$group" != "$ONLY" ] && return 0
+  [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$group,"* ]] && return 0
   local url="http://127.0.0.1:$port$path"
+  case "$group" in https*|handshake|h2) url="https://127.0.0.1:$port$path" ;; esac
   # nginx only recognises the header written with a space after the colon.
   local headers=()
   [ -n "$encoding" ] && headers=(-H "Accept-Encoding: $encoding")
-  timeout 30 taskset -c $LOAD_CPU wrk -t1 -c50 -d"$WARMUP" "${headers[@]}" "$url" >/dev/null 2>&1 || true
+  [ "$group" = handshake ] && headers=(-H "Connection: close")
   local out
-  out=$(timeout 60 taskset -c $LOAD_CPU wrk -t1 -c50 -d"$DURATION" --latency "${headers[@]}" "$url" 2>&1 || true)
+  if [ "$group" = h2 ]; then
+    local secs=${DURATION%s} warm=${WARMUP%s}
+    timeout 30 taskset -c $LOAD_CPU h2load -t1 -c50 -m10 -D "$warm" "$url" >/dev/null 2>&1 || true
+    out=$(timeout 60 taskset -c $LOAD_CPU h2load -t1 -c50 -m10 -D "$secs" "$url" 2>&1 || true)
+    # In wrk's words, for report.py: the rate, and the answers that were not 2xx.
+    local rate bad
+    rate=$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')
+    bad=$(echo "$out" | awk '/^status codes:/ {gsub(",", ""); print $5 + $7 + $9}')
+    out="Requests/sec: ${rate:-0}"$'\n'"Non-2xx or 3xx responses: ${bad:-0}"$'\n'"$out"
+  else
+    timeout 30 taskset -c $LOAD_CPU wrk -t1 -c50 -d"$WARMUP" "${headers[@]}" "$url" >/dev/null 2>&1 || true
+    out=$(timeout 60 taskset -c $LOAD_CPU wrk -t1 -c50 -d"$DURATION" --latency "${headers[@]}" "$url" 2>&1 || true)
+  fi
   local rss_kib=""
   [ -n "$proc" ] && [ -n "${PID_OF[$proc]:-}" ] && rss_kib=$(rss "${PID_OF[$proc]}")
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$path" "$group" "$rss_kib" "$(echo "$out" | tr '\n' '~')" >> "$RESULTS"

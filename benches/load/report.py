@@ -27,6 +27,8 @@ def parse(out: str):
 
 
 def fmt_lat(us: float) -> str:
+    if us != us:  # h2load reports no percentiles
+        return ""
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
 
 
@@ -50,14 +52,23 @@ def main() -> None:
         rss = runs[-1][1]
         med[key] = (rps, p50, p99, errors, rss)
 
-    reference = {"pass": "nginx proxy_pass", "cache": "nginx proxy_cache", "gzip": "nginx gzip 6"}
-    print(f"Medians of {reps} interleaved runs of `wrk -t1 -c50 -d{duration} --latency` per cell.\n")
+    reference = {
+        "pass": "nginx proxy_pass",
+        "cache": "nginx proxy_cache",
+        "gzip": "nginx gzip 6",
+        "https": "nginx https",
+        "https-cache": "nginx https cache",
+        "handshake": "nginx new TLS connections",
+        "h2": "nginx h2 cache",
+    }
+    print(f"Medians of {reps} interleaved runs of `wrk -t1 -c50 -d{duration} --latency` per cell "
+          f"(`h2`: `h2load -t1 -c50 -m10`; `handshake`: a new TLS connection per request).\n")
     print("| group | path | contender | rps | p50 | p99 | RSS | vs nginx | vs direct |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key in order:
         group, path, name = key
         rps, p50, p99, errors, rss = med[key]
-        ref = med.get((group, path, reference[group]))
+        ref = med.get((group, path, reference.get(group, "")))
         direct = med.get(("pass", path, "direct (origin)"))
         vs_nginx = f"{rps / ref[0]:.2f}×" if ref and ref[0] else ""
         vs_direct = f"{rps / direct[0]:.2f}×" if direct and direct[0] else ""
