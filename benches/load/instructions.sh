@@ -4,6 +4,7 @@
 # requests per second would drown in noise.
 #
 #   benches/load/instructions.sh [BINARY] [REQUESTS]
+#   EXTRA='access_log: { enabled: true, path: /tmp/a.log }' benches/load/instructions.sh
 #
 # Runs BINARY (default target/release/switchyard) under `valgrind --tool=callgrind` in front of
 # one nginx origin, and for each case sends REQUESTS (default 2000) keep-alive HTTP/1.1 requests
@@ -23,7 +24,7 @@ cleanup() {
   for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
   sleep 0.5
   for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 for tool in valgrind callgrind_control nginx h2load; do
@@ -63,6 +64,7 @@ routes:
     upstream: origin
     cache: { enabled: true }
   - upstream: origin
+${EXTRA:-}
 CONF
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN" --config "$WORK/sy.yaml" \
   >"$WORK/logs/sy.out" 2>"$WORK/logs/sy.err" &
