@@ -10,6 +10,7 @@ mod cache_safety;
 mod capacity;
 mod chaos;
 mod cli;
+mod cluster_limits;
 mod compress;
 mod docs;
 mod forwarded;
