@@ -264,7 +264,18 @@ impl ServeHttp for Admin {
                 return text(refused.status(), &format!("{refused}\n"));
             }
         }
-        if path != "/health" && !self.authorized(session) {
+        let authorized = self.authorized(session);
+        // An orchestrator's readiness probe holds no token: it gets the verdict alone.
+        if path == "/ready" && !authorized {
+            let ready = ready::check(&self.shared).await.is_ok();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return json_reply(status, &json!({ "ready": ready }));
+        }
+        if path != "/health" && !authorized {
             let mut resp = text(
                 StatusCode::UNAUTHORIZED,
                 "401 Unauthorized: bearer token required\n",

@@ -120,7 +120,12 @@ impl ClusterLimiter {
 
     /// Takes one request from `key`'s shared budget on the route labelled `route`; the local
     /// limiter answers when Redis does not.
-    pub async fn check(self: &Arc<Self>, local: &Limiter, route: &str, key: u64) -> Result<(), Wait> {
+    pub async fn check(
+        self: &Arc<Self>,
+        local: &Limiter,
+        route: &str,
+        key: u64,
+    ) -> Result<(), Wait> {
         let result = self.remote(local, route, key).await;
         let up = result.is_ok();
         if STATS.connected.load(Ordering::Relaxed) != up {
@@ -161,10 +166,16 @@ impl ClusterLimiter {
                 .arg(period)
                 .arg(limit.burst);
             match cmd.query_async::<i64>(&mut conn).await {
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
                     // The server restarted or flushed its scripts: EVAL loads it again.
                     let mut cmd = redis::cmd("EVAL");
-                    cmd.arg(GCRA).arg(1).arg(&counter).arg(period).arg(limit.burst);
+                    cmd.arg(GCRA)
+                        .arg(1)
+                        .arg(&counter)
+                        .arg(period)
+                        .arg(limit.burst);
                     cmd.query_async::<i64>(&mut conn).await
                 }
                 other => other,

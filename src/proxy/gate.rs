@@ -75,7 +75,10 @@ pub async fn refuse(session: &mut Session, ctx: &RequestCtx, metrics: &Metrics) 
     };
     let limit = limiter.limit();
     let key = rate::key_of(&limit.key, &session.req_header().headers, ip);
-    let cluster = runtime.cluster.as_ref().filter(|_| limit.scope == Scope::Cluster);
+    let cluster = runtime
+        .cluster
+        .as_ref()
+        .filter(|_| limit.scope == Scope::Cluster);
     let verdict = match (cluster, ctx.series()) {
         (Some(cluster), Some(series)) => cluster.check(limiter, series.route(), key).await,
         _ => limiter.check(key),

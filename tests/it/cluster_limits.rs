@@ -35,10 +35,11 @@ pub(crate) async fn connected(proxy: &Proxy) {
     .await;
 }
 
-/// Sends requests with `key` to each proxy in turn until `for_how_long` has passed; returns
-/// (admitted, refused, one refusal's headers).
+/// Sends requests for `path` with `key` to each proxy in turn until `for_how_long` has passed;
+/// returns (admitted, refused, one refusal's headers).
 pub(crate) async fn hammer(
     proxies: &[&Proxy],
+    path: &str,
     key: &str,
     for_how_long: Duration,
 ) -> (u64, u64, Option<reqwest::header::HeaderMap>) {
@@ -50,7 +51,7 @@ pub(crate) async fn hammer(
         let proxy = proxies[i % proxies.len()];
         i += 1;
         let resp = c
-            .get(proxy.url("/x"))
+            .get(proxy.url(path))
             .header("x-key", key)
             .send()
             .await
@@ -85,7 +86,8 @@ async fn two_instances_share_one_cluster_budget() {
     ];
     let before = o.hits();
     let started = Instant::now();
-    let (admitted, refused, refusal) = hammer(&[&a, &b], "shared", Duration::from_secs(2)).await;
+    let (admitted, refused, refusal) =
+        hammer(&[&a, &b], "/x", "shared", Duration::from_secs(2)).await;
     let elapsed = started.elapsed().as_secs_f64();
     // GCRA: the burst at once, then the rate. Each instance alone would admit this much again.
     let expected = 50.0 * elapsed + 10.0;
@@ -115,7 +117,8 @@ async fn two_instances_share_one_cluster_budget() {
         };
         let ttl = redis.command(redis::cmd("PTTL").arg(name.as_slice()));
         assert!(
-            matches!(ttl, redis::Value::Int(ms) if (0..=201).contains(&ms)) || ttl == redis::Value::Int(-2),
+            matches!(ttl, redis::Value::Int(ms) if (0..=201).contains(&ms))
+                || ttl == redis::Value::Int(-2),
             "{ttl:?}"
         );
     }

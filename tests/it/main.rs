@@ -13,6 +13,7 @@ mod cli;
 mod cluster_limits;
 mod compress;
 mod docs;
+mod fleet;
 mod forwarded;
 mod frontend;
 mod h2;

@@ -165,7 +165,10 @@ fn cluster_rate_limits_need_a_redis_server() {
     assert_eq!(cluster.url, "redis://cache:6379/0");
     assert_eq!(cluster.key_prefix, "switchyard:rl:");
     assert_eq!(cluster.timeout, std::time::Duration::from_millis(50));
-    assert_eq!(c.routes[1].rate_limit.as_ref().map(|l| l.scope), Some(Scope::Cluster));
+    assert_eq!(
+        c.routes[1].rate_limit.as_ref().map(|l| l.scope),
+        Some(Scope::Cluster)
+    );
     // A server of its own.
     let c = parse(&format!(
         "rate_limits:\n  redis: {{ url: \"redis://limits:6379/1\", key_prefix: \"rl:\", timeout: 20ms }}\n{}",
@@ -173,9 +176,15 @@ fn cluster_rate_limits_need_a_redis_server() {
     ))
     .unwrap();
     let cluster = c.rate_limits.expect("cluster settings");
-    assert_eq!((cluster.url.as_str(), cluster.key_prefix.as_str()), ("redis://limits:6379/1", "rl:"));
+    assert_eq!(
+        (cluster.url.as_str(), cluster.key_prefix.as_str()),
+        ("redis://limits:6379/1", "rl:")
+    );
     // Without a cluster-scoped route there is nothing to connect to.
-    let c = parse(&format!("rate_limits: {{ redis: {{ url: \"redis://r:6379\" }} }}\n{BASE}")).unwrap();
+    let c = parse(&format!(
+        "rate_limits: {{ redis: {{ url: \"redis://r:6379\" }} }}\n{BASE}"
+    ))
+    .unwrap();
     assert_eq!(c.rate_limits, None);
 }
 
