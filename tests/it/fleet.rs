@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::cluster_limits::hammer;
 use crate::common::{
-    binary, client, spawn_origin, spawn_proxy, spawn_proxy_env, upstream, wait_until, Origin, Proxy,
+    binary, client, full_config, spawn_origin, spawn_proxy, spawn_proxy_env, upstream, wait_until,
+    Origin, Proxy,
 };
 use crate::redis::RedisServer;
 
@@ -252,4 +253,41 @@ async fn ready_answers_a_probe_without_the_token_with_the_verdict_alone() {
         doc["reasons"][0].as_str().unwrap().contains("pool"),
         "{doc}"
     );
+}
+
+/// Updates `dir` the way the kubelet updates a ConfigMap volume: the files are symlinks
+/// through `..data`, and an update writes a new directory and swaps `..data` by rename.
+fn configmap_update(dir: &std::path::Path, generation: u32, config: &str) {
+    let data = format!("..2026_{generation}");
+    std::fs::create_dir(dir.join(&data)).unwrap();
+    std::fs::write(dir.join(&data).join("switchyard.yaml"), config).unwrap();
+    std::os::unix::fs::symlink(&data, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_update_reloads_a_watching_instance() {
+    let o = spawn_origin("o").await;
+    let config = |generation: u32| {
+        full_config(&format!(
+            "server:\n  listen: [\"127.0.0.1:0\"]\n  watch_config: true\nupstreams:\n{}routes:\n  - match: {{ path_prefix: / }}\n    upstream: pool\n    response_headers: {{ set: {{ X-Generation: \"{generation}\" }} }}\n",
+            upstream("pool", &[(o.addr, 1)], "")
+        ))
+    };
+    let proxy = spawn_proxy(&config(0)).await;
+    let path = proxy.config_path();
+    let dir = path.parent().unwrap();
+    // The volume's layout, with the same config: no reload.
+    configmap_update(dir, 1, &std::fs::read_to_string(&path).unwrap());
+    std::os::unix::fs::symlink("..data/switchyard.yaml", dir.join("link.tmp")).unwrap();
+    std::fs::rename(dir.join("link.tmp"), &path).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(proxy.stats().await["version"], 1);
+    configmap_update(dir, 2, &config(1));
+    wait_until(Duration::from_secs(5), || async {
+        proxy.stats().await["version"] == 2
+    })
+    .await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.headers()["x-generation"], "1");
 }
