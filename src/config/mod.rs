@@ -160,7 +160,13 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     }
     let routes = route::routes(raw.routes, &upstreams, raw.compression.as_ref())?;
     let cache = Cache::try_from(raw.cache)?;
-    let rate_limits = policy::cluster_redis(raw.rate_limits, cache.redis.as_ref(), &routes)?;
+    let first_cluster_route = routes.iter().position(|r| {
+        r.rate_limit
+            .as_ref()
+            .is_some_and(|l| l.scope == Scope::Cluster)
+    });
+    let rate_limits =
+        policy::cluster_redis(raw.rate_limits, cache.redis.as_ref(), first_cluster_route)?;
     let tls = match raw.tls {
         Some(raw) => {
             let tls = tls::tls(raw)?;

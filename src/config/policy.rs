@@ -11,7 +11,6 @@ use ipnet::IpNet;
 use super::cache::{redis_url, RedisTier};
 use super::file::{FileAccess, FileHeaderRules, FileRateLimit, FileRateLimits};
 use super::key::{Invalid, Key};
-use super::route::Route;
 
 /// A compiled regular expression (the `regex` crate: linear time), compared by its text.
 #[derive(Debug, Clone)]
@@ -156,12 +155,12 @@ pub struct ClusterRedis {
     pub timeout: Duration,
 }
 
-/// The `rate_limits` block, checked against the routes: `None` when no route counts in the
-/// cluster. The URL defaults to `cache.redis.url`.
+/// The `rate_limits` block: `None` when no route counts in the cluster (`first_cluster_route`
+/// is the index of the first that does). The URL defaults to `cache.redis.url`.
 pub(super) fn cluster_redis(
     raw: Option<FileRateLimits>,
     cache_redis: Option<&RedisTier>,
-    routes: &[Route],
+    first_cluster_route: Option<usize>,
 ) -> Result<Option<ClusterRedis>, Invalid> {
     let key = Key::root("rate_limits").field("redis");
     let raw = raw.and_then(|r| r.redis).unwrap_or_default();
@@ -174,12 +173,7 @@ pub(super) fn cluster_redis(
         .field("timeout")
         .duration(raw.timeout.as_deref(), Duration::from_millis(50))?;
     let key_prefix = raw.key_prefix.unwrap_or_else(|| "switchyard:rl:".into());
-    let cluster = routes.iter().position(|r| {
-        r.rate_limit
-            .as_ref()
-            .is_some_and(|l| l.scope == Scope::Cluster)
-    });
-    let Some(first) = cluster else {
+    let Some(first) = first_cluster_route else {
         return Ok(None);
     };
     let Some(url) = url else {
