@@ -50,6 +50,15 @@ async fn cache_status(proxy: &Proxy, path: &str) -> String {
     resp.headers()["cache-status"].to_str().unwrap().to_string()
 }
 
+/// Waits until the entry for `path` is in the shared tier (stores reach it in the background).
+async fn shared(redis: &RedisServer, path: &str) {
+    let key = format!("fleet:obj:127.0.0.1{path}#-");
+    wait_until(Duration::from_secs(5), || async {
+        redis.command(redis::cmd("EXISTS").arg(&key)) == redis::Value::Int(1)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_on_one_instance_reaches_all_within_100_ms() {
     let Some(redis) = RedisServer::start() else {
@@ -59,12 +68,10 @@ async fn a_purge_on_one_instance_reaches_all_within_100_ms() {
     let fleet = fleet(&o, &redis).await;
     let path = "/fleet/purged?cc=max-age=60";
     assert!(cache_status(&fleet[0], path).await.contains("stored"));
+    shared(&redis, path).await;
     // The others fill their memory from the shared tier, then hit memory.
     for proxy in &fleet[1..] {
-        wait_until(Duration::from_secs(2), || async {
-            cache_status(proxy, path).await.contains("detail=redis")
-        })
-        .await;
+        assert!(cache_status(proxy, path).await.contains("detail=redis"));
         assert!(cache_status(proxy, path)
             .await
             .starts_with("switchyard; hit"));
@@ -139,10 +146,7 @@ async fn a_killed_instance_rejoins_with_a_warm_shared_tier() {
     let mut fleet = fleet(&o, &redis).await;
     let path = "/fleet/warm?cc=max-age=60";
     assert!(cache_status(&fleet[0], path).await.contains("stored"));
-    wait_until(Duration::from_secs(2), || async {
-        cache_status(&fleet[1], path).await.contains("detail=redis")
-    })
-    .await;
+    shared(&redis, path).await;
     let mut killed = fleet.pop().expect("three instances");
     killed.child.kill().expect("SIGKILL");
     killed.child.wait().expect("reaped");
