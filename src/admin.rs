@@ -5,6 +5,7 @@ mod cache;
 mod guard;
 mod ready;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,7 +18,7 @@ use crate::cache::purge::{PurgeMatch, MAX_PATTERN_WILDCARDS};
 use crate::cache::Lookup;
 use crate::digest::constant_time_eq;
 use crate::reload::{self, ReloadError};
-use crate::state::Shared;
+use crate::state::{Runtime, Shared};
 
 /// Serves the admin API from the shared state.
 pub struct Admin {
@@ -162,6 +163,7 @@ impl Admin {
             "upstreams": upstreams,
             "draining": draining,
             "cache": self.shared.cache.stats(),
+            "rate_limits": rate_limits(&runtime),
             "compression": self
                 .shared
                 .compression
@@ -191,6 +193,23 @@ impl Admin {
             .map(str::trim);
         presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))
     }
+}
+
+/// `/stats` `rate_limits`: the cluster limits' Redis state (`null` when no route counts in the
+/// cluster).
+fn rate_limits(runtime: &Runtime) -> Value {
+    let Some(cluster) = &runtime.cluster else {
+        return json!({ "cluster": null });
+    };
+    let stats = &crate::policy::cluster::STATS;
+    json!({
+        "cluster": {
+            "key_prefix": cluster.conf().key_prefix,
+            "connected": stats.connected.load(Ordering::Relaxed),
+            "checks": stats.checks.load(Ordering::Relaxed),
+            "fallbacks": stats.fallbacks.load(Ordering::Relaxed),
+        }
+    })
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -245,7 +264,18 @@ impl ServeHttp for Admin {
                 return text(refused.status(), &format!("{refused}\n"));
             }
         }
-        if path != "/health" && !self.authorized(session) {
+        let authorized = self.authorized(session);
+        // An orchestrator's readiness probe holds no token: it gets the verdict alone.
+        if path == "/ready" && !authorized {
+            let ready = ready::check(&self.shared).await.is_ok();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return json_reply(status, &json!({ "ready": ready }));
+        }
+        if path != "/health" && !authorized {
             let mut resp = text(
                 StatusCode::UNAUTHORIZED,
                 "401 Unauthorized: bearer token required\n",

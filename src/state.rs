@@ -17,6 +17,7 @@ use crate::compress::CompressionStats;
 use crate::config::Warm;
 use crate::config::{Config, HostMatch, Route};
 use crate::metrics::{Metrics, RouteSeries, Snapshot};
+use crate::policy::cluster::ClusterLimiter;
 use crate::policy::rate::Limiter;
 use crate::route::Router;
 use crate::upstream::health::PoolSource;
@@ -34,6 +35,8 @@ pub struct Runtime {
     pub route_series: Vec<RouteSeries>,
     /// The rate limiter of each route that has one, in config order.
     pub limiters: Vec<Option<Arc<Limiter>>>,
+    /// Where `scope: cluster` limits count (`rate_limits.redis`), when a route has one.
+    pub cluster: Option<Arc<ClusterLimiter>>,
     /// Backends no longer configured that still had requests in flight at the last reload.
     pub draining: Vec<(String, Arc<Backend>)>,
     /// The TLS server config new handshakes use (`None`: no `tls` block).
@@ -105,9 +108,17 @@ impl Runtime {
                 Some(kept.unwrap_or_else(|| Arc::new(Limiter::new(limit))))
             })
             .collect();
+        // The connection stays when its settings do.
+        let cluster = config.rate_limits.as_ref().and_then(|conf| {
+            previous
+                .and_then(|p| p.cluster.clone())
+                .filter(|c| c.conf() == conf)
+                .or_else(|| ClusterLimiter::new(conf).map(Arc::new))
+        });
         Runtime {
             tls,
             limiters,
+            cluster,
             version,
             router: Router::new(&config.routes),
             route_series: config

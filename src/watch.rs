@@ -1,6 +1,6 @@
 //! File watching: a callback when any of a set of files changes, debounced, and seeing an
-//! editor's or a ConfigMap's replace-by-rename (the parent directories are watched, not the
-//! files, whose inodes such a replace swaps).
+//! editor's replace-by-rename and a ConfigMap volume's `..data` swap (the parent directories
+//! are watched, not the files, whose inodes such a replace swaps).
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -12,6 +12,11 @@ use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
 
 /// How long a burst of writes (truncate, write, rename) must be quiet before the callback runs.
 pub const SETTLE: Duration = Duration::from_millis(150);
+
+/// What a Kubernetes ConfigMap or Secret volume swaps on an update: its files are symlinks
+/// through `..data`, so their own names see no event. A change to it counts as a change to
+/// every watched file in that directory (whose callers compare contents).
+const KUBERNETES_SWAP: &str = "..data";
 
 /// Watches while it lives; dropping it stops the watch.
 pub struct FileWatch {
@@ -42,7 +47,7 @@ pub fn watch(
         let ours = events.iter().any(|event| {
             let dir = event.path.parent().map(Path::to_path_buf);
             let name = event.path.file_name().map(|n| n.to_os_string());
-            matches!((dir, name), (Some(d), Some(n)) if wanted.iter().any(|(wd, wn)| same_dir(wd, &d) && *wn == n))
+            matches!((dir, name), (Some(d), Some(n)) if wanted.iter().any(|(wd, wn)| same_dir(wd, &d) && (*wn == n || n == KUBERNETES_SWAP)))
         });
         if ours {
             on_change();

@@ -164,19 +164,23 @@ fn targeted_fields(
     Ok(fields)
 }
 
-fn redis_tier(key: &Key, r: FileRedis) -> Result<RedisTier, Invalid> {
-    let url = r.url.trim().to_string();
+/// A Redis server's URL at `key` (`cache.redis.url`, `rate_limits.redis.url`).
+pub(super) fn redis_url(key: &Key, url: &str) -> Result<String, Invalid> {
+    let url = url.trim().to_string();
     let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
         .iter()
         .any(|s| url.starts_with(s));
     if !scheme_ok {
-        return Err(key
-            .field("url")
-            .invalid(format!("`{url}` is not a redis:// or rediss:// URL")));
+        return Err(key.invalid(format!("`{url}` is not a redis:// or rediss:// URL")));
     }
     if let Err(e) = redis::Client::open(url.as_str()) {
-        return Err(key.field("url").invalid(e));
+        return Err(key.invalid(e));
     }
+    Ok(url)
+}
+
+fn redis_tier(key: &Key, r: FileRedis) -> Result<RedisTier, Invalid> {
+    let url = redis_url(&key.field("url"), &r.url)?;
     let pool_size = match r.pool_size {
         None => 16,
         Some(n) if (1..=256).contains(&n) => n as usize,

@@ -35,6 +35,7 @@ pub struct FileConfig {
     pub compression: Option<FileCompression>,
     pub tls: Option<FileTls>,
     pub access_log: Option<FileAccessLog>,
+    pub rate_limits: Option<FileRateLimits>,
     pub upstreams: BTreeMap<String, FileUpstream>,
     pub routes: Vec<FileRoute>,
 }
@@ -308,8 +309,26 @@ pub struct FileRateLimit {
     pub burst: Option<i64>,
     /// `client_ip`, `header:X-Api-Key`, `cookie:session` or `route`.
     pub key: Option<String>,
-    /// `local` (only `local` for now).
+    /// `local` (each instance counts alone) or `cluster` (one budget shared through Redis).
     pub scope: Option<String>,
+}
+
+/// `rate_limits`: settings every route's `scope: cluster` limit shares.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimits {
+    pub redis: Option<FileRateLimitRedis>,
+}
+
+/// `rate_limits.redis`: the Redis server cluster-scoped limits count in.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimitRedis {
+    /// Defaults to `cache.redis.url`.
+    pub url: Option<String>,
+    pub key_prefix: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub timeout: Option<String>,
 }
 
 /// `request_headers` / `response_headers`: fields to set, add and remove.

@@ -30,7 +30,10 @@ pub use admin::Admin;
 pub use cache::{
     Cache, ClientCacheControl, CookiePolicy, RedisTier, RouteCache, MAX_OBJECT_SIZE_LIMIT,
 };
-pub use policy::{Access, HeaderRules, Part, Pattern, RateKey, RateLimit, Template, ValueMatch};
+pub use policy::{
+    Access, ClusterRedis, HeaderRules, Part, Pattern, RateKey, RateLimit, Scope, Template,
+    ValueMatch,
+};
 pub use route::{HostMatch, Route};
 pub use server::Server;
 pub use tls::{Alpn, Tls, TlsVersion};
@@ -65,6 +68,8 @@ pub struct Config {
     /// `None`: no TLS listener.
     pub tls: Option<Tls>,
     pub access_log: AccessLog,
+    /// Where `scope: cluster` rate limits count; `None` when no route has one.
+    pub rate_limits: Option<ClusterRedis>,
     /// The file as read (environment expanded), as the key tree of [`file::FileConfig`]:
     /// reload compares two of them key by key to name what changed.
     pub source: std::sync::Arc<serde_json::Value>,
@@ -155,6 +160,13 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     }
     let routes = route::routes(raw.routes, &upstreams, raw.compression.as_ref())?;
     let cache = Cache::try_from(raw.cache)?;
+    let first_cluster_route = routes.iter().position(|r| {
+        r.rate_limit
+            .as_ref()
+            .is_some_and(|l| l.scope == Scope::Cluster)
+    });
+    let rate_limits =
+        policy::cluster_redis(raw.rate_limits, cache.redis.as_ref(), first_cluster_route)?;
     let tls = match raw.tls {
         Some(raw) => {
             let tls = tls::tls(raw)?;
@@ -166,6 +178,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     let access_log = AccessLog::try_from(raw.access_log)?;
     Ok(Config {
         access_log,
+        rate_limits,
         source: Default::default(),
         tls,
         server,

@@ -8,7 +8,8 @@ use std::time::Duration;
 use http::HeaderName;
 use ipnet::IpNet;
 
-use super::file::{FileAccess, FileHeaderRules, FileRateLimit};
+use super::cache::{redis_url, RedisTier};
+use super::file::{FileAccess, FileHeaderRules, FileRateLimit, FileRateLimits};
 use super::key::{Invalid, Key};
 
 /// A compiled regular expression (the `regex` crate: linear time), compared by its text.
@@ -123,6 +124,17 @@ pub enum RateKey {
     Route,
 }
 
+/// Where a rate limit's budget is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// In this instance alone.
+    #[default]
+    Local,
+    /// In Redis (`rate_limits.redis`), one budget for every instance; this instance's own
+    /// limiter answers while Redis does not.
+    Cluster,
+}
+
 /// `rate_limit`: `count` requests per `per`, with bursts of up to `burst` (GCRA).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimit {
@@ -130,6 +142,52 @@ pub struct RateLimit {
     pub per: Duration,
     pub burst: u32,
     pub key: RateKey,
+    pub scope: Scope,
+}
+
+/// `rate_limits.redis`: where `scope: cluster` limits are counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRedis {
+    pub url: String,
+    /// Every counter's key starts with it.
+    pub key_prefix: String,
+    /// Past it a check counts as failed and the local limiter answers.
+    pub timeout: Duration,
+}
+
+/// The `rate_limits` block: `None` when no route counts in the cluster (`first_cluster_route`
+/// is the index of the first that does). The URL defaults to `cache.redis.url`.
+pub(super) fn cluster_redis(
+    raw: Option<FileRateLimits>,
+    cache_redis: Option<&RedisTier>,
+    first_cluster_route: Option<usize>,
+) -> Result<Option<ClusterRedis>, Invalid> {
+    let key = Key::root("rate_limits").field("redis");
+    let raw = raw.and_then(|r| r.redis).unwrap_or_default();
+    let url = match (&raw.url, cache_redis) {
+        (Some(url), _) => Some(redis_url(&key.field("url"), url)?),
+        (None, Some(tier)) => Some(tier.url.clone()),
+        (None, None) => None,
+    };
+    let timeout = key
+        .field("timeout")
+        .duration(raw.timeout.as_deref(), Duration::from_millis(50))?;
+    let key_prefix = raw.key_prefix.unwrap_or_else(|| "switchyard:rl:".into());
+    let Some(first) = first_cluster_route else {
+        return Ok(None);
+    };
+    let Some(url) = url else {
+        return Err(Key::root("routes")
+            .index(first)
+            .field("rate_limit")
+            .field("scope")
+            .invalid("`cluster` needs a Redis server: set rate_limits.redis.url or cache.redis"));
+    };
+    Ok(Some(ClusterRedis {
+        url,
+        key_prefix,
+        timeout,
+    }))
 }
 
 impl RateLimit {
@@ -187,24 +245,21 @@ pub(super) fn rate_limit(key: &Key, raw: FileRateLimit) -> Result<RateLimit, Inv
             )))
         }
     };
-    match raw.scope.as_deref().unwrap_or("local") {
-        "local" => {}
-        "cluster" => {
-            return Err(key
-                .field("scope")
-                .invalid("`cluster` (shared through Redis) is not supported yet; use `local`"))
-        }
+    let scope = match raw.scope.as_deref().unwrap_or("local") {
+        "local" => Scope::Local,
+        "cluster" => Scope::Cluster,
         other => {
             return Err(key
                 .field("scope")
-                .invalid(format!("`{other}` is not `local`")))
+                .invalid(format!("`{other}` is not `local` or `cluster`")))
         }
-    }
+    };
     Ok(RateLimit {
         count,
         per,
         burst,
         key: rkey,
+        scope,
     })
 }
 

@@ -11,6 +11,7 @@ use super::POOL_ACQUIRE_RACES;
 use crate::cache::memory::StorageStats;
 use crate::cache::redis::{RedisStats, OPS};
 use crate::compress::CompressionStats;
+use crate::policy::cluster::STATS as CLUSTER;
 use crate::upstream::{Backend, Pool};
 
 /// The live state that metrics read at scrape time, handed over by its owner (the shared
@@ -151,6 +152,18 @@ impl Snapshot<'_> {
                 ],
             ));
         }
+        out.push(family(
+            "switchyard_rate_limit_fallback_total",
+            "Cluster rate-limit checks the local limiter answered because Redis was slow, down or not connected",
+            MetricType::COUNTER,
+            [(vec![], load(&CLUSTER.fallbacks))],
+        ));
+        out.push(family(
+            "switchyard_rate_limit_cluster_checks_total",
+            "Cluster rate-limit checks Redis answered",
+            MetricType::COUNTER,
+            [(vec![], load(&CLUSTER.checks))],
+        ));
         out.push(family(
             "switchyard_upstream_pool_acquire_races_total",
             "Pooled upstream connections Pingora could not hand over (its idle watch still held them), so a new connection was opened",

@@ -2,6 +2,7 @@
 //! The proxy calls these in the order a request meets them: normalise → route → access →
 //! rate limit → (redirect, cache, upstream) → request headers → response headers.
 
+pub mod cluster;
 pub mod headers;
 pub mod normalize;
 pub mod rate;

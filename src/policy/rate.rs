@@ -157,6 +157,7 @@ mod tests {
             per: Duration::from_secs(1),
             burst,
             key: RateKey::ClientIp,
+            scope: crate::config::Scope::Local,
         }
     }
 

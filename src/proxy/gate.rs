@@ -11,6 +11,7 @@ use super::client;
 use super::ctx::RequestCtx;
 use super::errors;
 use super::trace;
+use crate::config::Scope;
 use crate::metrics::Metrics;
 use crate::policy::headers::{self, Vars};
 use crate::policy::normalize::normalize;
@@ -75,7 +76,15 @@ pub async fn refuse(session: &mut Session, ctx: &RequestCtx, metrics: &Metrics) 
     };
     let limit = limiter.limit();
     let key = rate::key_of(&limit.key, &session.req_header().headers, ip);
-    let Err(wait) = limiter.check(key) else {
+    let cluster = runtime
+        .cluster
+        .as_ref()
+        .filter(|_| limit.scope == Scope::Cluster);
+    let verdict = match (cluster, ctx.series()) {
+        (Some(cluster), Some(series)) => cluster.check(limiter, series.route(), key).await,
+        _ => limiter.check(key),
+    };
+    let Err(wait) = verdict else {
         return Ok(false);
     };
     metrics.observe_refused(ctx.series(), Refusal::RateLimit);

@@ -9,7 +9,7 @@ use crate::common::{
 };
 
 /// A `redis-server` of the test's own on a free loopback port.
-struct RedisServer {
+pub(crate) struct RedisServer {
     child: Child,
     port: u16,
 }
@@ -17,7 +17,7 @@ struct RedisServer {
 impl RedisServer {
     /// Starts one, or returns `None` (loudly) when `redis-server` is not installed; with `CI`
     /// or `SWITCHYARD_REQUIRE_REDIS` set a missing server fails the test instead.
-    fn start() -> Option<RedisServer> {
+    pub(crate) fn start() -> Option<RedisServer> {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -60,7 +60,7 @@ impl RedisServer {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
@@ -68,23 +68,23 @@ impl RedisServer {
         redis::Client::open(self.url()).ok()?.get_connection().ok()
     }
 
-    fn command(&self, cmd: &mut redis::Cmd) -> redis::Value {
+    pub(crate) fn command(&self, cmd: &mut redis::Cmd) -> redis::Value {
         let mut conn = self.connection().expect("redis connection");
         cmd.query(&mut conn).expect("redis command")
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         self.child = Self::spawn(self.port);
         self.wait_ready();
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status()

@@ -1,7 +1,7 @@
 //! Route matching and traffic policy options: parsed values and key-path errors.
 
 use super::{parse, rejects, BASE};
-use crate::config::{RateKey, ValueMatch};
+use crate::config::{RateKey, Scope, ValueMatch};
 
 fn with_route(options: &str) -> String {
     format!(
@@ -129,10 +129,63 @@ fn bad_access_and_rate_limits_are_rejected() {
         "not client_ip",
     );
     rejects(
+        &with_route("rate_limit: { rate: 1/s, scope: region }"),
+        "routes[1].rate_limit.scope",
+        "not `local` or `cluster`",
+    );
+}
+
+#[test]
+fn cluster_rate_limits_need_a_redis_server() {
+    rejects(
         &with_route("rate_limit: { rate: 1/s, scope: cluster }"),
         "routes[1].rate_limit.scope",
-        "not supported yet",
+        "needs a Redis server",
     );
+    rejects(
+        &format!(
+            "rate_limits: {{ redis: {{ url: \"http://r:6379\" }} }}\n{}",
+            with_route("rate_limit: { rate: 1/s, scope: cluster }")
+        ),
+        "rate_limits.redis.url",
+        "not a redis://",
+    );
+    rejects(
+        &format!("rate_limits: {{ redis: {{ timeout: fast }} }}\n{BASE}"),
+        "rate_limits.redis.timeout",
+        "",
+    );
+    // The cache's Redis server, with the defaults.
+    let c = parse(&format!(
+        "cache:\n  redis: {{ url: \"redis://cache:6379/0\" }}\n{}",
+        with_route("rate_limit: { rate: 1/s, scope: cluster }")
+    ))
+    .unwrap();
+    let cluster = c.rate_limits.expect("cluster settings");
+    assert_eq!(cluster.url, "redis://cache:6379/0");
+    assert_eq!(cluster.key_prefix, "switchyard:rl:");
+    assert_eq!(cluster.timeout, std::time::Duration::from_millis(50));
+    assert_eq!(
+        c.routes[1].rate_limit.as_ref().map(|l| l.scope),
+        Some(Scope::Cluster)
+    );
+    // A server of its own.
+    let c = parse(&format!(
+        "rate_limits:\n  redis: {{ url: \"redis://limits:6379/1\", key_prefix: \"rl:\", timeout: 20ms }}\n{}",
+        with_route("rate_limit: { rate: 1/s, scope: cluster }")
+    ))
+    .unwrap();
+    let cluster = c.rate_limits.expect("cluster settings");
+    assert_eq!(
+        (cluster.url.as_str(), cluster.key_prefix.as_str()),
+        ("redis://limits:6379/1", "rl:")
+    );
+    // Without a cluster-scoped route there is nothing to connect to.
+    let c = parse(&format!(
+        "rate_limits: {{ redis: {{ url: \"redis://r:6379\" }} }}\n{BASE}"
+    ))
+    .unwrap();
+    assert_eq!(c.rate_limits, None);
 }
 
 #[test]
