@@ -11,6 +11,7 @@ mod capacity;
 mod chaos;
 mod cli;
 mod compress;
+mod discovery;
 mod docs;
 mod forwarded;
 mod frontend;
