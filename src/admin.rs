@@ -76,6 +76,7 @@ impl Admin {
                         "max_in_flight": pool.max_in_flight,
                         "overloaded_total": pool.overloaded(),
                         "backends": backends,
+                        "discovery": self.shared.discovery.json(name),
                     }),
                 )
             })

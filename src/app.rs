@@ -30,6 +30,7 @@ use crate::proxy::Proxy;
 use crate::reload;
 use crate::state::Shared;
 use crate::tls::Certificate;
+use crate::upstream::discovery::DiscoveryService;
 use crate::upstream::health::HealthChecks;
 use pingora_proxy::HttpProxy;
 
@@ -155,6 +156,11 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     let mut checks = background_service("health checks", HealthChecks(Arc::clone(&shared)));
     checks.threads = Some(1);
     server.add_service(checks);
+
+    let mut discovery =
+        background_service("service discovery", DiscoveryService(Arc::clone(&shared)));
+    discovery.threads = Some(1);
+    server.add_service(discovery);
 
     let mut triggers = background_service(
         "reload triggers",

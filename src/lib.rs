@@ -15,7 +15,8 @@
 //! - [`compress`]: gzip, brotli and zstd, negotiated per request.
 //! - [`etag`]: ETags and conditional requests.
 //! - [`fields`]: list fields and field removal, shared by the proxy, cache and compression.
-//! - [`upstream`]: pools, backend selection and active health checks.
+//! - [`upstream`]: pools, backend selection, active health checks and service discovery.
+//! - [`dns`]: DNS lookups (A/AAAA, SRV) with their TTLs, for service discovery.
 //! - [`metrics`]: Prometheus series.
 //! - [`access_log`]: the per-request access log, written off the request path.
 //! - [`logging`]: the logger, with Pingora's pool race counted instead of logged as an error.
@@ -36,6 +37,7 @@ pub mod compress;
 pub mod config;
 pub mod demo;
 pub mod digest;
+pub mod dns;
 pub mod etag;
 pub mod fields;
 pub mod logging;

@@ -15,11 +15,13 @@ use crate::cache::warm::WarmSource;
 use crate::cache::Cache;
 use crate::compress::CompressionStats;
 use crate::config::Warm;
+use crate::config::{BackendSpec, DiscoverSpec, Upstream};
 use crate::config::{Config, HostMatch, Route};
 use crate::metrics::{Metrics, RouteSeries, Snapshot};
 use crate::policy::cluster::ClusterLimiter;
 use crate::policy::rate::Limiter;
 use crate::route::Router;
+use crate::upstream::discovery::{self, DiscoverySource, Statuses};
 use crate::upstream::health::PoolSource;
 use crate::upstream::{Backend, Pool};
 
@@ -188,6 +190,8 @@ pub struct Shared {
     pub(crate) reload_lock: Mutex<()>,
     /// A graceful shutdown began: `/ready` answers 503 from then on.
     shutting_down: AtomicBool,
+    /// Service discovery's last results per upstream.
+    pub discovery: Statuses,
 }
 
 impl Shared {
@@ -210,6 +214,7 @@ impl Shared {
             last_reload: Mutex::new(None),
             reload_lock: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
+            discovery: Statuses::default(),
         })
     }
 
@@ -220,9 +225,13 @@ impl Shared {
 
     /// Puts `runtime` in force for every new request.
     pub fn install(&self, runtime: Runtime) {
-        let version = runtime.version;
         // A reload reopens the access log, with its new settings.
         self.access_log.configure(&runtime.config.access_log);
+        self.swap(runtime);
+    }
+
+    fn swap(&self, runtime: Runtime) {
+        let version = runtime.version;
         self.runtime.store(Arc::new(runtime));
         self.versions.send_replace(version);
     }
@@ -244,6 +253,7 @@ impl Shared {
                 .tls
                 .as_ref()
                 .map_or(&[][..], |t| t.certificates.as_slice()),
+            discovery_failures: self.discovery.failures(),
         })
     }
 
@@ -367,6 +377,53 @@ impl PoolSource for Shared {
 
     fn checks_running(&self, n: usize) {
         self.set_health_tasks(n);
+    }
+}
+
+impl DiscoverySource for Shared {
+    fn discovering(&self) -> Vec<(String, Upstream)> {
+        let runtime = self.runtime();
+        runtime
+            .config
+            .upstreams
+            .iter()
+            .filter(|(_, up)| !up.discover.is_empty())
+            .map(|(name, up)| (name.clone(), up.clone()))
+            .collect()
+    }
+
+    fn versions(&self) -> watch::Receiver<u64> {
+        self.subscribe()
+    }
+
+    /// A new runtime version with the upstream's new list, built as a reload builds one (live
+    /// backend state carried over, removed backends draining), under the reload lock.
+    fn apply(
+        &self,
+        upstream: &str,
+        entries: &[DiscoverSpec],
+        found: Vec<BackendSpec>,
+    ) -> Option<Vec<BackendSpec>> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.runtime();
+        let up = old.config.upstreams.get(upstream)?;
+        if up.discover != entries {
+            return None;
+        }
+        let before: Vec<BackendSpec> = up.discovered().cloned().collect();
+        if discovery::diff(&before, &found).is_empty() {
+            return None;
+        }
+        let mut config = Config::clone(&old.config);
+        let replaced = up.with_discovered(found);
+        config.upstreams.insert(upstream.to_string(), replaced);
+        // Not `install`: the access log settings did not change, so it is not reopened.
+        self.swap(Runtime::with_previous(old.version + 1, config, Some(&old)));
+        Some(before)
+    }
+
+    fn statuses(&self) -> &Statuses {
+        &self.discovery
     }
 }
 

@@ -36,6 +36,8 @@ pub struct FileConfig {
     pub tls: Option<FileTls>,
     pub access_log: Option<FileAccessLog>,
     pub rate_limits: Option<FileRateLimits>,
+    /// Service discovery settings for every upstream (each may override them).
+    pub discovery: Option<FileDiscovery>,
     pub upstreams: BTreeMap<String, FileUpstream>,
     pub routes: Vec<FileRoute>,
 }
@@ -195,6 +197,8 @@ pub struct FileUpstream {
     pub http2: Option<bool>,
     /// `/ready` waits for a healthy backend of this upstream (default true).
     pub required: Option<bool>,
+    /// Service discovery settings over the top-level ones.
+    pub discovery: Option<FileDiscovery>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -217,9 +221,32 @@ pub struct FilePassiveHealth {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileBackend {
-    pub address: String,
+    /// `ip:port`, or `host:port` (re-resolved by discovery).
+    pub address: Option<String>,
+    /// Instead of `address`: `{dns, port}` or `{srv}`.
+    pub discover: Option<FileDiscover>,
     pub weight: Option<i64>,
     pub backup: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscover {
+    pub dns: Option<String>,
+    pub port: Option<i64>,
+    pub srv: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscovery {
+    #[serde(default, deserialize_with = "text")]
+    pub min_ttl: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub max_ttl: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub timeout: Option<String>,
+    pub nameservers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -3,12 +3,14 @@
 //!
 //! Two layers, as in River: [`file`] holds the serde structs as written, and one module per
 //! section turns its part into the validated type ([`server`], [`admin`], [`upstream`],
-//! [`route`], [`cache`], [`compression`], [`tls`], [`access_log`]); [`key`] tracks key paths for their errors.
+//! [`route`], [`cache`], [`compression`], [`tls`], [`access_log`], [`discovery`]), [`backends`] the backend entries; [`key`] tracks key paths for their errors.
 
 mod access_log;
 mod admin;
+mod backends;
 mod cache;
 mod compression;
+mod discovery;
 mod file;
 mod key;
 mod policy;
@@ -27,9 +29,11 @@ pub use access_log::{
     AccessLog, Field as LogField, LogFormat, LogTarget, Piece as LogPiece, Var as LogVar,
 };
 pub use admin::Admin;
+pub use backends::{BackendSpec, DiscoverSpec, MAX_WEIGHT};
 pub use cache::{
     Cache, ClientCacheControl, CookiePolicy, RedisTier, RouteCache, MAX_OBJECT_SIZE_LIMIT,
 };
+pub use discovery::Discovery;
 pub use policy::{
     Access, ClusterRedis, HeaderRules, Part, Pattern, RateKey, RateLimit, Scope, Template,
     ValueMatch,
@@ -38,8 +42,8 @@ pub use route::{HostMatch, Route};
 pub use server::Server;
 pub use tls::{Alpn, Tls, TlsVersion};
 pub use upstream::{
-    BackendSpec, CheckKind, HashKey, HealthCheck, PassiveHealth, RetryPolicy, Sticky, Strategy,
-    Upstream, MAX_RETRIES, MAX_WEIGHT,
+    CheckKind, HashKey, HealthCheck, PassiveHealth, RetryPolicy, Sticky, Strategy, Upstream,
+    MAX_RETRIES,
 };
 pub use upstream_tls::{ClientIdentity, UpstreamTls};
 pub use warm::Warm;
@@ -153,9 +157,14 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     if raw.upstreams.is_empty() {
         return Err(list.invalid("needs at least one upstream"));
     }
+    let discovery = discovery::settings(
+        &Key::root("discovery"),
+        raw.discovery,
+        &Discovery::default(),
+    )?;
     let mut upstreams = BTreeMap::new();
     for (name, up) in raw.upstreams {
-        let upstream = upstream::upstream(&list.field(&name), up)?;
+        let upstream = upstream::upstream(&list.field(&name), up, &discovery)?;
         upstreams.insert(name, upstream);
     }
     let routes = route::routes(raw.routes, &upstreams, raw.compression.as_ref())?;

@@ -1,14 +1,12 @@
 //! `upstreams.<name>`: backends, strategy, health checks, sticky sessions, retries, passive
 //! health, timeouts and the in-flight cap.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::backends::{BackendSpec, DiscoverSpec};
+use super::discovery::{self, Discovery};
 use super::file::{FileHealthCheck, FilePassiveHealth, FileSticky, FileUpstream};
 use super::key::{is_token, Invalid, Key};
-
-/// Highest weight accepted; the round-robin schedule holds one slot per unit of weight.
-pub const MAX_WEIGHT: i64 = 1000;
 
 /// Most retries an upstream may ask for.
 pub const MAX_RETRIES: i64 = 10;
@@ -101,16 +99,31 @@ pub struct Upstream {
     pub http2: bool,
     /// `/ready` needs a healthy backend of this upstream.
     pub required: bool,
+    /// Entries that stand for what a name resolves to; `backends` holds what they resolved to.
+    pub discover: Vec<DiscoverSpec>,
+    pub discovery: Discovery,
+    /// When the answers `backends` was built from expire (`None`: nothing to discover).
+    pub discovery_due: Option<std::time::Instant>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendSpec {
-    /// The address as written in the file (shown in stats and metrics).
-    pub name: String,
-    pub addr: SocketAddr,
-    pub weight: u32,
-    /// Used only when no primary (non-backup) backend is available, as nginx's `backup`.
-    pub backup: bool,
+impl Upstream {
+    /// This upstream with `found` in place of the backends discovery made before; the
+    /// backends written as `ip:port` stay first.
+    pub fn with_discovered(&self, found: Vec<BackendSpec>) -> Upstream {
+        let mut up = self.clone();
+        up.backends.retain(|b| !b.discovered);
+        for spec in found {
+            if !up.backends.iter().any(|b| b.name == spec.name) {
+                up.backends.push(spec);
+            }
+        }
+        up
+    }
+
+    /// The backends discovery made.
+    pub fn discovered(&self) -> impl Iterator<Item = &BackendSpec> {
+        self.backends.iter().filter(|b| b.discovered)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,8 +145,8 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
 }
 
-/// Validates the upstream at `key` (`upstreams.<name>`).
-pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid> {
+/// Validates the upstream at `key` (`upstreams.<name>`); `base` is the top-level `discovery`.
+pub(super) fn upstream(key: &Key, up: FileUpstream, base: &Discovery) -> Result<Upstream, Invalid> {
     let strategy = match up.strategy.as_deref().unwrap_or("round_robin") {
         "round_robin" | "weighted" => Strategy::RoundRobin,
         "least_connections" => Strategy::LeastConnections,
@@ -145,38 +158,12 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
         }
     };
     let list = key.field("backends");
-    if up.backends.is_empty() {
-        return Err(list.invalid("needs at least one backend"));
-    }
-    let mut backends: Vec<BackendSpec> = Vec::with_capacity(up.backends.len());
-    for (i, b) in up.backends.iter().enumerate() {
-        let bkey = list.index(i);
-        let addr = bkey.field("address").socket_addr(b.address.trim())?;
-        let weight = match b.weight {
-            None => 1,
-            Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
-            Some(w) => {
-                return Err(bkey.field("weight").invalid(format!(
-                    "{w} is out of range; weight must be 1 to {MAX_WEIGHT}"
-                )))
-            }
-        };
-        let name = b.address.trim().to_string();
-        if backends.iter().any(|seen| seen.name == name) {
-            return Err(bkey
-                .field("address")
-                .invalid(format!("`{name}` is listed twice in this upstream")));
-        }
-        backends.push(BackendSpec {
-            name,
-            addr,
-            weight,
-            backup: b.backup.unwrap_or(false),
-        });
-    }
-    if backends.iter().all(|b| b.backup) {
-        return Err(list.invalid("needs at least one backend without `backup: true`"));
-    }
+    let discovery = discovery::settings(&key.field("discovery"), up.discovery, base)?;
+    let super::backends::Entries {
+        backends,
+        discover,
+        due: discovery_due,
+    } = super::backends::backends(&list, up.backends, &discovery)?;
     let health_check = up
         .health_check
         .map(|hc| health_check(&key.field("health_check"), hc))
@@ -204,9 +191,12 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
         Some(n) if n >= 1 => Some(n as u64),
         Some(_) => return Err(key.field("max_in_flight").invalid("must be at least 1")),
     };
-    let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+    let names: Vec<&str> = backends.iter().map(|b| b.host.as_str()).collect();
     let tls = super::upstream_tls::upstream_tls(key, up.tls, &names)?;
     Ok(Upstream {
+        discover,
+        discovery,
+        discovery_due,
         required: up.required.unwrap_or(true),
         tls,
         http2: up.http2.unwrap_or(false),

@@ -29,6 +29,8 @@ pub struct Snapshot<'a> {
     pub pools: &'a BTreeMap<String, Arc<Pool>>,
     /// The TLS certificates in use.
     pub certificates: &'a [crate::tls::Certificate],
+    /// Failed service-discovery resolutions, per discovering upstream.
+    pub discovery_failures: Vec<(String, u64)>,
 }
 
 impl Snapshot<'_> {
@@ -108,6 +110,16 @@ impl Snapshot<'_> {
                 (vec![("algorithm", row.0.to_string())], value as f64)
             });
             out.push(family(name, help, MetricType::COUNTER, samples));
+        }
+        if !self.discovery_failures.is_empty() {
+            out.push(family(
+                "switchyard_discovery_failures_total",
+                "Service-discovery resolutions that failed (the last good backends were kept)",
+                MetricType::COUNTER,
+                self.discovery_failures
+                    .iter()
+                    .map(|(up, n)| (vec![("upstream", up.clone())], *n as f64)),
+            ));
         }
         if let Some(rs) = self.redis {
             out.push(family(

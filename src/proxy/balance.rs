@@ -118,7 +118,7 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     ctx.upstream.attempt = Some((index, backend.start_request()));
     let mut peer = HttpPeer::new(backend.addr, pool.tls.is_some(), String::new());
     if let Some(tls) = &pool.tls {
-        tls.apply(&mut peer, &backend.name);
+        tls.apply(&mut peer, &backend.host);
     }
     if pool.http2 {
         // HTTP/2 only (ALPN h2, or prior knowledge over plain TCP), requests multiplexed.

@@ -86,7 +86,7 @@ async fn check_loop(pool: Arc<Pool>, index: usize) {
         ticker.tick().await;
         let backend = &pool.backends[index];
         let tls = pool.tls.as_ref().map(|t| (&t.conf, &t.checks));
-        let result = probe(backend.addr, &backend.name, &check, tls).await;
+        let result = probe(backend.addr, &backend.host, &check, tls).await;
         record(&pool, index, &check, result);
     }
 }

@@ -1,6 +1,7 @@
 //! Upstream pools: the backends of one upstream, their live state, and picking one for a request.
 
 mod check_tls;
+pub mod discovery;
 pub mod health;
 pub mod selection;
 pub mod sticky;
@@ -21,9 +22,11 @@ use sticky::{BackendId, StickyCodec};
 /// One backend and its counters. Shared by the pool, in-flight guards and health checks.
 #[derive(Debug)]
 pub struct Backend {
-    /// The address as written in the config.
+    /// The address as written in the config (`<name>/<address>` when discovered).
     pub name: String,
     pub addr: SocketAddr,
+    /// `host:port` for SNI and the checks' `Host`.
+    pub host: String,
     /// Changes on reload; the backend's other state carries over.
     weight: AtomicU32,
     /// A backup backend takes requests only when no primary is available; changes on reload.
@@ -48,6 +51,7 @@ impl Backend {
         Backend {
             name: spec.name.clone(),
             addr: spec.addr,
+            host: spec.host.clone(),
             weight: AtomicU32::new(spec.weight),
             backup: AtomicBool::new(spec.backup),
             healthy: AtomicBool::new(true),

@@ -9,9 +9,11 @@ fn upstream(weights: &[u32], strategy: Strategy) -> config::Upstream {
         .enumerate()
         .map(|(i, &weight)| BackendSpec {
             name: format!("127.0.0.1:{}", 9000 + i),
+            host: format!("127.0.0.1:{}", 9000 + i),
             addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
             weight,
             backup: false,
+            discovered: false,
         })
         .collect();
     config::Upstream {
@@ -28,6 +30,9 @@ fn upstream(weights: &[u32], strategy: Strategy) -> config::Upstream {
         max_in_flight: None,
         tls: None,
         http2: false,
+        discover: Vec::new(),
+        discovery: config::Discovery::default(),
+        discovery_due: None,
     }
 }
 

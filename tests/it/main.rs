@@ -12,6 +12,7 @@ mod chaos;
 mod cli;
 mod cluster_limits;
 mod compress;
+mod discovery;
 mod docs;
 mod fleet;
 mod forwarded;

@@ -57,9 +57,11 @@ mod tests {
             .map(|(i, &weight)| {
                 Arc::new(Backend::new(&BackendSpec {
                     name: format!("b{i}"),
+                    host: format!("b{i}"),
                     addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
                     weight,
                     backup: false,
+                    discovered: false,
                 }))
             })
             .collect();
