@@ -8,6 +8,7 @@
 mod access_log;
 mod admin;
 mod cache;
+mod capacity;
 mod compression;
 mod file;
 mod key;
@@ -30,6 +31,7 @@ pub use admin::Admin;
 pub use cache::{
     Cache, ClientCacheControl, CookiePolicy, RedisTier, RouteCache, MAX_OBJECT_SIZE_LIMIT,
 };
+pub use capacity::{Capacity, Keepalive, Queue};
 pub use policy::{Access, HeaderRules, Part, Pattern, RateKey, RateLimit, Template, ValueMatch};
 pub use route::{HostMatch, Route};
 pub use server::Server;

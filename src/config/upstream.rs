@@ -101,6 +101,8 @@ pub struct Upstream {
     pub http2: bool,
     /// `/ready` needs a healthy backend of this upstream.
     pub required: bool,
+    /// Slow start, the wait queue and keep-alive.
+    pub capacity: super::capacity::Capacity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +113,8 @@ pub struct BackendSpec {
     pub weight: u32,
     /// Used only when no primary (non-backup) backend is available, as nginx's `backup`.
     pub backup: bool,
+    /// Requests in flight to this backend at once; `None`: no limit.
+    pub max_conns: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +138,7 @@ pub struct HealthCheck {
 
 /// Validates the upstream at `key` (`upstreams.<name>`).
 pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid> {
+    let capacity = super::capacity::capacity(key, &up)?;
     let strategy = match up.strategy.as_deref().unwrap_or("round_robin") {
         "round_robin" | "weighted" => Strategy::RoundRobin,
         "least_connections" => Strategy::LeastConnections,
@@ -172,6 +177,7 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
             addr,
             weight,
             backup: b.backup.unwrap_or(false),
+            max_conns: super::capacity::max_conns(&bkey.field("max_conns"), b.max_conns)?,
         });
     }
     if backends.iter().all(|b| b.backup) {
@@ -207,6 +213,7 @@ pub(super) fn upstream(key: &Key, up: FileUpstream) -> Result<Upstream, Invalid>
     let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
     let tls = super::upstream_tls::upstream_tls(key, up.tls, &names)?;
     Ok(Upstream {
+        capacity,
         required: up.required.unwrap_or(true),
         tls,
         http2: up.http2.unwrap_or(false),

@@ -85,6 +85,10 @@ async fn check_loop(pool: Arc<Pool>, index: usize) {
     loop {
         ticker.tick().await;
         let backend = &pool.backends[index];
+        if backend.admin_state() == super::capacity::AdminState::Maint {
+            // In maintenance: not checked until the operator sets it ready.
+            continue;
+        }
         let tls = pool.tls.as_ref().map(|t| (&t.conf, &t.checks));
         let result = probe(backend.addr, &backend.name, &check, tls).await;
         record(&pool, index, &check, result);

@@ -12,6 +12,7 @@ fn upstream(weights: &[u32], strategy: Strategy) -> config::Upstream {
             addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
             weight,
             backup: false,
+            max_conns: None,
         })
         .collect();
     config::Upstream {
@@ -28,6 +29,7 @@ fn upstream(weights: &[u32], strategy: Strategy) -> config::Upstream {
         max_in_flight: None,
         tls: None,
         http2: false,
+        capacity: config::Capacity::default(),
     }
 }
 
