@@ -16,23 +16,13 @@ pub const MAX_IDLE: i64 = 100_000;
 pub const DEFAULT_IDLE: usize = 512;
 
 /// How an upstream grows into load and holds requests back when its backends are full.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capacity {
     /// A backend that joins or recovers ramps its weight from 1/10 to full over this time.
     pub slow_start: Option<Duration>,
     /// Where requests wait while every eligible backend is at its `max_conns`.
     pub queue: Option<Queue>,
     pub keepalive: Keepalive,
-}
-
-impl Default for Capacity {
-    fn default() -> Capacity {
-        Capacity {
-            slow_start: None,
-            queue: None,
-            keepalive: Keepalive::default(),
-        }
-    }
 }
 
 /// A bounded FIFO of requests waiting for a backend below its `max_conns`.
