@@ -91,9 +91,8 @@ fn apply(shared: &Shared, mut config: Config) -> ReloadOutcome {
     if old.config.keepalive_pool_size() != config.keepalive_pool_size() {
         // Pingora's pool of idle upstream connections is made once, at start.
         log::warn!(
-            "keepalive.idle adds up to {} now; the pool of idle upstream connections keeps its size ({}) until a restart",
-            config.keepalive_pool_size(),
-            old.config.keepalive_pool_size()
+            "keepalive.idle adds up to {} now; the pool of idle upstream connections keeps the size it had at start until a restart",
+            config.keepalive_pool_size()
         );
     }
     let version = old.version + 1;
