@@ -1,6 +1,7 @@
 //! The admin listener: `GET /health`, `GET /ready`, `GET /stats` (JSON) and `GET /metrics` (Prometheus),
 //! behind a bearer token when one is configured.
 
+mod backends;
 mod cache;
 mod guard;
 mod ready;
@@ -57,6 +58,9 @@ impl Admin {
                         json!({
                             "address": b.name,
                             "weight": b.weight(),
+                            "effective_weight": f64::from(b.capacity.effective()) / 10.0,
+                            "admin_state": b.admin_state().as_str(),
+                            "max_conns": b.capacity.max_conns(),
                             "backup": b.is_backup(),
                             "healthy": b.is_healthy(),
                             "ejected": b.is_ejected(),
@@ -75,6 +79,18 @@ impl Admin {
                         "sticky": pool.sticky.is_some(),
                         "max_in_flight": pool.max_in_flight,
                         "overloaded_total": pool.overloaded(),
+                        "slow_start_seconds": pool.capacity.slow_start.map(|d| d.as_secs_f64()),
+                        "queue": pool.capacity.queue.as_ref().map(|q| json!({
+                            "size": q.size,
+                            "timeout_seconds": q.timeout.as_secs_f64(),
+                            "length": pool.waiters.len(),
+                            "timeouts_total": pool.waiters.timeouts(),
+                            "full_total": pool.waiters.rejected(),
+                        })),
+                        "keepalive": {
+                            "idle": pool.capacity.keepalive.idle,
+                            "idle_timeout_seconds": pool.capacity.keepalive.idle_timeout.as_secs_f64(),
+                        },
                         "backends": backends,
                         "discovery": self.shared.discovery.json(name),
                     }),
@@ -247,6 +263,7 @@ impl ServeHttp for Admin {
                 &[Method::GET, Method::HEAD]
             }
             "/reload" | "/cache/purge" => &[Method::POST],
+            p if backends::target(p).is_some() => &[Method::POST],
             _ => return text(StatusCode::NOT_FOUND, "404 Not Found\n"),
         };
         if path != "/health" {
@@ -310,6 +327,13 @@ impl ServeHttp for Admin {
                 json_reply(StatusCode::OK, &self.stats_for(route.as_deref()))
             }
             "/reload" => self.reload().await,
+            p if p.starts_with("/upstreams/") => match backends::target(p) {
+                Some(target) => match read_body(session).await {
+                    Ok(body) => backends::apply(&self.shared, target, &body),
+                    Err(e) => json_reply(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+                },
+                None => text(StatusCode::NOT_FOUND, "404 Not Found\n"),
+            },
             "/cache/purge" => self.purge(session).await,
             "/cache/entry" => {
                 let query = session.req_header().uri.query();

@@ -69,6 +69,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         .map(|t| t.listen.clone())
         .unwrap_or_default();
     let h2_streams = config.server.h2_max_concurrent_streams;
+    let idle_connections = config.keepalive_pool_size();
     let h2_idle = config.server.keepalive_timeout;
     let h2_header_list = u32::try_from(config.server.max_header_size).unwrap_or(u32::MAX);
     let admin_listen = config.admin.listen;
@@ -92,7 +93,9 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         // exits as soon as no request is left, so it is the upper bound only.
         grace_period_seconds: Some(grace.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
-        upstream_keepalive_pool_size: 512,
+        // Pingora keeps one pool of idle upstream connections for the process, evicting the
+        // least recently used: its size is the sum of every upstream's `keepalive.idle`.
+        upstream_keepalive_pool_size: idle_connections,
         work_stealing: false,
         ..ServerConf::default()
     };

@@ -88,6 +88,13 @@ fn apply(shared: &Shared, mut config: Config) -> ReloadOutcome {
         // The same file names with new contents.
         changed.push("tls.certificates".to_string());
     }
+    if old.config.keepalive_pool_size() != config.keepalive_pool_size() {
+        // Pingora's pool of idle upstream connections is made once, at start.
+        log::warn!(
+            "keepalive.idle adds up to {} now; the pool of idle upstream connections keeps the size it had at start until a restart",
+            config.keepalive_pool_size()
+        );
+    }
     let version = old.version + 1;
     shared.install(Runtime::with_previous(version, config, Some(&old)));
     ReloadOutcome {

@@ -27,6 +27,8 @@ pub struct BackendSpec {
     pub backup: bool,
     /// Made by discovery from a name (see `Upstream::discover`).
     pub discovered: bool,
+    /// Requests in flight to this backend at once; `None`: no limit.
+    pub max_conns: Option<u32>,
 }
 
 /// A backend entry that stands for every address its name resolves to.
@@ -37,6 +39,8 @@ pub struct DiscoverSpec {
     pub target: Target,
     pub weight: u32,
     pub backup: bool,
+    /// `max_conns` of every backend the name gives.
+    pub max_conns: Option<u32>,
 }
 
 impl DiscoverSpec {
@@ -56,6 +60,7 @@ impl DiscoverSpec {
                     .map_or(self.weight, |w| u32::from(w).clamp(1, MAX_WEIGHT as u32)),
                 backup: self.backup || f.backup,
                 discovered: true,
+                max_conns: self.max_conns,
             })
             .collect()
     }
@@ -94,6 +99,7 @@ pub(super) fn backends(
             }
         };
         let backup = b.backup.unwrap_or(false);
+        let max_conns = super::capacity::max_conns(&bkey.field("max_conns"), b.max_conns)?;
         let (name, at) = match (b.address, b.discover) {
             (Some(address), None) => {
                 let at = bkey.field("address");
@@ -107,6 +113,7 @@ pub(super) fn backends(
                             weight,
                             backup,
                             discovered: false,
+                            max_conns,
                         });
                     }
                     Err(_) => {
@@ -118,6 +125,7 @@ pub(super) fn backends(
                                 target,
                                 weight,
                                 backup,
+                                max_conns,
                             },
                         ));
                     }
@@ -134,6 +142,7 @@ pub(super) fn backends(
                         target,
                         weight,
                         backup,
+                        max_conns,
                     },
                 ));
                 (name, at)
@@ -200,6 +209,7 @@ mod tests {
             },
             weight: 1,
             backup: false,
+            max_conns: None,
         };
         let found = |addr: &str, weight, backup| Found {
             addr: addr.parse().unwrap(),

@@ -199,6 +199,29 @@ pub struct FileUpstream {
     pub required: Option<bool>,
     /// Service discovery settings over the top-level ones.
     pub discovery: Option<FileDiscovery>,
+    /// How long a joining or recovering backend takes to reach its full weight.
+    #[serde(default, deserialize_with = "text")]
+    pub slow_start: Option<String>,
+    /// Where requests wait while every backend is at its `max_conns`.
+    pub queue: Option<FileQueue>,
+    /// Idle upstream connections kept for reuse.
+    pub keepalive: Option<FileKeepalive>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQueue {
+    pub size: Option<i64>,
+    #[serde(default, deserialize_with = "text")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKeepalive {
+    pub idle: Option<i64>,
+    #[serde(default, deserialize_with = "text")]
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -227,6 +250,8 @@ pub struct FileBackend {
     pub discover: Option<FileDiscover>,
     pub weight: Option<i64>,
     pub backup: Option<bool>,
+    /// Requests in flight to this backend at once.
+    pub max_conns: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

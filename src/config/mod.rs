@@ -9,6 +9,7 @@ mod access_log;
 mod admin;
 mod backends;
 mod cache;
+mod capacity;
 mod compression;
 mod discovery;
 mod file;
@@ -33,6 +34,7 @@ pub use backends::{BackendSpec, DiscoverSpec, MAX_WEIGHT};
 pub use cache::{
     Cache, ClientCacheControl, CookiePolicy, RedisTier, RouteCache, MAX_OBJECT_SIZE_LIMIT,
 };
+pub use capacity::{Capacity, Keepalive, Queue};
 pub use discovery::Discovery;
 pub use policy::{
     Access, ClusterRedis, HeaderRules, Part, Pattern, RateKey, RateLimit, Scope, Template,

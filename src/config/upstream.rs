@@ -104,6 +104,8 @@ pub struct Upstream {
     pub discovery: Discovery,
     /// When the answers `backends` was built from expire (`None`: nothing to discover).
     pub discovery_due: Option<std::time::Instant>,
+    /// Slow start, the wait queue and keep-alive.
+    pub capacity: super::capacity::Capacity,
 }
 
 impl Upstream {
@@ -147,6 +149,7 @@ pub struct HealthCheck {
 
 /// Validates the upstream at `key` (`upstreams.<name>`); `base` is the top-level `discovery`.
 pub(super) fn upstream(key: &Key, up: FileUpstream, base: &Discovery) -> Result<Upstream, Invalid> {
+    let capacity = super::capacity::capacity(key, &up)?;
     let strategy = match up.strategy.as_deref().unwrap_or("round_robin") {
         "round_robin" | "weighted" => Strategy::RoundRobin,
         "least_connections" => Strategy::LeastConnections,
@@ -197,6 +200,7 @@ pub(super) fn upstream(key: &Key, up: FileUpstream, base: &Discovery) -> Result<
         discover,
         discovery,
         discovery_due,
+        capacity,
         required: up.required.unwrap_or(true),
         tls,
         http2: up.http2.unwrap_or(false),

@@ -12,6 +12,7 @@ use crate::cache::memory::StorageStats;
 use crate::cache::redis::{RedisStats, OPS};
 use crate::compress::CompressionStats;
 use crate::policy::cluster::STATS as CLUSTER;
+use crate::upstream::capacity::AdminState;
 use crate::upstream::{Backend, Pool};
 
 /// The live state that metrics read at scrape time, handed over by its owner (the shared
@@ -197,18 +198,61 @@ impl Snapshot<'_> {
             ));
         }
         out.extend(self.backend_families());
+        out.extend(self.queue_families());
         out
+    }
+
+    /// The wait queue of each upstream with a `queue`.
+    fn queue_families(&self) -> Vec<MetricFamily> {
+        type Read = fn(&Pool) -> f64;
+        let families: [(&str, MetricType, &str, Read); 3] = [
+            (
+                "switchyard_upstream_queue_length",
+                MetricType::GAUGE,
+                "Requests waiting for a backend below its max_conns",
+                |p| p.waiters.len() as f64,
+            ),
+            (
+                "switchyard_upstream_queue_timeouts_total",
+                MetricType::COUNTER,
+                "Requests answered 503 after waiting the whole queue timeout",
+                |p| p.waiters.timeouts() as f64,
+            ),
+            (
+                "switchyard_upstream_queue_full_total",
+                MetricType::COUNTER,
+                "Requests answered 503 at once because the queue was full",
+                |p| p.waiters.rejected() as f64,
+            ),
+        ];
+        families
+            .into_iter()
+            .map(|(name, kind, help, read)| {
+                let samples = self
+                    .pools
+                    .iter()
+                    .filter(|(_, pool)| pool.capacity.queue.is_some())
+                    .map(|(upstream, pool)| (vec![("upstream", upstream.clone())], read(pool)));
+                family(name, help, kind, samples)
+            })
+            .collect()
     }
 
     /// Per-backend gauges and counters, read from the live pools.
     fn backend_families(&self) -> Vec<MetricFamily> {
         type Read = fn(&Backend) -> u64;
-        let families: [(&str, MetricType, &str, Read); 5] = [
+        let families: [(&str, MetricType, &str, Read); 6] = [
             (
                 "switchyard_upstream_backend_healthy",
                 MetricType::GAUGE,
                 "1 when active health checks pass, 0 when they took the backend out",
                 |b| u64::from(b.is_healthy()),
+            ),
+            (
+                "switchyard_upstream_backend_ready",
+                MetricType::GAUGE,
+                "1 when the admin state is ready, 0 when drained or in maintenance",
+                |b| u64::from(b.admin_state() == AdminState::Ready),
             ),
             (
                 "switchyard_upstream_backend_in_flight",

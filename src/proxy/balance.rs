@@ -2,7 +2,7 @@
 //! retries on another backend, and feeding results to passive health.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -14,9 +14,6 @@ use super::retry::{self, Failure};
 use crate::config::Strategy;
 use crate::metrics::Metrics;
 use crate::upstream::selection::ring::hash_key;
-
-/// How long an idle upstream connection stays in the reuse pool.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn now_unix() -> u64 {
     SystemTime::now()
@@ -50,8 +47,9 @@ pub fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
     }
 }
 
-/// Picks the backend for this attempt and describes how to reach it.
-pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+/// Picks the backend for this attempt and describes how to reach it. When every backend
+/// it could use is at its `max_conns`, the request waits in the upstream's queue.
+pub async fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let pool = ctx
         .upstream
         .pool
@@ -61,12 +59,12 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     ctx.upstream.attempt = None;
     ctx.upstream.answered = false;
     let now = now_unix();
-    let mut index = ctx
+    let mut pinned = ctx
         .upstream
         .reconnect
         .take()
         .filter(|&i| pool.backends[i].is_available());
-    if index.is_none() && ctx.upstream.tried.is_empty() {
+    if pinned.is_none() && ctx.upstream.tried.is_empty() {
         if let Some(sticky) = &pool.sticky {
             let cookies = session
                 .req_header()
@@ -74,16 +72,16 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
                 .get_all(http::header::COOKIE)
                 .iter()
                 .filter_map(|v| v.to_str().ok());
-            let pinned = sticky
+            let found = sticky
                 .codec
                 .find(cookies)
                 .and_then(|value| pool.sticky_backend(value, now));
-            if let Some((pinned, refresh)) = pinned {
-                index = Some(pinned);
+            if let Some((index, refresh)) = found {
+                pinned = Some(index);
                 if !refresh {
                     ctx.upstream.set_cookie = None;
                 } else {
-                    ctx.upstream.set_cookie = pool.sticky_cookie(pinned, now);
+                    ctx.upstream.set_cookie = pool.sticky_cookie(index, now);
                 }
             }
         }
@@ -98,24 +96,61 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
             ));
         }
     }
-    let index = match index {
-        Some(i) => i,
-        None => {
-            let Some((i, _)) = pool.select(ctx.upstream.hash, &ctx.upstream.tried) else {
+    let mut waiting = None;
+    let (index, guard) = loop {
+        // A pinned backend at its `max_conns` gives way to balancing (the cookie moves).
+        if let Some(i) = pinned.take() {
+            if let Some(guard) = pool.backends[i].try_start_request() {
+                break (i, guard);
+            }
+        }
+        if let Some((i, backend)) = pool.select(ctx.upstream.hash, &ctx.upstream.tried) {
+            if let Some(guard) = backend.try_start_request() {
+                ctx.upstream.set_cookie = pool.sticky_cookie(i, now);
+                break (i, guard);
+            }
+            // Filled up since it was picked: look again.
+            continue;
+        }
+        let queue = match (
+            &pool.capacity.queue,
+            pool.waits_for_slot(&ctx.upstream.tried),
+        ) {
+            (Some(queue), true) => queue,
+            (None, true) => {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    format!("upstream {}: every backend is at max_conns", pool.name),
+                ))
+            }
+            (_, false) => {
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(503),
                     format!("upstream {}: no healthy backend", pool.name),
-                ));
-            };
-            ctx.upstream.set_cookie = pool.sticky_cookie(i, now);
-            i
+                ))
+            }
+        };
+        let waited = match &waiting {
+            // Joined: look once more before sleeping, so a slot freed meanwhile is seen.
+            None => pool
+                .waiters
+                .enter(queue.size, queue.timeout)
+                .map(|place| waiting = Some(place)),
+            Some(place) => place.next().await,
+        };
+        if let Err(e) = waited {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("upstream {}: {e}", pool.name),
+            ));
         }
     };
+    drop(waiting);
     if !ctx.upstream.tried.contains(&index) {
         ctx.upstream.tried.push(index);
     }
-    let backend = &pool.backends[index];
-    ctx.upstream.attempt = Some((index, backend.start_request()));
+    let backend = Arc::clone(guard.backend());
+    ctx.upstream.attempt = Some((index, guard));
     let mut peer = HttpPeer::new(backend.addr, pool.tls.is_some(), String::new());
     if let Some(tls) = &pool.tls {
         tls.apply(&mut peer, &backend.host);
@@ -128,7 +163,7 @@ pub fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     peer.options.connection_timeout = Some(pool.connect_timeout);
     peer.options.read_timeout = Some(pool.read_timeout);
     peer.options.write_timeout = Some(pool.read_timeout);
-    peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+    peer.options.idle_timeout = Some(pool.capacity.keepalive.idle_timeout);
     Ok(Box::new(peer))
 }
 

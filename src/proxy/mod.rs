@@ -271,7 +271,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
         if !session.cache.can_serve_stale_error() {
-            ctx.upstream.peer = Some(balance::pick(session, ctx)?);
+            ctx.upstream.peer = Some(balance::pick(session, ctx).await?);
         }
         Ok(true)
     }
@@ -289,7 +289,7 @@ impl ProxyHttp for Proxy {
         ctx.observed.attempt_started = Some(now);
         match ctx.upstream.peer.take() {
             Some(peer) => Ok(peer),
-            None => balance::pick(session, ctx),
+            None => balance::pick(session, ctx).await,
         }
     }
 

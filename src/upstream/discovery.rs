@@ -302,6 +302,7 @@ mod tests {
             weight,
             backup: false,
             discovered: true,
+            max_conns: None,
         }
     }
 

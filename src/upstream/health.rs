@@ -85,6 +85,10 @@ async fn check_loop(pool: Arc<Pool>, index: usize) {
     loop {
         ticker.tick().await;
         let backend = &pool.backends[index];
+        if backend.admin_state() == super::capacity::AdminState::Maint {
+            // In maintenance: not checked until the operator sets it ready.
+            continue;
+        }
         let tls = pool.tls.as_ref().map(|t| (&t.conf, &t.checks));
         let result = probe(backend.addr, &backend.host, &check, tls).await;
         record(&pool, index, &check, result);
@@ -94,6 +98,10 @@ async fn check_loop(pool: Arc<Pool>, index: usize) {
 /// Applies one check result to the backend's consecutive counters and health.
 fn record(pool: &Pool, index: usize, check: &HealthCheck, result: Result<(), ProbeError>) {
     let backend = &pool.backends[index];
+    if backend.admin_state() == super::capacity::AdminState::Maint {
+        // Put in maintenance while this probe ran: its result does not count.
+        return;
+    }
     match result {
         Ok(()) => {
             backend.check_failures.store(0, Ordering::Relaxed);

@@ -1,8 +1,11 @@
 //! Upstream pools: the backends of one upstream, their live state, and picking one for a request.
 
+pub mod capacity;
 mod check_tls;
+mod control;
 pub mod discovery;
 pub mod health;
+pub mod queue;
 pub mod selection;
 pub mod sticky;
 
@@ -15,7 +18,11 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::{parse_x509, CertKey, WrappedX509};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use crate::config::{self, HashKey, HealthCheck, PassiveHealth, RetryPolicy, Strategy};
+use capacity::{AdminState, BackendCapacity};
+use queue::WaitQueue;
 use selection::{least_conn, Ring, RoundRobin};
 use sticky::{BackendId, StickyCodec};
 
@@ -44,6 +51,8 @@ pub struct Backend {
     /// Consecutive health-check results, counted by the health checker only.
     pub(crate) check_successes: AtomicU32,
     pub(crate) check_failures: AtomicU32,
+    /// Admin state, `max_conns`, slow start.
+    pub capacity: BackendCapacity,
 }
 
 impl Backend {
@@ -63,6 +72,7 @@ impl Backend {
             passive_failures: AtomicU32::new(0),
             check_successes: AtomicU32::new(0),
             check_failures: AtomicU32::new(0),
+            capacity: BackendCapacity::new(spec.weight, spec.max_conns),
         }
     }
 
@@ -82,9 +92,13 @@ impl Backend {
         self.ejected.load(Ordering::Acquire)
     }
 
-    /// Healthy and not ejected: may receive new requests.
+    /// Healthy, not ejected, and not drained by the operator: may receive new requests.
     pub fn is_available(&self) -> bool {
-        self.is_healthy() && !self.is_ejected()
+        self.is_healthy() && !self.is_ejected() && self.admin_state() == AdminState::Ready
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        self.capacity.admin_state()
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -103,8 +117,12 @@ impl Backend {
         self.ejections_total.load(Ordering::Relaxed)
     }
 
-    /// Forgets what active checks found: healthy, no run of results.
+    /// Forgets what active checks found: healthy, no run of results. A backend in `maint`
+    /// stays unhealthy.
     pub(crate) fn reset_health(&self) {
+        if self.admin_state() == AdminState::Maint {
+            return;
+        }
         self.check_successes.store(0, Ordering::Relaxed);
         self.check_failures.store(0, Ordering::Relaxed);
         self.healthy.store(true, Ordering::Release);
@@ -140,7 +158,10 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(waiters) = self.backend.capacity.waiters.get() {
+            waiters.slot_freed();
+        }
     }
 }
 
@@ -172,8 +193,16 @@ pub struct Pool {
     pub http2: bool,
     /// Requests refused because `max_in_flight` was reached.
     overloaded: AtomicU64,
+    /// Slow start, the wait queue's settings, keep-alive.
+    pub capacity: config::Capacity,
+    /// Requests waiting for a backend below its `max_conns`; kept across reloads.
+    pub waiters: Arc<WaitQueue>,
+    /// The ramp starts this pool's schedule has seen ([`capacity::ramp_starts`]).
+    ramp_seen: AtomicU64,
+    /// When the next ramp step is due ([`capacity::now_ms`]); `u64::MAX`: none.
+    ramp_next: AtomicU64,
     rr: RoundRobin,
-    ring: Option<Ring>,
+    ring: Option<ArcSwap<Ring>>,
 }
 
 /// An upstream's TLS settings as the connector takes them.
@@ -243,6 +272,7 @@ impl Pool {
                 });
                 match kept {
                     Some(backend) => {
+                        // A weight set through the admin API gives way to the file's.
                         backend.weight.store(spec.weight, Ordering::Relaxed);
                         backend.backup.store(spec.backup, Ordering::Relaxed);
                         if conf.health_check.is_none() {
@@ -252,18 +282,30 @@ impl Pool {
                         }
                         Arc::clone(backend)
                     }
-                    None => Arc::new(Backend::new(spec)),
+                    None => {
+                        let backend = Arc::new(Backend::new(spec));
+                        backend
+                            .capacity
+                            .configure(spec.max_conns, conf.capacity.slow_start);
+                        if previous.is_some() {
+                            // Joined a running upstream: ramp up.
+                            backend.capacity.begin_ramp(capacity::now_ms());
+                        }
+                        backend
+                    }
                 }
             })
             .collect();
-        let ring = (conf.strategy == Strategy::IpHash).then(|| {
-            Ring::build(
-                backends
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| (i, b.name.as_str(), b.weight())),
-            )
-        });
+        let waiters = previous.map_or_else(Arc::default, |p| Arc::clone(&p.waiters));
+        for (backend, spec) in backends.iter().zip(&conf.backends) {
+            backend
+                .capacity
+                .configure(spec.max_conns, conf.capacity.slow_start);
+            // A backend stays in its upstream, so its queue never changes.
+            let _ = backend.capacity.waiters.set(Arc::clone(&waiters));
+        }
+        let ring = (conf.strategy == Strategy::IpHash)
+            .then(|| ArcSwap::from_pointee(control::ring_of(&backends)));
         let sticky = conf.sticky.as_ref().map(|s| {
             let codec = StickyCodec::new(s);
             let ids = backends
@@ -287,6 +329,10 @@ impl Pool {
             sticky,
             max_in_flight: conf.max_in_flight,
             overloaded: AtomicU64::new(0),
+            capacity: conf.capacity.clone(),
+            waiters,
+            ramp_seen: AtomicU64::new(capacity::ramp_starts()),
+            ramp_next: AtomicU64::new(u64::MAX),
             rr: RoundRobin::default(),
             ring,
         };
@@ -294,39 +340,50 @@ impl Pool {
         pool
     }
 
-    /// Picks an available backend not yet `tried` by this request. `hash` is the request's
-    /// key hash for `ip_hash` (round-robin is used without one).
+    /// Picks an available backend not yet `tried` by this request and below its
+    /// `max_conns`. `hash` is the request's key hash for `ip_hash` (round-robin is used
+    /// without one).
     pub fn select(&self, hash: Option<u64>, tried: &[usize]) -> Option<(usize, &Arc<Backend>)> {
-        // The schedule holds the backends active checks pass; ejection is checked here, so
-        // that an ejection ending is seen by every pool that shares the backend.
+        self.select_at(capacity::now_ms(), hash, tried)
+    }
+
+    /// [`Pool::select`] at time `now` ([`capacity::now_ms`]), which slow start reads.
+    pub fn select_at(
+        &self,
+        now: u64,
+        hash: Option<u64>,
+        tried: &[usize],
+    ) -> Option<(usize, &Arc<Backend>)> {
+        self.refresh_ramps(now);
+        // The schedule holds the backends active checks pass; ejection, drain and
+        // `max_conns` are checked here, so that a change is seen by every pool that shares
+        // the backend.
         // Backups take part only while no primary is available (tried ones count as gone, so
         // a retry after every primary failed may go to a backup).
         let backups = self.use_backups(tried);
         let skip = |i: usize| {
-            tried.contains(&i)
-                || self.backends[i].is_ejected()
-                || self.backends[i].is_backup() != backups
+            let b = &self.backends[i];
+            tried.contains(&i) || !b.is_available() || b.is_full() || b.is_backup() != backups
         };
         let index = match (self.strategy, hash, &self.ring) {
             (Strategy::LeastConnections, _, _) => {
                 least_conn::select(&self.backends, &self.rr, skip)
             }
-            (Strategy::IpHash, Some(hash), Some(ring)) => {
-                ring.select(hash, |i| skip(i) || !self.backends[i].is_available())
-            }
+            (Strategy::IpHash, Some(hash), Some(ring)) => ring.load().select(hash, skip),
             _ if tried.is_empty() => self.rr.select(skip),
             _ => self.rr.peek(skip),
         }?;
         Some((index, &self.backends[index]))
     }
 
-    /// Whether no primary backend is left for this request, so the backups serve it.
+    /// Whether no primary backend is left for this request, so the backups serve it. A
+    /// primary at its `max_conns` counts as gone, as in nginx.
     pub fn use_backups(&self, tried: &[usize]) -> bool {
         !self
             .backends
             .iter()
             .enumerate()
-            .any(|(i, b)| !b.is_backup() && b.is_available() && !tried.contains(&i))
+            .any(|(i, b)| !b.is_backup() && b.is_available() && !b.is_full() && !tried.contains(&i))
     }
 
     pub fn count_overload(&self) {
@@ -370,6 +427,9 @@ impl Pool {
         let backend = &self.backends[index];
         if backend.healthy.swap(healthy, Ordering::AcqRel) == healthy {
             return false;
+        }
+        if healthy {
+            backend.capacity.begin_ramp(capacity::now_ms());
         }
         self.rebuild();
         true
@@ -425,16 +485,10 @@ impl Pool {
         }
     }
 
-    /// Recomputes the round-robin cycle from the backends active checks pass.
+    /// Recomputes the round-robin cycle from the backends active checks pass and the
+    /// operator has not drained, with their weights as slow start has them now.
     pub fn rebuild(&self) {
-        let members: Vec<(usize, u32)> = self
-            .backends
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.is_healthy())
-            .map(|(i, b)| (i, b.weight()))
-            .collect();
-        self.rr.rebuild(&members);
+        self.rebuild_at(capacity::now_ms());
     }
 }
 
@@ -444,6 +498,7 @@ static EJECTION: Mutex<()> = Mutex::new(());
 /// Ends an ejection.
 pub fn readmit(upstream: &str, backend: &Backend) {
     if backend.ejected.swap(false, Ordering::AcqRel) {
+        backend.capacity.begin_ramp(capacity::now_ms());
         log::info!(
             "upstream {upstream} backend {} back from ejection",
             backend.name

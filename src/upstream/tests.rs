@@ -14,6 +14,7 @@ fn upstream(weights: &[u32], strategy: Strategy) -> config::Upstream {
             weight,
             backup: false,
             discovered: false,
+            max_conns: None,
         })
         .collect();
     config::Upstream {
@@ -33,6 +34,7 @@ fn upstream(weights: &[u32], strategy: Strategy) -> config::Upstream {
         discover: Vec::new(),
         discovery: config::Discovery::default(),
         discovery_due: None,
+        capacity: config::Capacity::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 mod common;
 
 mod admin;
+mod admin_backends;
 mod balancing;
 mod cache;
 mod cache_rfc;

@@ -1,5 +1,7 @@
 //! Least connections: the available backend with the fewest in-flight requests per unit of
-//! weight; ties go to smooth weighted round-robin so that idle backends share by weight.
+//! weight; ties go to smooth weighted round-robin so that idle backends share by weight. The
+//! weight is the effective one, so under slow start a ramping backend counts its connections
+//! as heavier (as nginx weights the connection count).
 
 use std::sync::Arc;
 
@@ -21,7 +23,7 @@ pub fn select(
         if !b.is_available() || skip(i) {
             continue;
         }
-        let load = (b.in_flight(), u64::from(b.weight()));
+        let load = (b.in_flight(), u64::from(b.capacity.effective()));
         match best {
             Some((f, w)) if load.0 * w > f * load.1 => {}
             Some((f, w)) if load.0 * w == f * load.1 => ties += 1,
@@ -38,7 +40,7 @@ pub fn select(
     }
     let is_least = |i: usize| {
         let b = &backends[i];
-        b.in_flight() * w == f * u64::from(b.weight())
+        b.in_flight() * w == f * u64::from(b.capacity.effective())
     };
     // Counts may move between the scan and here; the scanned minimum is still a fine answer.
     rr.select(|i| skip(i) || !is_least(i)).or(Some(best_index))
@@ -62,6 +64,7 @@ mod tests {
                     weight,
                     backup: false,
                     discovered: false,
+                    max_conns: None,
                 }))
             })
             .collect();
