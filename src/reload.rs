@@ -205,6 +205,12 @@ pub fn watch_certificates(shared: Arc<Shared>) {
         .spawn(move || {
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             let mut watching: Vec<std::path::PathBuf> = Vec::new();
+            // What the watched files held at the last look: reading them (as every reload
+            // does) is an event too, and must not reload again.
+            let read = |files: &[std::path::PathBuf]| -> Vec<Option<Vec<u8>>> {
+                files.iter().map(|f| std::fs::read(f).ok()).collect()
+            };
+            let mut contents = Vec::new();
             let mut _watch: Option<FileWatch> = None;
             loop {
                 let files = shared
@@ -226,11 +232,16 @@ pub fn watch_certificates(shared: Arc<Shared>) {
                             Err(e) => log::warn!("cannot watch the certificate files: {e}"),
                         }
                     }
+                    contents = read(&files);
                     watching = files;
                 }
                 if rx.recv_timeout(std::time::Duration::from_secs(1)).is_ok() {
                     while rx.try_recv().is_ok() {}
-                    let _ = reload(&shared, "certificate change");
+                    let now = read(&watching);
+                    if now != contents {
+                        contents = now;
+                        let _ = reload(&shared, "certificate change");
+                    }
                 }
             }
         });
