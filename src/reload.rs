@@ -68,10 +68,12 @@ pub fn reload(shared: &Shared, trigger: &str) -> Result<ReloadOutcome, ReloadErr
         }
     };
     shared.metrics.observe_reload(ok);
-    *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastReload {
+    shared.record_reload(LastReload {
         ok,
         error,
         at: SystemTime::now(),
+        trigger: trigger.to_string(),
+        version: shared.runtime().version,
     });
     result
 }

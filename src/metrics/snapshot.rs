@@ -13,6 +13,35 @@ use crate::cache::redis::{RedisStats, OPS};
 use crate::compress::CompressionStats;
 use crate::upstream::{Backend, Pool};
 
+/// Client connections the front end refused, by reason.
+#[derive(Debug, Default)]
+pub struct RefusedConnections {
+    /// Over `server.max_connections`.
+    pub max_connections: AtomicU64,
+    /// Over `server.max_connections_per_ip`.
+    pub max_connections_per_ip: AtomicU64,
+}
+
+impl RefusedConnections {
+    /// `(reason, count)` for each reason.
+    pub fn rows(&self) -> [(&'static str, u64); 2] {
+        [
+            (
+                "max_connections",
+                self.max_connections.load(Ordering::Relaxed),
+            ),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.rows().iter().map(|(_, n)| n).sum()
+    }
+}
+
 /// The live state that metrics read at scrape time, handed over by its owner (the shared
 /// state), so that this module reads atomics it is given and never the state itself.
 #[derive(Debug)]
@@ -28,6 +57,7 @@ pub struct Snapshot<'a> {
     pub pools: &'a BTreeMap<String, Arc<Pool>>,
     /// The TLS certificates in use.
     pub certificates: &'a [crate::tls::Certificate],
+    pub refused_connections: &'a RefusedConnections,
 }
 
 impl Snapshot<'_> {
@@ -151,6 +181,14 @@ impl Snapshot<'_> {
                 ],
             ));
         }
+        out.push(family(
+            "switchyard_connections_refused_total",
+            "Client connections refused by the front end, by reason (max_connections, max_connections_per_ip)",
+            MetricType::COUNTER,
+            self.refused_connections
+                .rows()
+                .map(|(reason, n)| (vec![("reason", reason.to_string())], n as f64)),
+        ));
         out.push(family(
             "switchyard_upstream_pool_acquire_races_total",
             "Pooled upstream connections Pingora could not hand over (its idle watch still held them), so a new connection was opened",
