@@ -104,8 +104,8 @@ impl Recent {
         let first = now.saturating_sub(WINDOW_SECONDS);
         for slot in &self.slots {
             let tag = slot.second.load(Ordering::Acquire);
-            // Whole seconds before the current one, within the window.
-            if tag == 0 || tag - 1 < first || tag - 1 >= now {
+            // Whole seconds before the current one, within the window (`tag` is second + 1).
+            if tag == 0 || tag <= first || tag > now {
                 continue;
             }
             for (n, b) in counts.iter_mut().zip(&slot.buckets) {
@@ -126,7 +126,7 @@ impl Recent {
             // The bucket's upper bound, in milliseconds to three decimals.
             Some((upper(i) * 1e6).round() / 1e3)
         };
-        let window = now.min(WINDOW_SECONDS).max(1);
+        let window = now.clamp(1, WINDOW_SECONDS);
         let class = |i: usize| self.classes[i].load(Ordering::Relaxed);
         json!({
             "window_seconds": window,
