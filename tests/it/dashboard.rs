@@ -71,9 +71,18 @@ async fn watch(proxy: &Proxy, token: Option<&'static str>) -> (Value, PathBuf) {
                 "document.getElementById('auth').className === 'show' && document.getElementById('status').textContent === 'token required'",
                 Duration::from_secs(10),
             );
-            chrome.eval("document.getElementById('token').focus()");
-            chrome.type_text(token);
-            chrome.eval("document.getElementById('token-submit').click()");
+            let submit = |chrome: &mut Browser, text: &str| {
+                chrome.eval("document.getElementById('token').focus()");
+                chrome.type_text(text);
+                chrome.eval("document.getElementById('token-submit').click()");
+            };
+            // A wrong token is refused, and the page says so.
+            submit(&mut chrome, "not-the-token");
+            chrome.wait_for(
+                "document.getElementById('auth-msg').textContent === 'That token was refused.'",
+                Duration::from_secs(10),
+            );
+            submit(&mut chrome, token);
         }
         chrome.wait_for(&live, Duration::from_secs(20));
         // A few more polls, so the charts have a line to draw.
