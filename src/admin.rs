@@ -1,9 +1,11 @@
 //! The admin listener: `GET /health`, `GET /ready`, `GET /stats` (JSON) and `GET /metrics` (Prometheus),
-//! behind a bearer token when one is configured.
+//! behind a bearer token when one is configured, and the live dashboard page (`GET /`).
 
 mod backends;
 mod cache;
+mod dashboard;
 mod guard;
+mod live;
 mod ready;
 
 use std::sync::atomic::Ordering;
@@ -155,6 +157,7 @@ impl Admin {
                     json!({
                         "names": c.names,
                         "not_after": c.expires(),
+                        "days_left": live::days_left(c.not_after, live::unix_now()),
                         "cert": c.cert_path.as_ref().map(|p| p.display().to_string()),
                         "key": c.key_path.as_ref().map(|p| p.display().to_string()),
                     })
@@ -166,14 +169,14 @@ impl Admin {
                 "certificates": certificates,
             })
         });
-        json!({
+        let mut doc = json!({
             "version": runtime.version,
             "routes": routes,
             "tls": tls,
             "uptime_seconds": self.shared.started.elapsed().as_secs_f64(),
             "requests_total": self.shared.requests_total(),
             "active_requests": self.shared.active_requests(),
-            "refused_connections": self.shared.refused_connections(),
+            "refused_connections": self.shared.refused_connections.total(),
             "config_file": self.shared.config_path.as_ref().map(|p| p.display().to_string()),
             "last_reload": last_reload,
             "health_check_tasks": self.shared.health_tasks(),
@@ -193,7 +196,9 @@ impl Admin {
                     )
                 })
                 .collect::<serde_json::Map<String, Value>>(),
-        })
+        });
+        live::add(&mut doc, &self.shared);
+        doc
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -259,9 +264,8 @@ impl ServeHttp for Admin {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let allowed: &[Method] = match path.as_str() {
-            "/health" | "/ready" | "/stats" | "/metrics" | "/cache/entry" | "/cache/top" => {
-                &[Method::GET, Method::HEAD]
-            }
+            "/health" | "/ready" | "/stats" | "/metrics" | "/cache/entry" | "/cache/top" | "/"
+            | "/dashboard" => &[Method::GET, Method::HEAD],
             "/reload" | "/cache/purge" => &[Method::POST],
             p if backends::target(p).is_some() => &[Method::POST],
             _ => return text(StatusCode::NOT_FOUND, "404 Not Found\n"),
@@ -293,7 +297,9 @@ impl ServeHttp for Admin {
             };
             return json_reply(status, &json!({ "ready": ready }));
         }
-        if path != "/health" && !authorized {
+        // The page holds no data: it asks for the token and sends it on its own requests.
+        let page = path == "/" || path == "/dashboard";
+        if path != "/health" && !page && !authorized {
             let mut resp = text(
                 StatusCode::UNAUTHORIZED,
                 "401 Unauthorized: bearer token required\n",
@@ -318,6 +324,7 @@ impl ServeHttp for Admin {
         }
         match path.as_str() {
             "/health" => text(StatusCode::OK, "ok"),
+            "/" | "/dashboard" => dashboard::page(method == Method::HEAD),
             "/ready" => match ready::check(&self.shared).await {
                 Ok(doc) => json_reply(StatusCode::OK, &doc),
                 Err(doc) => json_reply(StatusCode::SERVICE_UNAVAILABLE, &doc),

@@ -20,7 +20,7 @@
 //! - [`metrics`]: Prometheus series.
 //! - [`access_log`]: the per-request access log, written off the request path.
 //! - [`logging`]: the logger, with Pingora's pool race counted instead of logged as an error.
-//! - [`admin`]: the admin listener (health, stats, metrics, reload).
+//! - [`admin`]: the admin listener (health, stats, metrics, reload) and the live dashboard page.
 //! - [`reload`]: live config reload (SIGHUP, admin, file watch).
 //! - [`watch`]: debounced file watching (the config file, certificates).
 //! - [`app`]: builds the Pingora server from a config and runs it.

@@ -10,9 +10,11 @@ use prometheus::{
     TextEncoder,
 };
 
+mod recent;
 mod snapshot;
 
-pub use snapshot::Snapshot;
+pub use recent::Recent;
+pub use snapshot::{RefusedConnections, Snapshot};
 
 use crate::cache::Lookup;
 use crate::policy::Refusal;
@@ -110,6 +112,8 @@ pub struct Metrics {
     policy_refused: IntCounterVec,
     /// `client_requests` for (http/1.1, h2) × (plain, TLS), resolved on first use.
     protocols: [OnceLock<IntCounter>; 4],
+    /// The last seconds of latency and the status classes, for `/stats`.
+    pub recent: Recent,
 }
 
 impl Default for Metrics {
@@ -281,6 +285,7 @@ impl Metrics {
             client_requests,
             policy_refused,
             protocols: Default::default(),
+            recent: Recent::default(),
             requests_total,
             request_duration,
             reloads_total,
@@ -387,6 +392,7 @@ impl Metrics {
     /// Records one finished client request on a route.
     pub fn observe_route_request(&self, series: &RouteSeries, code: u16, seconds: f64) {
         let (route, upstream) = (series.route.as_str(), series.upstream.as_str());
+        self.recent.observe(code, seconds);
         if code == 200 {
             series
                 .ok
@@ -406,6 +412,7 @@ impl Metrics {
 
     /// Records one finished client request by its labels (requests that matched no route).
     pub fn observe_request(&self, route: &str, upstream: &str, code: u16, seconds: f64) {
+        self.recent.observe(code, seconds);
         self.count_request(route, upstream, code);
         self.request_duration
             .with_label_values(&[route])

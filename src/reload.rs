@@ -68,10 +68,12 @@ pub fn reload(shared: &Shared, trigger: &str) -> Result<ReloadOutcome, ReloadErr
         }
     };
     shared.metrics.observe_reload(ok);
-    *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastReload {
+    shared.record_reload(LastReload {
         ok,
         error,
         at: SystemTime::now(),
+        trigger: trigger.to_string(),
+        version: shared.runtime().version,
     });
     result
 }
@@ -212,6 +214,12 @@ pub fn watch_certificates(shared: Arc<Shared>) {
         .spawn(move || {
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             let mut watching: Vec<std::path::PathBuf> = Vec::new();
+            // What the watched files held at the last look: reading them (as every reload
+            // does) is an event too, and must not reload again.
+            let read = |files: &[std::path::PathBuf]| -> Vec<Option<Vec<u8>>> {
+                files.iter().map(|f| std::fs::read(f).ok()).collect()
+            };
+            let mut contents = Vec::new();
             let mut _watch: Option<FileWatch> = None;
             loop {
                 let files = shared
@@ -233,11 +241,16 @@ pub fn watch_certificates(shared: Arc<Shared>) {
                             Err(e) => log::warn!("cannot watch the certificate files: {e}"),
                         }
                     }
+                    contents = read(&files);
                     watching = files;
                 }
                 if rx.recv_timeout(std::time::Duration::from_secs(1)).is_ok() {
                     while rx.try_recv().is_ok() {}
-                    let _ = reload(&shared, "certificate change");
+                    let now = read(&watching);
+                    if now != contents {
+                        contents = now;
+                        let _ = reload(&shared, "certificate change");
+                    }
                 }
             }
         });

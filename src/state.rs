@@ -1,7 +1,7 @@
 //! The state every part shares: the running config as an atomically swapped [`Runtime`], and
 //! process-wide counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +17,7 @@ use crate::compress::CompressionStats;
 use crate::config::Warm;
 use crate::config::{BackendSpec, DiscoverSpec, Upstream};
 use crate::config::{Config, HostMatch, Route};
-use crate::metrics::{Metrics, RouteSeries, Snapshot};
+use crate::metrics::{Metrics, RefusedConnections, RouteSeries, Snapshot};
 use crate::policy::cluster::ClusterLimiter;
 use crate::policy::rate::Limiter;
 use crate::route::Router;
@@ -157,13 +157,20 @@ fn route_label(route: &Route) -> String {
     }
 }
 
-/// The outcome of the last reload, for `/stats`.
+/// The outcome of a reload, for `/stats`.
 #[derive(Debug, Clone)]
 pub struct LastReload {
     pub ok: bool,
     pub error: Option<String>,
     pub at: SystemTime,
+    /// What asked for it: `signal`, `admin`, `file watch`, …
+    pub trigger: String,
+    /// The config version running after it.
+    pub version: u64,
 }
+
+/// Reloads `/stats` lists under `reloads`, the newest last.
+pub const RECENT_RELOADS: usize = 10;
 
 /// Shared by the proxy, the admin endpoint, the health checker and the reloader.
 #[derive(Debug)]
@@ -184,8 +191,10 @@ pub struct Shared {
     /// Requests from their first byte to their response (see [`Shared::start_request`]).
     started_requests: AtomicU64,
     health_tasks: AtomicUsize,
-    refused_connections: AtomicU64,
-    pub(crate) last_reload: Mutex<Option<LastReload>>,
+    /// Client connections the front end refused, by reason.
+    pub refused_connections: RefusedConnections,
+    /// The last [`RECENT_RELOADS`] reloads, oldest first.
+    reloads: Mutex<VecDeque<LastReload>>,
     /// Held while a reload builds and swaps, so that reloads never interleave.
     pub(crate) reload_lock: Mutex<()>,
     /// A graceful shutdown began: `/ready` answers 503 from then on.
@@ -210,8 +219,8 @@ impl Shared {
             active_requests: AtomicU64::new(0),
             started_requests: AtomicU64::new(0),
             health_tasks: AtomicUsize::new(0),
-            refused_connections: AtomicU64::new(0),
-            last_reload: Mutex::new(None),
+            refused_connections: RefusedConnections::default(),
+            reloads: Mutex::new(VecDeque::with_capacity(RECENT_RELOADS)),
             reload_lock: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             discovery: Statuses::default(),
@@ -254,6 +263,7 @@ impl Shared {
                 .as_ref()
                 .map_or(&[][..], |t| t.certificates.as_slice()),
             discovery_failures: self.discovery.failures(),
+            refused_connections: &self.refused_connections,
         })
     }
 
@@ -285,15 +295,6 @@ impl Shared {
         StartedRequest(&self.started_requests)
     }
 
-    /// Counts a client connection refused over `server.max_connections`.
-    pub fn count_refused_connection(&self) {
-        self.refused_connections.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn refused_connections(&self) -> u64 {
-        self.refused_connections.load(Ordering::Relaxed)
-    }
-
     /// Marks the start of a graceful shutdown (`/ready` answers 503 from now on).
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
@@ -313,10 +314,26 @@ impl Shared {
     }
 
     pub fn last_reload(&self) -> Option<LastReload> {
-        self.last_reload
+        self.reloads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .back()
+            .cloned()
+    }
+
+    /// The last few reloads, oldest first.
+    pub fn recent_reloads(&self) -> Vec<LastReload> {
+        let reloads = self.reloads.lock().unwrap_or_else(|e| e.into_inner());
+        reloads.iter().cloned().collect()
+    }
+
+    /// Records a reload's outcome, forgetting the oldest past [`RECENT_RELOADS`].
+    pub fn record_reload(&self, reload: LastReload) {
+        let mut reloads = self.reloads.lock().unwrap_or_else(|e| e.into_inner());
+        if reloads.len() == RECENT_RELOADS {
+            reloads.pop_front();
+        }
+        reloads.push_back(reload);
     }
 
     /// Counts a new client request until the guard drops.

@@ -129,6 +129,7 @@ pub struct FileServer {
     #[serde(default, deserialize_with = "text")]
     pub keepalive_timeout: Option<String>,
     pub max_connections: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
     #[serde(default, deserialize_with = "text")]
     pub max_header_size: Option<String>,
     #[serde(default, deserialize_with = "text")]

@@ -28,6 +28,9 @@ pub struct Server {
     pub keepalive_timeout: Duration,
     /// Client connections open at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Client connections open at once from one client address; more are refused like
+    /// those over `max_connections`. `None`: no per-address limit.
+    pub max_connections_per_ip: Option<usize>,
     /// Largest request header (request line and fields); larger gets 431.
     pub max_header_size: u64,
     /// Largest request body; larger gets 413.
@@ -94,6 +97,15 @@ impl TryFrom<FileServer> for Server {
             Some(n) if n >= 1 => n as usize,
             Some(_) => return Err(key.field("max_connections").invalid("must be at least 1")),
         };
+        let max_connections_per_ip = match raw.max_connections_per_ip {
+            None => None,
+            Some(n) if n >= 1 => Some(n as usize),
+            Some(_) => {
+                return Err(key
+                    .field("max_connections_per_ip")
+                    .invalid("must be at least 1"))
+            }
+        };
         let server_header = match raw.server_header {
             None => Some("switchyard".to_string()),
             Some(h) if h.is_empty() => None,
@@ -155,6 +167,7 @@ impl TryFrom<FileServer> for Server {
                 .field("keepalive_timeout")
                 .duration(raw.keepalive_timeout.as_deref(), Duration::from_secs(60))?,
             max_connections,
+            max_connections_per_ip,
             max_header_size: key
                 .field("max_header_size")
                 .size(raw.max_header_size.as_deref(), 64 << 10)?,

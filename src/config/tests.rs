@@ -533,15 +533,17 @@ fn limits_parse_with_defaults() {
     assert_eq!(c.server.header_timeout, Duration::from_secs(10));
     assert_eq!(c.server.keepalive_timeout, Duration::from_secs(60));
     assert_eq!(c.server.max_connections, 10_000);
+    assert_eq!(c.server.max_connections_per_ip, None);
     assert_eq!(c.server.max_header_size, 64 << 10);
     assert_eq!(c.server.max_body_size, 16 << 20);
     assert_eq!(c.server.server_header.as_deref(), Some("switchyard"));
     let text = format!(
-        "server:\n  max_connections: 5\n  max_header_size: 8KiB\n  max_body_size: 1MiB\n  header_timeout: 2s\n  server_header: \"\"\n{}",
+        "server:\n  max_connections: 5\n  max_connections_per_ip: 2\n  max_header_size: 8KiB\n  max_body_size: 1MiB\n  header_timeout: 2s\n  server_header: \"\"\n{}",
         BASE.replace("  assessments:\n", "  assessments:\n    max_in_flight: 3\n")
     );
     let c = parse(&text).unwrap();
     assert_eq!(c.server.max_connections, 5);
+    assert_eq!(c.server.max_connections_per_ip, Some(2));
     assert_eq!(c.server.server_header, None);
     assert_eq!(c.upstreams["assessments"].max_in_flight, Some(3));
 }
@@ -564,6 +566,11 @@ fn admin_off_loopback_needs_a_token() {
     rejects(
         &format!("server:\n  max_connections: 0\n{BASE}"),
         "server.max_connections",
+        "at least 1",
+    );
+    rejects(
+        &format!("server:\n  max_connections_per_ip: 0\n{BASE}"),
+        "server.max_connections_per_ip",
         "at least 1",
     );
 }

@@ -15,6 +15,35 @@ use crate::policy::cluster::STATS as CLUSTER;
 use crate::upstream::capacity::AdminState;
 use crate::upstream::{Backend, Pool};
 
+/// Client connections the front end refused, by reason.
+#[derive(Debug, Default)]
+pub struct RefusedConnections {
+    /// Over `server.max_connections`.
+    pub max_connections: AtomicU64,
+    /// Over `server.max_connections_per_ip`.
+    pub max_connections_per_ip: AtomicU64,
+}
+
+impl RefusedConnections {
+    /// `(reason, count)` for each reason.
+    pub fn rows(&self) -> [(&'static str, u64); 2] {
+        [
+            (
+                "max_connections",
+                self.max_connections.load(Ordering::Relaxed),
+            ),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.rows().iter().map(|(_, n)| n).sum()
+    }
+}
+
 /// The live state that metrics read at scrape time, handed over by its owner (the shared
 /// state), so that this module reads atomics it is given and never the state itself.
 #[derive(Debug)]
@@ -32,6 +61,7 @@ pub struct Snapshot<'a> {
     pub certificates: &'a [crate::tls::Certificate],
     /// Failed service-discovery resolutions, per discovering upstream.
     pub discovery_failures: Vec<(String, u64)>,
+    pub refused_connections: &'a RefusedConnections,
 }
 
 impl Snapshot<'_> {
@@ -176,6 +206,14 @@ impl Snapshot<'_> {
             "Cluster rate-limit checks Redis answered",
             MetricType::COUNTER,
             [(vec![], load(&CLUSTER.checks))],
+        ));
+        out.push(family(
+            "switchyard_connections_refused_total",
+            "Client connections refused by the front end, by reason (max_connections, max_connections_per_ip)",
+            MetricType::COUNTER,
+            self.refused_connections
+                .rows()
+                .map(|(reason, n)| (vec![("reason", reason.to_string())], n as f64)),
         ));
         out.push(family(
             "switchyard_upstream_pool_acquire_races_total",

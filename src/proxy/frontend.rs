@@ -4,7 +4,7 @@
 //! reading each request header under one deadline and a size limit (see `reader`) and the
 //! wait for the next request on an idle keep-alive connection.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,7 @@ use super::h2_streams::{self, H2Streams};
 use super::handshake;
 use super::proxy_protocol;
 use super::reader::{self, Head, HeaderError, READ_CHUNK};
+use super::refusals::{self, Known, PerIp, Refused};
 use super::Proxy;
 use crate::config::Server;
 use crate::state::Shared;
@@ -39,6 +40,8 @@ pub struct Frontend {
     proxy: Arc<HttpProxy<Proxy>>,
     shared: Arc<Shared>,
     connections: AtomicUsize,
+    /// Open connections by client address (`server.max_connections_per_ip`).
+    per_ip: PerIp,
     /// The TLS listen addresses: a connection that arrived on one is TLS.
     tls_listen: Vec<SocketAddr>,
     /// HTTP/2 handlers in flight per connection, shared with the proxy.
@@ -89,6 +92,7 @@ impl Frontend {
             proxy: Arc::new(proxy),
             shared,
             connections: AtomicUsize::new(0),
+            per_ip: PerIp::default(),
             tls_listen,
             streams,
         }
@@ -229,17 +233,25 @@ impl Frontend {
         }
     }
 
-    /// Answers 503 on a connection over `server.max_connections`, once its request is read.
-    async fn refuse_connection(mut stream: Stream, server: &Server) {
+    /// Answers 503 on a connection over `server.max_connections` or
+    /// `server.max_connections_per_ip`, once its request is read, and logs it.
+    async fn refuse_connection(&self, mut stream: Stream, refused: Refused, known: Known<'_>) {
+        let runtime = self.shared.runtime();
+        let server = &runtime.config.server;
         let timing = Timing::from(server);
         let deadline = Instant::now() + REFUSAL_READ_TIMEOUT.min(timing.header_timeout);
         let buf = BytesMut::with_capacity(READ_CHUNK);
-        match reader::read_head(&mut stream, buf, deadline, timing.header_limit).await {
-            Ok(_) | Err(HeaderError::TooLarge(_)) => {
-                errors::refuse(stream, 503, "too many connections", server).await
-            }
-            Err(_) => {}
-        }
+        let line = match reader::read_head(&mut stream, buf, deadline, timing.header_limit).await {
+            Ok(head) => reader::request_line(&head.head),
+            Err(HeaderError::TooLarge(_, line)) => line,
+            Err(_) => return,
+        };
+        let known = Known {
+            line: line.as_ref(),
+            ..known
+        };
+        refusals::log(&self.shared, refused, known);
+        errors::refuse(stream, refused.status(), refused.detail(), server).await
     }
 
     /// Serves the requests of one connection until it closes or is not kept alive.
@@ -247,6 +259,7 @@ impl Frontend {
         &self,
         mut stream: Stream,
         tls: bool,
+        known: Known<'_>,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let accepted = Instant::now();
@@ -286,19 +299,21 @@ impl Frontend {
             }
             // From its first byte to its response, a graceful shutdown waits for this request.
             let _started = self.shared.start_request();
+            let began = Instant::now().into_std();
             let read = reader::read_head(&mut stream, buf, deadline, timing.header_limit).await;
-            let Head { head, next } = match read {
+            let Head {
+                head,
+                next,
+                invalid,
+            } = match read {
                 Ok(head) => head,
-                Err(HeaderError::TooLarge(_)) => {
-                    let runtime = self.shared.runtime();
-                    let server = &runtime.config.server;
-                    Box::pin(errors::refuse(
-                        stream,
-                        431,
-                        "request header too large",
-                        server,
-                    ))
-                    .await;
+                Err(HeaderError::TooLarge(_, line)) => {
+                    let known = Known {
+                        started: began,
+                        line: line.as_ref(),
+                        ..known.clone()
+                    };
+                    Box::pin(self.refuse_request(stream, Refused::HeaderTooLarge, known)).await;
                     return None;
                 }
                 Err(e) => {
@@ -307,6 +322,16 @@ impl Frontend {
                     return None;
                 }
             };
+            if invalid && refusals::pingora_refuses(&head).await {
+                let line = reader::request_line(&head);
+                let known = Known {
+                    started: began,
+                    line: line.as_ref(),
+                    ..known.clone()
+                };
+                Box::pin(self.refuse_request(stream, Refused::MalformedHeader, known)).await;
+                return None;
+            }
             pipelined = next;
             let mut session = ServerSession::new_http1(stream);
             if let Some(persistent) = persistent.take() {
@@ -332,6 +357,28 @@ impl Frontend {
     }
 }
 
+impl Frontend {
+    /// Answers a request the front end refuses (431, 400) and closes, with its log line.
+    async fn refuse_request(&self, stream: Stream, refused: Refused, known: Known<'_>) {
+        refusals::log(&self.shared, refused, known);
+        let runtime = self.shared.runtime();
+        errors::refuse(
+            stream,
+            refused.status(),
+            refused.detail(),
+            &runtime.config.server,
+        )
+        .await;
+    }
+}
+
+/// The client's address: the socket peer, or the PROXY protocol header's source.
+fn client_ip(stream: &Stream) -> Option<IpAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+}
+
 /// Once shutdown begins (SIGTERM, or the end of a graceful upgrade), how long a connection
 /// waiting for its next request still waits before it is closed.
 pub const LAST_CALL: Duration = Duration::from_millis(300);
@@ -352,7 +399,7 @@ impl ServerApp for Frontend {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limit = self.shared.runtime().config.server.max_connections;
+        let accepted = std::time::Instant::now();
         let open = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
         let _slot = Slot(&self.connections);
         let tls = self.arrived_on_tls(&stream);
@@ -361,22 +408,55 @@ impl ServerApp for Frontend {
         } else {
             stream
         };
+        let client_ip = client_ip(&stream);
+        let (_ip_slot, open_from_ip) = match client_ip {
+            Some(ip) => {
+                let (slot, n) = self.per_ip.enter(ip);
+                (Some(slot), n)
+            }
+            None => (None, 0),
+        };
         let stream = if tls {
             Box::pin(handshake::accept(stream, &self.shared)).await?
         } else {
             stream
         };
-        if open > limit {
-            self.shared.count_refused_connection();
-            // Boxed: its reads would otherwise size every connection's future.
+        let known = Known {
+            client_ip,
+            tls_version: stream.get_ssl_digest().map(|d| d.version.to_string()),
+            started: accepted,
+            line: None,
+        };
+        let refused = {
             let runtime = self.shared.runtime();
-            Box::pin(Self::refuse_connection(stream, &runtime.config.server)).await;
+            let server = &runtime.config.server;
+            if open > server.max_connections {
+                Some(Refused::MaxConnections)
+            } else if server
+                .max_connections_per_ip
+                .is_some_and(|limit| open_from_ip as usize > limit)
+            {
+                Some(Refused::MaxConnectionsPerIp)
+            } else {
+                None
+            }
+        };
+        if let Some(refused) = refused {
+            let counter = match refused {
+                Refused::MaxConnectionsPerIp => {
+                    &self.shared.refused_connections.max_connections_per_ip
+                }
+                _ => &self.shared.refused_connections.max_connections,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            // Boxed: its reads would otherwise size every connection's future.
+            Box::pin(self.refuse_connection(stream, refused, known)).await;
             return None;
         }
         if tls && matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.serve_h2(stream, &[], shutdown).await;
         }
-        self.serve(stream, tls, shutdown).await
+        self.serve(stream, tls, known, shutdown).await
     }
 
     async fn cleanup(&self) {

@@ -16,6 +16,7 @@ pub mod observe;
 pub mod proxy_protocol;
 pub mod reader;
 pub mod redirect;
+pub mod refusals;
 pub mod retry;
 pub mod trace;
 

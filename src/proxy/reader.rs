@@ -23,19 +23,52 @@ pub enum HeaderError {
     Closed,
     #[error("request header not complete within the header timeout")]
     TimedOut,
+    /// Over the limit; with the request line when it had arrived.
     #[error("request header larger than {0} bytes")]
-    TooLarge(usize),
+    TooLarge(usize, Option<RequestLine>),
     #[error("reading the request header: {0}")]
     Io(#[from] std::io::Error),
 }
 
 /// A request as read: `head` is this request's header plus whatever of its body (or anything
 /// else) came with it; `next` is the start of a following pipelined request, when the request's
-/// end was known and more bytes had already arrived.
+/// end was known and more bytes had already arrived. `invalid`: our parser refused the header
+/// (Pingora's parser decides: it answers 400, or accepts a request line it can escape).
 #[derive(Debug)]
 pub struct Head {
     pub head: BytesMut,
     pub next: Option<BytesMut>,
+    pub invalid: bool,
+}
+
+/// The method and target of a request line, for the log line of a refused request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLine {
+    pub method: String,
+    pub target: String,
+}
+
+/// The method and target at the start of `buf` (after any empty lines), when a whole request
+/// line of visible ASCII is there.
+pub fn request_line(buf: &[u8]) -> Option<RequestLine> {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    let rest = &buf[start..];
+    let line = &rest[..rest.iter().position(|&b| b == b'\n')?];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let token = |s: &[u8]| !s.is_empty() && s.iter().all(|b| b.is_ascii_graphic());
+    if !token(method) || !token(target) || !version.starts_with(b"HTTP/") {
+        return None;
+    }
+    Some(RequestLine {
+        method: String::from_utf8_lossy(method).into_owned(),
+        target: String::from_utf8_lossy(target).into_owned(),
+    })
+}
+
+fn too_large(buf: &[u8], limit: usize) -> HeaderError {
+    HeaderError::TooLarge(limit, request_line(buf))
 }
 
 /// Reads into `buf` (which may already hold the start of the request) until the header is
@@ -62,15 +95,16 @@ async fn fill<R: AsyncRead + Unpin>(
         while let Some(at) = blank_line(&buf, from) {
             match parse(&buf) {
                 Parsed::Complete { header, .. } if header > limit => {
-                    return Err(HeaderError::TooLarge(limit))
+                    return Err(too_large(&buf, limit))
                 }
                 Parsed::Complete { header, body } => return Ok(split(buf, header, body)),
-                Parsed::Invalid if at >= limit => return Err(HeaderError::TooLarge(limit)),
+                Parsed::Invalid if at >= limit => return Err(too_large(&buf, limit)),
                 // Pingora's parser answers it (400, or it escapes a sloppy request line).
                 Parsed::Invalid => {
                     return Ok(Head {
                         head: buf,
                         next: None,
+                        invalid: true,
                     })
                 }
                 // A blank line before the request line (RFC 9112 §2.2): look further.
@@ -79,7 +113,7 @@ async fn fill<R: AsyncRead + Unpin>(
         }
         from = from.max(buf.len().saturating_sub(2));
         if buf.len() > limit {
-            return Err(HeaderError::TooLarge(limit));
+            return Err(too_large(&buf, limit));
         }
         // Never more than one byte past the limit, READ_CHUNK at a time.
         let room = (limit + 1 - buf.len()).min(READ_CHUNK);
@@ -157,7 +191,11 @@ fn split(mut buf: BytesMut, header: usize, body: Option<u64>) -> Head {
         .and_then(|b| header.checked_add(b))
         .filter(|&end| end < buf.len());
     let next = end.map(|end| buf.split_off(end));
-    Head { head: buf, next }
+    Head {
+        head: buf,
+        next,
+        invalid: false,
+    }
 }
 
 #[cfg(test)]
@@ -198,10 +236,12 @@ mod tests {
     #[tokio::test]
     async fn stops_past_the_limit() {
         let endless = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 5000]].concat();
-        assert!(matches!(
-            read(&endless, 1024).await,
-            Err(HeaderError::TooLarge(1024))
-        ));
+        let too_large = read(&endless, 1024).await;
+        let line = RequestLine {
+            method: "GET".into(),
+            target: "/".into(),
+        };
+        assert!(matches!(too_large, Err(HeaderError::TooLarge(1024, Some(l))) if l == line));
         let big = [
             b"GET / HTTP/1.1\r\nX: ".as_slice(),
             &[b'a'; 1100],
@@ -210,7 +250,12 @@ mod tests {
         .concat();
         assert!(matches!(
             read(&big, 1024).await,
-            Err(HeaderError::TooLarge(1024))
+            Err(HeaderError::TooLarge(1024, Some(_)))
+        ));
+        let no_line = [b"GET /".as_slice(), &[b'a'; 2000]].concat();
+        assert!(matches!(
+            read(&no_line, 1024).await,
+            Err(HeaderError::TooLarge(1024, None))
         ));
         assert!(read(&big, 2048).await.is_ok());
         assert!(matches!(
@@ -225,11 +270,29 @@ mod tests {
         let bare = b"GET / HTTP/1.1\nHost: a\n\n";
         assert_eq!(&read(bare, 1000).await.unwrap().head[..], &bare[..]);
         let garbage = b"GARBAGE\r\n\r\n";
-        assert_eq!(&read(garbage, 1000).await.unwrap().head[..], &garbage[..]);
+        let head = read(garbage, 1000).await.unwrap();
+        assert_eq!(&head.head[..], &garbage[..]);
+        assert!(head.invalid);
         // An empty line before the request line is skipped, not taken for the end.
         let leading = b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
         let head = read(leading, 1000).await.unwrap();
         assert_eq!(&head.head[..], &leading[..]);
+        assert!(!head.invalid);
+    }
+
+    #[test]
+    fn request_lines() {
+        let line = request_line(b"\r\nPOST /a?b=1 HTTP/1.1\r\nHost: x\r\n").unwrap();
+        assert_eq!(
+            (line.method.as_str(), line.target.as_str()),
+            ("POST", "/a?b=1")
+        );
+        assert!(
+            request_line(b"GET /a HTTP/1.1").is_none(),
+            "no line end yet"
+        );
+        assert!(request_line(b"GARBAGE\r\n").is_none());
+        assert!(request_line(b"GET /\x01 HTTP/1.1\r\n").is_none());
     }
 
     #[tokio::test]
