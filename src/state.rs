@@ -17,6 +17,7 @@ use crate::compress::CompressionStats;
 use crate::config::Warm;
 use crate::config::{Config, HostMatch, Route};
 use crate::metrics::{Metrics, RouteSeries, Snapshot};
+use crate::policy::auth::Verified;
 use crate::policy::rate::Limiter;
 use crate::route::Router;
 use crate::upstream::health::PoolSource;
@@ -34,6 +35,8 @@ pub struct Runtime {
     pub route_series: Vec<RouteSeries>,
     /// The rate limiter of each route that has one, in config order.
     pub limiters: Vec<Option<Arc<Limiter>>>,
+    /// Successful `basic_auth` verifications of this version (empty after each reload).
+    pub verified: Verified,
     /// Backends no longer configured that still had requests in flight at the last reload.
     pub draining: Vec<(String, Arc<Backend>)>,
     /// The TLS server config new handshakes use (`None`: no `tls` block).
@@ -108,6 +111,7 @@ impl Runtime {
         Runtime {
             tls,
             limiters,
+            verified: Verified::default(),
             version,
             router: Router::new(&config.routes),
             route_series: config

@@ -3,15 +3,19 @@
 //!
 //! Two layers, as in River: [`file`] holds the serde structs as written, and one module per
 //! section turns its part into the validated type ([`server`], [`admin`], [`upstream`],
-//! [`route`], [`cache`], [`compression`], [`tls`], [`access_log`]); [`key`] tracks key paths for their errors.
+//! [`route`] with [`rewrite`], [`auth`] and [`error_pages`], [`cache`], [`compression`], [`tls`],
+//! [`access_log`]); [`key`] tracks key paths for their errors.
 
 mod access_log;
 mod admin;
+mod auth;
 mod cache;
 mod compression;
+mod error_pages;
 mod file;
 mod key;
 mod policy;
+mod rewrite;
 mod route;
 mod server;
 mod tls;
@@ -27,10 +31,13 @@ pub use access_log::{
     AccessLog, Field as LogField, LogFormat, LogTarget, Piece as LogPiece, Var as LogVar,
 };
 pub use admin::Admin;
+pub use auth::{BasicAuth, PasswordHash};
 pub use cache::{
     Cache, ClientCacheControl, CookiePolicy, RedisTier, RouteCache, MAX_OBJECT_SIZE_LIMIT,
 };
+pub use error_pages::{ErrorPage, ErrorPages, MAX_ERROR_PAGE};
 pub use policy::{Access, HeaderRules, Part, Pattern, RateKey, RateLimit, Template, ValueMatch};
+pub use rewrite::{Redirect, Rewrite, UrlPart, UrlTemplate};
 pub use route::{HostMatch, Route};
 pub use server::Server;
 pub use tls::{Alpn, Tls, TlsVersion};
