@@ -10,7 +10,8 @@
 //! - [`proxy`]: the front end (connections, TLS handshakes, HTTP/1.1 and HTTP/2) and the
 //!   `ProxyHttp` phases.
 //! - [`route`]: picks the route by host, path, method, headers and query.
-//! - [`policy`]: path normalisation, access rules, rate limits (local and cluster) and header rules.
+//! - [`policy`]: path normalisation, access rules, rate limits (local and cluster), basic auth,
+//!   redirect and rewrite templates, and header rules.
 //! - [`cache`]: the response cache (RFC 9111) on a TinyUFO memory storage.
 //! - [`compress`]: gzip, brotli and zstd, negotiated per request.
 //! - [`etag`]: ETags and conditional requests.

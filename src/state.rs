@@ -18,6 +18,7 @@ use crate::config::Warm;
 use crate::config::{BackendSpec, DiscoverSpec, Upstream};
 use crate::config::{Config, HostMatch, Route};
 use crate::metrics::{Metrics, RefusedConnections, RouteSeries, Snapshot};
+use crate::policy::auth::Verified;
 use crate::policy::cluster::ClusterLimiter;
 use crate::policy::rate::Limiter;
 use crate::route::Router;
@@ -39,6 +40,8 @@ pub struct Runtime {
     pub limiters: Vec<Option<Arc<Limiter>>>,
     /// Where `scope: cluster` limits count (`rate_limits.redis`), when a route has one.
     pub cluster: Option<Arc<ClusterLimiter>>,
+    /// Successful `basic_auth` verifications of this version (empty after each reload).
+    pub verified: Verified,
     /// Backends no longer configured that still had requests in flight at the last reload.
     pub draining: Vec<(String, Arc<Backend>)>,
     /// The TLS server config new handshakes use (`None`: no `tls` block).
@@ -121,6 +124,7 @@ impl Runtime {
             tls,
             limiters,
             cluster,
+            verified: Verified::default(),
             version,
             router: Router::new(&config.routes),
             route_series: config

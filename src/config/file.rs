@@ -144,6 +144,8 @@ pub struct FileServer {
     pub access: Option<FileAccess>,
     pub request_headers: Option<FileHeaderRules>,
     pub response_headers: Option<FileHeaderRules>,
+    /// Status → file sent as the body of the proxy's own error answers.
+    pub error_pages: Option<BTreeMap<u16, String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -297,7 +299,21 @@ pub struct FileRoute {
     pub name: Option<String>,
     #[serde(rename = "match", default)]
     pub matcher: FileMatch,
-    pub upstream: String,
+    /// Required unless the route has a `redirect`.
+    pub upstream: Option<String>,
+    /// The route answers with a redirect itself.
+    pub redirect: Option<FileRedirect>,
+    /// The path sent upstream, rewritten by a regex.
+    pub rewrite: Option<FileRewrite>,
+    pub basic_auth: Option<FileBasicAuth>,
+    /// Status → file, over `server.error_pages`.
+    pub error_pages: Option<BTreeMap<u16, String>>,
+    #[serde(default, deserialize_with = "text")]
+    pub max_body_size: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub read_timeout: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    pub connect_timeout: Option<String>,
     pub cache: Option<FileRouteCache>,
     /// `false`, `true`, or a block overriding the global `compression`.
     pub compression: Option<serde_yaml::Value>,
@@ -391,4 +407,31 @@ pub struct FileHeaderRules {
     pub set: Option<BTreeMap<String, String>>,
     pub add: Option<BTreeMap<String, String>>,
     pub remove: Option<Vec<String>>,
+}
+
+/// `redirect` of a route.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedirect {
+    /// A URL or path with `$host`, `$path`, `$request_uri`, `$query`, `$1`…`$9`, `$name`.
+    pub to: String,
+    /// 301, 302 (default), 303, 307 or 308.
+    pub status: Option<u16>,
+}
+
+/// `rewrite` of a route.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRewrite {
+    pub regex: String,
+    pub to: String,
+}
+
+/// `basic_auth` of a route.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBasicAuth {
+    pub realm: String,
+    /// htpasswd lines `user:hash` (bcrypt or argon2).
+    pub users_file: String,
 }

@@ -3,18 +3,23 @@
 //!
 //! Two layers, as in River: [`file`] holds the serde structs as written, and one module per
 //! section turns its part into the validated type ([`server`], [`admin`], [`upstream`],
-//! [`route`], [`cache`], [`compression`], [`tls`], [`access_log`], [`discovery`]), [`backends`] the backend entries; [`key`] tracks key paths for their errors.
+//! [`route`] with [`rewrite`], [`auth`] and [`error_pages`], [`cache`], [`compression`], [`tls`],
+//! [`access_log`], [`discovery`]), [`backends`] the backend entries; [`key`] tracks key paths for
+//! their errors.
 
 mod access_log;
 mod admin;
+mod auth;
 mod backends;
 mod cache;
 mod capacity;
 mod compression;
 mod discovery;
+mod error_pages;
 mod file;
 mod key;
 mod policy;
+mod rewrite;
 mod route;
 mod server;
 mod tls;
@@ -30,16 +35,19 @@ pub use access_log::{
     AccessLog, Field as LogField, LogFormat, LogTarget, Piece as LogPiece, Var as LogVar,
 };
 pub use admin::Admin;
+pub use auth::{BasicAuth, PasswordHash};
 pub use backends::{BackendSpec, DiscoverSpec, MAX_WEIGHT};
 pub use cache::{
     Cache, ClientCacheControl, CookiePolicy, RedisTier, RouteCache, MAX_OBJECT_SIZE_LIMIT,
 };
 pub use capacity::{Capacity, Keepalive, Queue};
 pub use discovery::Discovery;
+pub use error_pages::{ErrorPage, ErrorPages, MAX_ERROR_PAGE};
 pub use policy::{
     Access, ClusterRedis, HeaderRules, Part, Pattern, RateKey, RateLimit, Scope, Template,
     ValueMatch,
 };
+pub use rewrite::{Redirect, Rewrite, UrlPart, UrlTemplate};
 pub use route::{HostMatch, Route};
 pub use server::Server;
 pub use tls::{Alpn, Tls, TlsVersion};

@@ -2,14 +2,18 @@
 //! (upstream, cache, compression).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::compress;
 
+use super::auth::{self, BasicAuth};
 use super::cache::{route_cache, RouteCache};
 use super::compression;
+use super::error_pages::{error_pages, ErrorPages};
 use super::file::{FileCompression, FileMatch, FileRoute};
 use super::key::{Invalid, Key};
 use super::policy::{self, Access, HeaderRules, Pattern, RateLimit, ValueMatch};
+use super::rewrite::{self, Redirect, Rewrite};
 use super::upstream::Upstream;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +39,21 @@ pub struct Route {
     pub headers: Vec<(http::HeaderName, ValueMatch)>,
     /// Query parameters the request must carry (percent-decoded), sorted by name.
     pub query: Vec<(String, ValueMatch)>,
+    /// Empty when the route answers with a `redirect`.
     pub upstream: String,
+    /// The route answers every request with this redirect; no upstream.
+    pub redirect: Option<Redirect>,
+    /// The path going upstream, rewritten (the cache key keeps the client's).
+    pub rewrite: Option<Rewrite>,
+    pub basic_auth: Option<BasicAuth>,
+    /// Bodies of the proxy's own error answers on this route, over `server.error_pages`.
+    pub error_pages: ErrorPages,
+    /// Over `server.max_body_size`.
+    pub max_body_size: Option<u64>,
+    /// Over the upstream's `read_timeout`.
+    pub read_timeout: Option<Duration>,
+    /// Over the upstream's `connect_timeout`.
+    pub connect_timeout: Option<Duration>,
     /// `None`: responses on this route are not cached.
     pub cache: Option<RouteCache>,
     /// `None`: responses on this route are not compressed.
@@ -93,13 +111,48 @@ pub(super) fn routes(
     let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
         let key = list.index(i);
-        if !upstreams.contains_key(&r.upstream) {
-            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-            return Err(key.field("upstream").invalid(format!(
-                "upstream `{}` is not defined (defined: {})",
-                r.upstream,
-                known.join(", ")
-            )));
+        let upstream = match (r.upstream, &r.redirect) {
+            (Some(name), None) if upstreams.contains_key(&name) => name,
+            (Some(name), None) => {
+                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                return Err(key.field("upstream").invalid(format!(
+                    "upstream `{name}` is not defined (defined: {})",
+                    known.join(", ")
+                )));
+            }
+            (None, Some(_)) => String::new(),
+            (Some(_), Some(_)) => {
+                return Err(key
+                    .field("redirect")
+                    .invalid("a route either redirects or has an upstream, not both: remove one"))
+            }
+            (None, None) => {
+                return Err(key
+                    .field("upstream")
+                    .invalid("missing: a route needs an `upstream` or a `redirect`"))
+            }
+        };
+        if r.redirect.is_some() {
+            let upstream_only = [
+                ("cache", r.cache.is_some()),
+                ("strip_prefix", r.strip_prefix.is_some()),
+                ("upstream_host", r.upstream_host.is_some()),
+                ("rewrite", r.rewrite.is_some()),
+                ("request_headers", r.request_headers.is_some()),
+                ("read_timeout", r.read_timeout.is_some()),
+                ("connect_timeout", r.connect_timeout.is_some()),
+                ("max_body_size", r.max_body_size.is_some()),
+            ];
+            if let Some((name, _)) = upstream_only.iter().find(|(_, set)| *set) {
+                return Err(key.field(name).invalid(
+                    "the route answers with a redirect, so no request goes upstream: remove it",
+                ));
+            }
+        }
+        if r.rewrite.is_some() && r.strip_prefix.is_some() {
+            return Err(key.field("rewrite").invalid(
+                "cannot be combined with strip_prefix: one rewrite says the whole upstream path (rewrite: { regex: \"^/v1(/.*)$\", to: \"$1\" } strips /v1)",
+            ));
         }
         let name = match r.name.as_deref().map(str::trim) {
             None => None,
@@ -151,7 +204,7 @@ pub(super) fn routes(
             }
         };
         route.name = name;
-        route.upstream = r.upstream;
+        route.upstream = upstream;
         route.cache = cache;
         route.compression = compression;
         route.https_redirect = r.https_redirect.unwrap_or(false);
@@ -184,6 +237,41 @@ pub(super) fn routes(
                     "`{h}` is not a host like api.internal or api.internal:8080"
                 )))
             }
+        };
+        route.redirect = match r.redirect {
+            Some(raw) => Some(rewrite::redirect(
+                &key.field("redirect"),
+                raw,
+                route.path_regex.as_ref(),
+            )?),
+            None => None,
+        };
+        route.rewrite = match r.rewrite {
+            Some(raw) => Some(rewrite::rewrite(&key.field("rewrite"), raw)?),
+            None => None,
+        };
+        route.basic_auth = match r.basic_auth {
+            Some(raw) => Some(auth::basic_auth(&key.field("basic_auth"), raw)?),
+            None => None,
+        };
+        route.error_pages = error_pages(&key.field("error_pages"), r.error_pages)?;
+        route.max_body_size = match r.max_body_size.as_deref() {
+            Some(v) => Some(key.field("max_body_size").size(Some(v), 0)?),
+            None => None,
+        };
+        route.read_timeout = match r.read_timeout.as_deref() {
+            Some(v) => Some(
+                key.field("read_timeout")
+                    .duration(Some(v), Duration::ZERO)?,
+            ),
+            None => None,
+        };
+        route.connect_timeout = match r.connect_timeout.as_deref() {
+            Some(v) => Some(
+                key.field("connect_timeout")
+                    .duration(Some(v), Duration::ZERO)?,
+            ),
+            None => None,
         };
         route.request_headers =
             policy::header_rules(&key.field("request_headers"), r.request_headers)?;

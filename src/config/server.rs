@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::error_pages::{error_pages, ErrorPages};
 use super::file::FileServer;
 use super::key::{Invalid, Key};
 use super::policy::{self, Access, HeaderRules};
@@ -54,6 +55,8 @@ pub struct Server {
     /// Header rules for every route, applied before the route's own.
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
+    /// Bodies of the proxy's own error answers, by status (a route's own come first).
+    pub error_pages: ErrorPages,
 }
 
 impl TryFrom<FileServer> for Server {
@@ -151,6 +154,7 @@ impl TryFrom<FileServer> for Server {
                 &key.field("response_headers"),
                 raw.response_headers,
             )?,
+            error_pages: error_pages(&key.field("error_pages"), raw.error_pages)?,
             h2_max_concurrent_streams,
             listen,
             threads,

@@ -797,3 +797,4 @@ fn warm_lists_need_paths_and_a_host() {
     assert_eq!(warm.host, "shop.example", "the route's exact host");
 }
 mod policy;
+mod policy_routes;

@@ -1,11 +1,14 @@
-//! Per-request traffic policy: path normalisation, access rules, rate limits and header rules.
-//! The proxy calls these in the order a request meets them: normalise → route → access →
-//! rate limit → (redirect, cache, upstream) → request headers → response headers.
+//! Per-request traffic policy: path normalisation, access rules, rate limits, basic auth,
+//! redirects and rewrites, and header rules. The proxy calls these in the order a request meets
+//! them: normalise → route → access → rate limit → basic auth → (redirect, cache, upstream) →
+//! rewrite and request headers → response headers.
 
+pub mod auth;
 pub mod cluster;
 pub mod headers;
 pub mod normalize;
 pub mod rate;
+pub mod url;
 
 use std::net::IpAddr;
 
@@ -16,15 +19,18 @@ use crate::config::{Access, Route, Server};
 pub enum Refusal {
     Access,
     RateLimit,
+    /// `basic_auth`: missing or wrong credentials.
+    Auth,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 2] = [Refusal::Access, Refusal::RateLimit];
+    pub const ALL: [Refusal; 3] = [Refusal::Access, Refusal::RateLimit, Refusal::Auth];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Access => "access",
             Refusal::RateLimit => "rate_limit",
+            Refusal::Auth => "basic_auth",
         }
     }
 }

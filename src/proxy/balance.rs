@@ -160,9 +160,18 @@ pub async fn pick(session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPee
         peer.options.set_http_version(2, 2);
         peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
     }
-    peer.options.connection_timeout = Some(pool.connect_timeout);
-    peer.options.read_timeout = Some(pool.read_timeout);
-    peer.options.write_timeout = Some(pool.read_timeout);
+    // The route's timeouts, where it sets them, over the upstream's.
+    let route = ctx.route();
+    let read_timeout = route
+        .and_then(|r| r.read_timeout)
+        .unwrap_or(pool.read_timeout);
+    peer.options.connection_timeout = Some(
+        route
+            .and_then(|r| r.connect_timeout)
+            .unwrap_or(pool.connect_timeout),
+    );
+    peer.options.read_timeout = Some(read_timeout);
+    peer.options.write_timeout = Some(read_timeout);
     peer.options.idle_timeout = Some(pool.capacity.keepalive.idle_timeout);
     Ok(Box::new(peer))
 }

@@ -85,11 +85,29 @@ impl RequestCtx {
             .as_deref()
     }
 
-    /// What an error answer carries: the `Server` header and the request id.
+    /// What an error answer carries: the `Server` header, the request id and the error pages.
     pub fn reply(&self) -> super::errors::Reply<'_> {
         super::errors::Reply {
             server: self.server_header(),
             request_id: Some(self.ids.request_id.as_str()).filter(|id| !id.is_empty()),
+            pages: [
+                self.route()
+                    .map(|r| &r.error_pages)
+                    .filter(|p| !p.is_empty()),
+                self.runtime
+                    .as_ref()
+                    .map(|rt| &rt.config.server.error_pages)
+                    .filter(|p| !p.is_empty()),
+            ],
+        }
+    }
+
+    /// The largest request body: the route's `max_body_size`, else the server's.
+    pub fn max_body_size(&self) -> u64 {
+        match (self.route().and_then(|r| r.max_body_size), &self.runtime) {
+            (Some(limit), _) => limit,
+            (None, Some(rt)) => rt.config.server.max_body_size,
+            (None, None) => u64::MAX,
         }
     }
 

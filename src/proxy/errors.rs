@@ -11,7 +11,7 @@ use pingora_proxy::Session;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::reader::READ_CHUNK;
-use crate::config::Server;
+use crate::config::{ErrorPage, ErrorPages, Server};
 
 /// The status for a failed request, or `None` when the client is gone and nothing can be sent.
 pub fn status_for(e: &Error) -> Option<u16> {
@@ -59,12 +59,21 @@ pub fn body(code: u16, detail: &str) -> String {
     }
 }
 
-/// What an error answer carries besides its status: the `Server` header, and the request id
-/// (as `X-Request-Id` and in the body, so that a user's report can be found in the log).
+/// What an error answer carries besides its status: the `Server` header, the request id
+/// (as `X-Request-Id` and in the body, so that a user's report can be found in the log), and
+/// the error pages that replace the one-line body (the route's, then the server's).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reply<'a> {
     pub server: Option<&'a str>,
     pub request_id: Option<&'a str>,
+    pub pages: [Option<&'a ErrorPages>; 2],
+}
+
+impl Reply<'_> {
+    /// The configured page for `code`: the route's first, then the server's.
+    pub fn page(&self, code: u16) -> Option<&ErrorPage> {
+        self.pages.iter().flatten().find_map(|p| p.get(&code))
+    }
 }
 
 /// Sends `code` with a text body such as `503 Service Unavailable: no healthy backend`, and
@@ -78,7 +87,8 @@ pub async fn respond(
     respond_with(session, code, detail, reply, &[]).await
 }
 
-/// [`respond`] with `extra` fields (`Retry-After` and the `RateLimit` fields of a 429).
+/// [`respond`] with `extra` fields (`Retry-After` and the `RateLimit` fields of a 429, the
+/// `WWW-Authenticate` of a 401). A configured error page for `code` replaces the text body.
 pub async fn respond_with(
     session: &mut Session,
     code: u16,
@@ -86,16 +96,26 @@ pub async fn respond_with(
     reply: Reply<'_>,
     extra: &[(&'static str, String)],
 ) -> Result<()> {
-    let mut body = body(code, detail);
+    let page = reply.page(code);
+    let mut text = String::new();
+    if page.is_none() {
+        text = body(code, detail);
+    }
     let mut resp = ResponseHeader::build(code, Some(6 + extra.len()))?;
     if let Some(server) = reply.server {
         resp.insert_header(http::header::SERVER, server)?;
     }
     if let Some(id) = reply.request_id {
-        body.push_str(&format!("request id {id}\n"));
+        if page.is_none() {
+            text.push_str(&format!("request id {id}\n"));
+        }
         resp.insert_header("x-request-id", id)?;
     }
-    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    let (content_type, body) = match page {
+        Some(page) => (page.content_type, page.body.clone()),
+        None => ("text/plain; charset=utf-8", Bytes::from(text)),
+    };
+    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if code == 503 {
@@ -109,9 +129,7 @@ pub async fn respond_with(
         .write_response_header(Box::new(resp), head_only)
         .await?;
     if !head_only {
-        session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await?;
+        session.write_response_body(Some(body), true).await?;
     }
     Ok(())
 }

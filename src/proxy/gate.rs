@@ -1,5 +1,6 @@
 //! The proxy's side of traffic policy: normalises the path, works out the client IP, and
-//! applies access rules, rate limits and header rules (`crate::policy`) to a routed request.
+//! applies the body limit, access rules, rate limits, basic auth, the upstream path rewrite and
+//! header rules (`crate::policy`) to a routed request.
 
 use std::net::IpAddr;
 
@@ -10,12 +11,14 @@ use pingora_proxy::Session;
 use super::client;
 use super::ctx::RequestCtx;
 use super::errors;
+use super::limits;
 use super::trace;
 use crate::config::Scope;
 use crate::metrics::Metrics;
 use crate::policy::headers::{self, Vars};
 use crate::policy::normalize::normalize;
-use crate::policy::{self, rate, Refusal};
+use crate::policy::url::{self, UrlVars};
+use crate::policy::{self, auth, rate, Refusal};
 
 /// Rewrites the request path into its normal form (forwarded as such). `false`: the path has
 /// a broken escape; the caller answers 400.
@@ -57,9 +60,16 @@ pub fn client_ip(session: &Session, ctx: &RequestCtx) -> Option<IpAddr> {
     ))
 }
 
-/// Access rules, then the route's rate limit. `Ok(true)`: the request was answered (403 or
-/// 429) and goes no further: no upstream, no cache lookup.
+/// The declared body size, access rules, the route's rate limit, then its basic auth.
+/// `Ok(true)`: the request was answered (413, 403, 429 or 401) and goes no further: no
+/// upstream, no cache lookup.
 pub async fn refuse(session: &mut Session, ctx: &RequestCtx, metrics: &Metrics) -> Result<bool> {
+    if let Err(refusal) = limits::body_length(session.req_header(), ctx.max_body_size()) {
+        // The body stays unread: the connection cannot carry another request.
+        session.set_keepalive(None);
+        errors::respond(session, refusal.status(), &refusal.to_string(), ctx.reply()).await?;
+        return Ok(true);
+    }
     let (Some(runtime), Some(ip)) = (&ctx.runtime, ctx.client_ip) else {
         return Ok(false);
     };
@@ -71,25 +81,41 @@ pub async fn refuse(session: &mut Session, ctx: &RequestCtx, metrics: &Metrics) 
     let Some(index) = ctx.route else {
         return Ok(false);
     };
-    let Some(limiter) = runtime.limiters.get(index).and_then(Option::as_ref) else {
+    if let Some(limiter) = runtime.limiters.get(index).and_then(Option::as_ref) {
+        let limit = limiter.limit();
+        let key = rate::key_of(&limit.key, &session.req_header().headers, ip);
+        let cluster = runtime
+            .cluster
+            .as_ref()
+            .filter(|_| limit.scope == Scope::Cluster);
+        let verdict = match (cluster, ctx.series()) {
+            (Some(cluster), Some(series)) => cluster.check(limiter, series.route(), key).await,
+            _ => limiter.check(key),
+        };
+        if let Err(wait) = verdict {
+            metrics.observe_refused(ctx.series(), Refusal::RateLimit);
+            let fields = rate::refusal_fields(limit, wait);
+            errors::respond_with(session, 429, "rate limit exceeded", ctx.reply(), &fields).await?;
+            return Ok(true);
+        }
+    }
+    let Some(basic) = ctx.route().and_then(|r| r.basic_auth.as_ref()) else {
         return Ok(false);
     };
-    let limit = limiter.limit();
-    let key = rate::key_of(&limit.key, &session.req_header().headers, ip);
-    let cluster = runtime
-        .cluster
-        .as_ref()
-        .filter(|_| limit.scope == Scope::Cluster);
-    let verdict = match (cluster, ctx.series()) {
-        (Some(cluster), Some(series)) => cluster.check(limiter, series.route(), key).await,
-        _ => limiter.check(key),
-    };
-    let Err(wait) = verdict else {
+    let headers = &session.req_header().headers;
+    if auth::admits(basic, &runtime.verified, index, headers).await {
         return Ok(false);
-    };
-    metrics.observe_refused(ctx.series(), Refusal::RateLimit);
-    let fields = rate::refusal_fields(limit, wait);
-    errors::respond_with(session, 429, "rate limit exceeded", ctx.reply(), &fields).await?;
+    }
+    metrics.observe_refused(ctx.series(), Refusal::Auth);
+    let challenge = [("www-authenticate", basic.challenge.clone())];
+    errors::respond_with(
+        session,
+        401,
+        "credentials required",
+        ctx.reply(),
+        &challenge,
+    )
+    .await?;
     Ok(true)
 }
 
@@ -104,32 +130,55 @@ fn vars<'a>(ctx: &'a RequestCtx, host: &'a str) -> Vars<'a> {
     }
 }
 
-/// The route's `strip_prefix` and `upstream_host` on the request going upstream (the client's
-/// request, and so the cache key, keeps its path and host).
-pub fn rewrite_upstream(upstream_req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+/// The route's `strip_prefix` or `rewrite`, and `upstream_host`, on the request going upstream
+/// (the client's request, and so the cache key, keeps its path and host). The credentials that
+/// `basic_auth` checked are not forwarded.
+pub fn rewrite_upstream(
+    upstream_req: &mut RequestHeader,
+    ctx: &RequestCtx,
+    host: &str,
+) -> Result<()> {
     let Some(route) = ctx.route() else {
         return Ok(());
     };
-    if let Some(prefix) = &route.strip_prefix {
-        let path = upstream_req.uri.path();
-        let rest = path
-            .strip_prefix(prefix.as_str())
-            .filter(|r| r.is_empty() || r.starts_with('/'));
-        if let Some(rest) = rest {
-            let rest = if rest.is_empty() { "/" } else { rest };
-            let target = match upstream_req.uri.query() {
-                Some(q) => format!("{rest}?{q}"),
-                None => rest.to_string(),
-            };
-            let mut parts = upstream_req.uri.clone().into_parts();
-            parts.path_and_query = http::uri::PathAndQuery::try_from(target).ok();
-            if let Ok(uri) = http::Uri::from_parts(parts) {
-                upstream_req.set_uri(uri);
-            }
+    let path = upstream_req.uri.path();
+    let new_path = if let Some(prefix) = &route.strip_prefix {
+        path.strip_prefix(prefix.as_str())
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+            .map(|rest| if rest.is_empty() { "/" } else { rest }.to_string())
+    } else if let Some(rewrite) = &route.rewrite {
+        let host = crate::route::strip_port(host).to_ascii_lowercase();
+        let vars = UrlVars {
+            host: &host,
+            path,
+            query: None,
+        };
+        url::rewrite(rewrite, &vars)
+    } else {
+        None
+    };
+    if let Some(path) = new_path {
+        let target = match upstream_req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut parts = upstream_req.uri.clone().into_parts();
+        let uri = http::uri::PathAndQuery::try_from(target)
+            .map_err(http::Error::from)
+            .and_then(|pq| {
+                parts.path_and_query = Some(pq);
+                http::Uri::from_parts(parts).map_err(http::Error::from)
+            });
+        match uri {
+            Ok(uri) => upstream_req.set_uri(uri),
+            Err(e) => log::warn!("the upstream path rewrite gave no valid target: {e}"),
         }
     }
     if let Some(host) = &route.upstream_host {
         upstream_req.insert_header(http::header::HOST, host.as_str())?;
+    }
+    if route.basic_auth.is_some() {
+        upstream_req.remove_header(&http::header::AUTHORIZATION);
     }
     Ok(())
 }

@@ -82,10 +82,16 @@ pub fn check(req: &RequestHeader, raw: Option<&[u8]>, limits: &Server) -> Result
             return Err(Refusal::TransferEncoding);
         }
     }
-    if length.is_some_and(|n| n > limits.max_body_size) {
-        return Err(Refusal::BodyTooLarge);
-    }
     Ok(())
+}
+
+/// A declared body larger than `max_body` (the route's or the server's `max_body_size`,
+/// known once the request is routed) is refused before it is read; call after [`check`].
+pub fn body_length(req: &RequestHeader, max_body: u64) -> Result<(), Refusal> {
+    match content_length(req)? {
+        Some(n) if n > max_body => Err(Refusal::BodyTooLarge),
+        _ => Ok(()),
+    }
 }
 
 /// Bare LF line ends and obs-fold continuation lines are refused, not guessed at; so is a
@@ -184,7 +190,9 @@ mod tests {
     }
 
     fn code(headers: &[(&str, &str)]) -> Option<u16> {
-        check(&req(headers), None, &limits())
+        let req = req(headers);
+        check(&req, None, &limits())
+            .and_then(|()| body_length(&req, limits().max_body_size))
             .err()
             .map(Refusal::status)
     }

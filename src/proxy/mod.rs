@@ -135,13 +135,17 @@ impl ProxyHttp for Proxy {
         ctx.runtime = Some(runtime);
         ctx.route = found.as_ref().map(|(index, _)| *index);
         ctx.client_ip = gate::client_ip(session, ctx);
-        // Access rules and rate limits come before anything else answers or looks up.
+        // Body size, access, rate limit and basic auth come before anything else answers.
         if gate::refuse(session, ctx, &self.shared.metrics).await? {
             return Ok(true);
         }
         match found {
             Some(_) if !ctx.tls && ctx.route().is_some_and(|r| r.https_redirect) => {
                 redirect::to_https(session, ctx).await?;
+                Ok(true)
+            }
+            Some(_) if ctx.route().is_some_and(|r| r.redirect.is_some()) => {
+                redirect::answer(session, ctx).await?;
                 Ok(true)
             }
             Some((_, pool)) => {
@@ -165,15 +169,9 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
-            let limit = ctx
-                .runtime
-                .as_ref()
-                .map_or(u64::MAX, |rt| rt.config.server.max_body_size);
-            if ctx.body_bytes > limit {
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(413),
-                    "request body larger than server.max_body_size",
-                ));
+            if ctx.body_bytes > ctx.max_body_size() {
+                let why = "request body larger than max_body_size (the route's or the server's)";
+                return Err(Error::explain(ErrorType::HTTPStatus(413), why));
             }
         }
         Ok(())
@@ -335,8 +333,9 @@ impl ProxyHttp for Proxy {
                 .map(|a| a.port()),
         };
         headers::add_forwarded(upstream_request, &hop)?;
-        gate::rewrite_upstream(upstream_request, ctx)?;
-        gate::on_upstream_request(upstream_request, ctx, host.as_deref().unwrap_or(""))
+        let host = host.as_deref().unwrap_or("");
+        gate::rewrite_upstream(upstream_request, ctx, host)?;
+        gate::on_upstream_request(upstream_request, ctx, host)
     }
 
     async fn upstream_response_filter(

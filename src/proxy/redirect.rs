@@ -1,7 +1,8 @@
-//! `https_redirect`: a plain-HTTP request on such a route gets a 308 to the same path and query
-//! on `https://`. The host comes from the route (an exact host) or from the request's Host once
-//! it matched the route and is a well-formed host name, so the answer never points elsewhere
-//! (no open redirect).
+//! Redirects the proxy answers itself. `https_redirect`: a plain-HTTP request on such a route
+//! gets a 308 to the same path and query on `https://`. `redirect`: the route's template made
+//! into a `Location`. The host comes from the route (an exact host) or from the request's Host
+//! once it matched the route and is a well-formed host name, so `https_redirect` and `$host`
+//! never point elsewhere (no open redirect).
 
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
@@ -9,14 +10,12 @@ use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
 use super::{errors, request_host};
-use crate::config::HostMatch;
+use crate::config::{HostMatch, UrlPart};
+use crate::policy::url::{self, UrlVars};
 use crate::route::strip_port;
 
-/// The `Location` for `host` (the Host field, port allowed) and `path_and_query` on the TLS
-/// port (`None` or 443: no port in the URL). `None` when the host is not a host name or an IP
-/// literal.
-pub fn location(host: &str, path_and_query: &str, tls_port: Option<u16>) -> Option<String> {
-    let host = strip_port(host).to_ascii_lowercase();
+/// A host name or a bracketed IP literal, lowercase, without port.
+fn valid_host(host: &str) -> bool {
     let name_ok = !host.is_empty()
         && host.len() <= 253
         && host
@@ -28,7 +27,24 @@ pub fn location(host: &str, path_and_query: &str, tls_port: Option<u16>) -> Opti
         && host[1..host.len() - 1]
             .bytes()
             .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
-    if !name_ok && !literal_ok {
+    name_ok || literal_ok
+}
+
+/// The route's exact host, else the request's Host (without port, lowercase) when well formed.
+fn redirect_host(session: &Session, ctx: &RequestCtx) -> Option<String> {
+    match ctx.route().and_then(|r| r.host.as_ref()) {
+        Some(HostMatch::Exact(name)) => Some(name.clone()),
+        _ => request_host(session.req_header()).map(|h| strip_port(h).to_ascii_lowercase()),
+    }
+    .filter(|h| valid_host(h))
+}
+
+/// The `Location` for `host` (the Host field, port allowed) and `path_and_query` on the TLS
+/// port (`None` or 443: no port in the URL). `None` when the host is not a host name or an IP
+/// literal.
+pub fn location(host: &str, path_and_query: &str, tls_port: Option<u16>) -> Option<String> {
+    let host = strip_port(host).to_ascii_lowercase();
+    if !valid_host(&host) {
         return None;
     }
     let path = if path_and_query.starts_with('/') {
@@ -44,12 +60,8 @@ pub fn location(host: &str, path_and_query: &str, tls_port: Option<u16>) -> Opti
 
 /// Answers the request with a 308 to its `https://` URL (400 when its Host is unusable).
 pub async fn to_https(session: &mut Session, ctx: &RequestCtx) -> Result<()> {
+    let host = redirect_host(session, ctx);
     let req = session.req_header();
-    let exact = match ctx.route().and_then(|r| r.host.as_ref()) {
-        Some(HostMatch::Exact(name)) => Some(name.clone()),
-        _ => None,
-    };
-    let host = exact.or_else(|| request_host(req).map(str::to_string));
     let path = req
         .uri
         .path_and_query()
@@ -67,6 +79,41 @@ pub async fn to_https(session: &mut Session, ctx: &RequestCtx) -> Result<()> {
     let mut resp = ResponseHeader::build(308, Some(4))?;
     if let Some(server) = ctx.server_header() {
         resp.insert_header(http::header::SERVER, server)?;
+    }
+    resp.insert_header(http::header::LOCATION, target)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session.write_response_header(Box::new(resp), true).await
+}
+
+/// Answers with the route's `redirect`: its status and the `Location` from its template (400
+/// when the template needs `$host` and the request has no valid one).
+pub async fn answer(session: &mut Session, ctx: &RequestCtx) -> Result<()> {
+    let Some(route) = ctx.route() else {
+        return Ok(());
+    };
+    let Some(redirect) = &route.redirect else {
+        return Ok(());
+    };
+    let host = redirect_host(session, ctx);
+    if host.is_none() && redirect.to.0.contains(&UrlPart::Host) {
+        return errors::respond(session, 400, "no valid Host", ctx.reply()).await;
+    }
+    let req = session.req_header();
+    let vars = UrlVars {
+        host: host.as_deref().unwrap_or(""),
+        path: req.uri.path(),
+        query: req.uri.query(),
+    };
+    let target = url::location(redirect, route.path_regex.as_ref(), &vars);
+    let Ok(target) = http::HeaderValue::from_str(&target) else {
+        return errors::respond(session, 400, "no valid redirect target", ctx.reply()).await;
+    };
+    let mut resp = ResponseHeader::build(redirect.status, Some(4))?;
+    if let Some(server) = ctx.server_header() {
+        resp.insert_header(http::header::SERVER, server)?;
+    }
+    if let Some(id) = ctx.reply().request_id {
+        resp.insert_header("x-request-id", id)?;
     }
     resp.insert_header(http::header::LOCATION, target)?;
     resp.insert_header(http::header::CONTENT_LENGTH, "0")?;

@@ -28,6 +28,7 @@ mod least_conn;
 mod lifecycle;
 mod observability;
 mod policy;
+mod policy_routes;
 mod proxy_protocol;
 mod redis;
 mod refusals;

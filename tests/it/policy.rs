@@ -20,12 +20,12 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::common::{client, spawn_origin, spawn_proxy, upstream, Proxy};
 
 /// An origin that answers with the request target and its fields in the body, and counts.
-struct Echo {
-    addr: SocketAddr,
-    hits: Arc<AtomicU64>,
+pub(crate) struct Echo {
+    pub(crate) addr: SocketAddr,
+    pub(crate) hits: Arc<AtomicU64>,
 }
 
-async fn spawn_echo() -> Echo {
+pub(crate) async fn spawn_echo() -> Echo {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
@@ -61,7 +61,7 @@ async fn spawn_echo() -> Echo {
 
 /// One raw HTTP/1.1 request for `target` (sent as written: no client-side normalisation);
 /// (status, whole answer).
-async fn raw_get(proxy: &Proxy, target: &str, fields: &str) -> (u16, String) {
+pub(crate) async fn raw_get(proxy: &Proxy, target: &str, fields: &str) -> (u16, String) {
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let req =
         format!("GET {target} HTTP/1.1\r\nHost: example.com\r\n{fields}Connection: close\r\n\r\n");
