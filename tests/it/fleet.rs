@@ -41,6 +41,16 @@ async fn member(config: &str) -> Proxy {
 async fn fleet(origin: &Origin, redis: &RedisServer) -> Vec<Proxy> {
     let config = config(origin, redis);
     let (a, b, c) = tokio::join!(member(&config), member(&config), member(&config));
+    // A fleet is up once every member has subscribed to the purges of the others.
+    for proxy in [&a, &b, &c] {
+        wait_until(Duration::from_secs(10), || async {
+            proxy
+                .metrics()
+                .await
+                .contains("switchyard_cache_redis_connected 1")
+        })
+        .await;
+    }
     vec![a, b, c]
 }
 

@@ -90,8 +90,18 @@ async fn untrusted_forwarding_claims_never_reach_the_origin_or_the_cache() {
         request = request.header(name, value);
     }
     let body = request.send().await.unwrap().text().await.unwrap();
+    // Random ids and the proxy's own port may contain any digits: they are checked apart.
+    let fields: String = body
+        .lines()
+        .filter(|l| {
+            !["traceparent:", "x-request-id:", "x-forwarded-port:"]
+                .iter()
+                .any(|name| l.starts_with(name))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     for bad in ["evil", "6.6.6.6", "/admin", "444", "https"] {
-        assert!(!body.contains(bad), "{bad} reached the origin:\n{body}");
+        assert!(!fields.contains(bad), "{bad} reached the origin:\n{body}");
     }
     assert_eq!(seen(&body, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(seen(&body, "x-forwarded-proto"), ["http"]);
