@@ -101,17 +101,24 @@ pub async fn admits(
     let Some((user, password)) = credentials(headers) else {
         return false;
     };
-    let Some(hash) = auth.users.get(&user) else {
-        return false;
+    // An unknown user costs a verification against another user's hash, like a wrong
+    // password, so the time of a refusal does not tell which user names exist.
+    let (hash, known) = match auth.users.get(&user) {
+        Some(hash) => (hash, true),
+        None => match auth.users.values().next() {
+            Some(other) => (other, false),
+            None => return false,
+        },
     };
     let key = Verified::key(route, &user, &password);
-    if verified.remembers(&key, Instant::now()) {
+    if known && verified.remembers(&key, Instant::now()) {
         return true;
     }
     let hash = hash.clone();
-    let ok = tokio::task::spawn_blocking(move || verify(&hash, &password))
+    let verified_hash = tokio::task::spawn_blocking(move || verify(&hash, &password))
         .await
         .unwrap_or(false);
+    let ok = known && verified_hash;
     if ok {
         verified.remember(key, Instant::now());
     }
@@ -155,6 +162,26 @@ mod tests {
             v.remember(Verified::key(0, "u", &i.to_string()), now);
         }
         assert!(v.len() <= REMEMBERED);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_is_refused_even_with_another_users_password() {
+        let auth = BasicAuth {
+            realm: "r".into(),
+            users_file: "users".into(),
+            users: [(
+                "alice".to_string(),
+                PasswordHash::Bcrypt(bcrypt::hash("s3cret", 4).unwrap()),
+            )]
+            .into(),
+            challenge: String::new(),
+        };
+        let verified = Verified::default();
+        assert!(admits(&auth, &verified, 0, &basic("alice:s3cret")).await);
+        // Checked against alice's hash so that it costs the same, but never admitted.
+        assert!(!admits(&auth, &verified, 0, &basic("mallory:s3cret")).await);
+        assert!(!admits(&auth, &verified, 0, &basic("alice:wrong")).await);
+        assert!(admits(&auth, &verified, 0, &basic("alice:s3cret")).await);
     }
 
     #[test]
