@@ -100,6 +100,14 @@ pub(super) fn backends(
         };
         let backup = b.backup.unwrap_or(false);
         let max_conns = super::capacity::max_conns(&bkey.field("max_conns"), b.max_conns)?;
+        // A name to resolve, whether written as `host:port` or as `discover`.
+        let named = |name: &str, target| DiscoverSpec {
+            name: name.to_string(),
+            target,
+            weight,
+            backup,
+            max_conns,
+        };
         let (name, at) = match (b.address, b.discover) {
             (Some(address), None) => {
                 let at = bkey.field("address");
@@ -118,16 +126,7 @@ pub(super) fn backends(
                     }
                     Err(_) => {
                         let target = discovery::host_port(&at, &name)?;
-                        discover.push((
-                            at.clone(),
-                            DiscoverSpec {
-                                name: name.clone(),
-                                target,
-                                weight,
-                                backup,
-                                max_conns,
-                            },
-                        ));
+                        discover.push((at.clone(), named(&name, target)));
                     }
                 }
                 (name, at)
@@ -135,16 +134,7 @@ pub(super) fn backends(
             (None, Some(raw)) => {
                 let at = bkey.field("discover");
                 let (name, target) = discovery::discover(&at, raw)?;
-                discover.push((
-                    at.clone(),
-                    DiscoverSpec {
-                        name: name.clone(),
-                        target,
-                        weight,
-                        backup,
-                        max_conns,
-                    },
-                ));
+                discover.push((at.clone(), named(&name, target)));
                 (name, at)
             }
             (Some(_), Some(_)) => {
