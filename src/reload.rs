@@ -163,10 +163,12 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         names.push("admin.listen".to_string());
     }
     new.admin.listen = old.admin.listen;
-    // The memory cache is sized once, at start.
-    if old.cache != new.cache {
+    // The memory cache is sized once, at start; whether hits go direct is read per request.
+    let mut kept = old.cache.clone();
+    kept.direct_hits = new.cache.direct_hits;
+    if kept != new.cache {
         names.push("cache".to_string());
-        new.cache = old.cache.clone();
+        new.cache = kept;
     }
     names
 }

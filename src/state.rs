@@ -448,6 +448,13 @@ impl DiscoverySource for Shared {
     }
 }
 
+impl ActiveRequest {
+    /// Takes the request back out of `requests_total`: another path takes it and counts it.
+    pub fn withdraw(self) {
+        self.shared.requests_total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.shared.active_requests.fetch_sub(1, Ordering::AcqRel);

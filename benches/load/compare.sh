@@ -195,6 +195,8 @@ CONF
 switchyard_conf sy-pass 18101 19101 1 "" 18111
 switchyard_conf sy-pass2 18102 19102 2 ""
 switchyard_conf sy-cache 18103 19103 1 "    cache: { enabled: true }" 18113
+switchyard_conf sy-cache-pingora 18106 19106 1 "    cache: { enabled: true }"
+sed -i 's/cache: { max_size: 256MiB }/cache: { max_size: 256MiB, direct_hits: false }/' "$WORK/sy-cache-pingora.yaml"
 switchyard_conf sy-fill 18105 19105 1 "    cache: { enabled: true }"
 sed -i 's/max_size: 256MiB/max_size: 64MiB/' "$WORK/sy-fill.yaml"
 switchyard_conf sy-gzip 18104 19104 1 "    cache: { enabled: true }
@@ -213,6 +215,7 @@ start varnish varnishd -F -a 127.0.0.1:18401 -f "$WORK/default.vcl" -s malloc,25
 start sy-pass "$SWITCHYARD" --config "$WORK/sy-pass.yaml"
 start sy-pass2 taskset -c 0,1 "$SWITCHYARD" --config "$WORK/sy-pass2.yaml"
 start sy-cache "$SWITCHYARD" --config "$WORK/sy-cache.yaml"
+start sy-cache-pingora "$SWITCHYARD" --config "$WORK/sy-cache-pingora.yaml"
 start sy-gzip "$SWITCHYARD" --config "$WORK/sy-gzip.yaml"
 start sy-fill "$SWITCHYARD" --config "$WORK/sy-fill.yaml"
 
@@ -224,9 +227,21 @@ wait_port() {
   echo "port $1 did not open" >&2
   return 1
 }
-for port in 18001 18002 18101 18102 18103 18104 18105 18111 18113 18201 18211 18212 18301 18401; do wait_port $port; done
+for port in 18001 18002 18101 18102 18103 18104 18105 18106 18111 18113 18201 18211 18212 18301 18401; do wait_port $port; done
 
 # RSS in KiB of a process and its children (nginx and varnish run worker children).
+# CPU time (clock ticks, user + system) of a contender: the process, its children and theirs
+# (nginx and HAProxy workers, Varnish's child). With the load generator on the other core, the
+# share of a core a contender used gives the "rps per proxy core" column: rps ÷ that share,
+# comparable between runs on machines that are busier or quieter.
+cpu_ticks() {
+  local pid=$1 total=0 p
+  for p in $pid $(pgrep -P "$pid" 2>/dev/null) $(for c in $(pgrep -P "$pid" 2>/dev/null); do pgrep -P "$c"; done); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo $total
+}
+
 rss() {
   local pid=$1 total=0 p
   for p in $pid $(pgrep -P "$pid" 2>/dev/null) $(for c in $(pgrep -P "$pid" 2>/dev/null); do pgrep -P "$c"; done); do
@@ -248,9 +263,11 @@ CELLS=(
   "nginx proxy_pass|18201|/page||pass|nginx"
   "haproxy|18301|/page||pass|haproxy"
   "switchyard cache|18103|/small||cache|sy-cache"
+  "switchyard cache, no direct path|18106|/small||cache|sy-cache-pingora"
   "nginx proxy_cache|18202|/small||cache|nginx"
   "varnish|18401|/small||cache|varnish"
   "switchyard cache|18103|/page||cache|sy-cache"
+  "switchyard cache, no direct path|18106|/page||cache|sy-cache-pingora"
   "nginx proxy_cache|18202|/page||cache|nginx"
   "varnish|18401|/page||cache|varnish"
   "switchyard gzip+cache|18104|/page|gzip|gzip|sy-gzip"
@@ -276,10 +293,12 @@ run_cell() { # cell rep
   local headers=()
   [ -n "$encoding" ] && headers=(-H "Accept-Encoding: $encoding")
   [ "$group" = handshake ] && headers=(-H "Connection: close")
-  local out
+  local out pid="" ticks_before=0 started
+  [ -n "$proc" ] && pid=${PID_OF[$proc]:-}
   if [ "$group" = h2 ]; then
     local secs=${DURATION%s} warm=${WARMUP%s}
     timeout 30 taskset -c $LOAD_CPU h2load -t1 -c50 -m10 -D "$warm" "$url" >/dev/null 2>&1 || true
+    [ -n "$pid" ] && ticks_before=$(cpu_ticks "$pid"); started=$(date +%s.%N)
     out=$(timeout 60 taskset -c $LOAD_CPU h2load -t1 -c50 -m10 -D "$secs" "$url" 2>&1 || true)
     # In wrk's words, for report.py: the rate, and the answers that were not 2xx.
     local rate bad
@@ -288,7 +307,14 @@ run_cell() { # cell rep
     out="Requests/sec: ${rate:-0}"$'\n'"Non-2xx or 3xx responses: ${bad:-0}"$'\n'"$out"
   else
     timeout 30 taskset -c $LOAD_CPU wrk -t1 -c50 -d"$WARMUP" "${headers[@]}" "$url" >/dev/null 2>&1 || true
+    [ -n "$pid" ] && ticks_before=$(cpu_ticks "$pid"); started=$(date +%s.%N)
     out=$(timeout 60 taskset -c $LOAD_CPU wrk -t1 -c50 -d"$DURATION" --latency "${headers[@]}" "$url" 2>&1 || true)
+  fi
+  if [ -n "$pid" ]; then
+    local ticks hz
+    ticks=$(( $(cpu_ticks "$pid") - ticks_before )); hz=$(getconf CLK_TCK)
+    # The share of one core the contender used while the load ran.
+    out="$out"$'\n'"Proxy CPU share: $(python3 -c "import time; print(f'{$ticks / $hz / (time.time() - $started):.3f}')")"
   fi
   local rss_kib=""
   [ -n "$proc" ] && [ -n "${PID_OF[$proc]:-}" ] && rss_kib=$(rss "${PID_OF[$proc]}")

@@ -23,7 +23,8 @@ def parse(out: str):
         if m:
             lat[m.group(1)] = micros(m.group(2))
     errors = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    return rps, lat.get("50", float("nan")), lat.get("99", float("nan")), errors
+    share = next((float(l.split(":")[1]) for l in lines if l.startswith("Proxy CPU share")), 0.0)
+    return rps, lat.get("50", float("nan")), lat.get("99", float("nan")), errors, share
 
 
 def fmt_lat(us: float) -> str:
@@ -50,7 +51,9 @@ def main() -> None:
         p99 = statistics.median(r[0][2] for r in runs)
         errors = sum(r[0][3] for r in runs)
         rss = runs[-1][1]
-        med[key] = (rps, p50, p99, errors, rss)
+        # rps per proxy core: each run's rps over the share of a core the contender used.
+        per_core = [r[0][0] / r[0][4] for r in runs if r[0][4] > 0]
+        med[key] = (rps, p50, p99, errors, rss, statistics.median(per_core) if per_core else 0.0)
 
     reference = {
         "pass": "nginx proxy_pass",
@@ -63,18 +66,20 @@ def main() -> None:
     }
     print(f"Medians of {reps} interleaved runs of `wrk -t1 -c50 -d{duration} --latency` per cell "
           f"(`h2`: `h2load -t1 -c50 -m10`; `handshake`: a new TLS connection per request).\n")
-    print("| group | path | contender | rps | p50 | p99 | RSS | vs nginx | vs direct |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| group | path | contender | rps | rps per proxy core | p50 | p99 | RSS | vs nginx | per core vs nginx | vs direct |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key in order:
         group, path, name = key
-        rps, p50, p99, errors, rss = med[key]
+        rps, p50, p99, errors, rss, per_core = med[key]
         ref = med.get((group, path, reference.get(group, "")))
         direct = med.get(("pass", path, "direct (origin)"))
         vs_nginx = f"{rps / ref[0]:.2f}×" if ref and ref[0] else ""
+        core_vs = f"{per_core / ref[5]:.2f}×" if ref and ref[5] and per_core else ""
+        core_text = f"{per_core:,.0f}" if per_core else ""
         vs_direct = f"{rps / direct[0]:.2f}×" if direct and direct[0] else ""
         rss_text = f"{int(rss) / 1024:.1f} MiB" if rss else ""
         err = f" ({errors} non-2xx)" if errors else ""
-        print(f"| {group} | {path} | {name} | {rps:,.0f}{err} | {fmt_lat(p50)} | {fmt_lat(p99)} | {rss_text} | {vs_nginx} | {vs_direct} |")
+        print(f"| {group} | {path} | {name} | {rps:,.0f}{err} | {core_text} | {fmt_lat(p50)} | {fmt_lat(p99)} | {rss_text} | {vs_nginx} | {core_vs} | {vs_direct} |")
 
     if int(idle_rss):
         print(f"\nSwitchyard RSS: idle {int(idle_rss) / 1024:.1f} MiB; with 10,000 idle keep-alive "

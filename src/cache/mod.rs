@@ -3,6 +3,7 @@
 //! Pingora runs the cache state machine; this module answers its questions.
 
 pub mod blob;
+pub mod fresh;
 pub mod invalidate;
 pub mod key;
 pub mod memory;
@@ -32,7 +33,7 @@ use crate::fields;
 use meta::TAG_FIELDS;
 use policy::{Decision, RequestDirective};
 use purge::PurgeMatch;
-use redis::{FromRedis, RedisTier, SharedPurge};
+use redis::{RedisTier, SharedPurge};
 use storage::{FillStart, TieredStorage};
 
 /// Per-request cache state, in the request context.
@@ -96,6 +97,8 @@ pub struct CacheCounters {
     pub revalidated: AtomicU64,
     pub bypass: AtomicU64,
     pub coalesced: AtomicU64,
+    /// Hits the front end answered itself (`proxy/hit.rs`); also counted in `hits`.
+    pub direct_hits: AtomicU64,
     /// Stored responses dropped after an unsafe method (RFC 9111 §4.4).
     pub invalidations: AtomicU64,
 }
@@ -375,10 +378,9 @@ impl Cache {
                 if session.cache.lock_duration().is_some() {
                     self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
                 }
-                let ttl = meta.map_or(0, remaining_ttl);
-                let from_redis = meta.is_some_and(|m| m.extensions().get::<FromRedis>().is_some());
-                let detail = if from_redis { "; detail=redis" } else { "" };
-                (Lookup::Hit, format!("switchyard; hit; ttl={ttl}{detail}"))
+                let status =
+                    meta.map_or_else(|| "switchyard; hit; ttl=0".into(), fresh::hit_status);
+                (Lookup::Hit, status)
             }
             CachePhase::Stale | CachePhase::StaleUpdating => {
                 (Lookup::Stale, "switchyard; hit; detail=stale".to_string())
@@ -424,6 +426,17 @@ impl Cache {
                 ),
             ),
         };
+        let primary = session
+            .cache
+            .maybe_cache_key()
+            .and_then(|key| key.primary_key_str());
+        self.count(lookup, primary);
+        let _ = resp.insert_header("Cache-Status", status);
+        Some(lookup)
+    }
+
+    /// Counts a lookup's result in `/stats` and, for the key `primary`, in the top keys.
+    pub fn count(&self, lookup: Lookup, primary: Option<&str>) {
         let counter = match lookup {
             Lookup::Hit => &self.counters.hits,
             Lookup::Miss => &self.counters.misses,
@@ -438,13 +451,9 @@ impl Cache {
             Lookup::Miss | Lookup::Expired => Some(false),
             Lookup::Bypass => None,
         };
-        if let (Some(hit), Some(key)) = (hit, session.cache.maybe_cache_key()) {
-            if let Some(primary) = key.primary_key_str() {
-                self.top.record(primary, hit);
-            }
+        if let (Some(hit), Some(primary)) = (hit, primary) {
+            self.top.record(primary, hit);
         }
-        let _ = resp.insert_header("Cache-Status", status);
-        Some(lookup)
     }
 
     /// The `cache` section of `/stats`.
@@ -478,6 +487,7 @@ impl Cache {
             "revalidated": get(&c.revalidated),
             "bypass": get(&c.bypass),
             "coalesced": get(&c.coalesced),
+            "direct_hits": get(&c.direct_hits),
             "invalidations": get(&c.invalidations),
             "warm": self.warm.stats(),
             "evictions": get(&s.evictions),
@@ -491,12 +501,6 @@ fn stored_or(state: &CacheState) -> String {
         None => "; stored".to_string(),
         Some(detail) => format!("; detail={detail}"),
     }
-}
-
-fn remaining_ttl(meta: &CacheMeta) -> u64 {
-    meta.fresh_until()
-        .duration_since(SystemTime::now())
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Whether this response comes from the cache (a hit, stale, or revalidated by a 304).

@@ -21,6 +21,8 @@ pub struct Cache {
     pub targeted_fields: Vec<http::HeaderName>,
     /// Whether the targeted fields are removed from responses sent downstream.
     pub strip_targeted: bool,
+    /// Whether fresh hits on HTTP/1.1 take the front end's direct path (`proxy/hit.rs`).
+    pub direct_hits: bool,
 }
 
 /// The targeted fields when the config names none: Switchyard's own first, so an origin can
@@ -134,6 +136,7 @@ impl TryFrom<FileCache> for Cache {
                 .transpose()?,
             targeted_fields: targeted_fields(&key.field("targeted_fields"), c.targeted_fields)?,
             strip_targeted: c.strip_targeted.unwrap_or(false),
+            direct_hits: c.direct_hits.unwrap_or(true),
         })
     }
 }

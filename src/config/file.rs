@@ -69,6 +69,8 @@ pub struct FileCache {
     /// RFC 9213 targeted fields, first present wins.
     pub targeted_fields: Option<Vec<String>>,
     pub strip_targeted: Option<bool>,
+    /// Fresh hits on HTTP/1.1 answered by the front end's direct path.
+    pub direct_hits: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -380,6 +380,7 @@ fn cache_blocks_parse() {
                 http::HeaderName::from_static("cdn-cache-control"),
             ],
             strip_targeted: false,
+            direct_hits: true,
         }
     );
     assert_eq!(

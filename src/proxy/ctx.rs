@@ -60,6 +60,11 @@ impl RequestCtx {
         }
     }
 
+    /// Gives up the request before it was answered: the path it goes to counts it again.
+    pub fn withdraw(self) {
+        self._active.withdraw();
+    }
+
     /// The matched route; `None` when no route matched.
     pub fn route(&self) -> Option<&Route> {
         self.route_at(self.route?)
@@ -83,6 +88,21 @@ impl RequestCtx {
             .server
             .server_header
             .as_deref()
+    }
+
+    /// The fields the proxy puts on every response it sends, from the upstream or the cache:
+    /// `Server` (when configured), the request id, and the route's HSTS over TLS.
+    pub fn own_fields(&self, resp: &mut pingora_http::ResponseHeader) -> pingora_error::Result<()> {
+        if let Some(server) = self.server_header() {
+            resp.insert_header(http::header::SERVER, server)?;
+        }
+        resp.insert_header(super::trace::REQUEST_ID, &self.ids.request_id)?;
+        if self.tls {
+            if let Some(hsts) = self.route().and_then(|r| r.hsts.as_deref()) {
+                resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
+            }
+        }
+        Ok(())
     }
 
     /// What an error answer carries: the `Server` header, the request id and the error pages.

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::errors;
 use super::h2_streams::{self, H2Streams};
 use super::handshake;
+use super::hit;
 use super::proxy_protocol;
 use super::reader::{self, Head, HeaderError, READ_CHUNK};
 use super::refusals::{self, Known, PerIp, Refused};
@@ -333,6 +334,23 @@ impl Frontend {
                 return None;
             }
             pipelined = next;
+            if !invalid {
+                let conn = hit::Conn {
+                    tls,
+                    peer: known.client_ip,
+                    tls_version: known.tls_version.as_deref(),
+                    closing: *shutdown.borrow(),
+                };
+                // Boxed: its state would otherwise size every idle connection's future.
+                match Box::pin(hit::serve(&self.shared, &head, &mut stream, conn)).await {
+                    Some(hit::Served::KeepAlive) => {
+                        first = false;
+                        continue;
+                    }
+                    Some(hit::Served::Close) => return None,
+                    None => {}
+                }
+            }
             let mut session = ServerSession::new_http1(stream);
             if let Some(persistent) = persistent.take() {
                 persistent.apply_to_session(&mut session);

@@ -51,8 +51,12 @@ pub fn normalise_path(req: &mut RequestHeader) -> bool {
 /// proxies the right-most untrusted `X-Forwarded-For` element.
 pub fn client_ip(session: &Session, ctx: &RequestCtx) -> Option<IpAddr> {
     let peer = session.client_addr()?.as_inet()?.ip();
+    client_ip_of(session.req_header(), peer, ctx)
+}
+
+/// [`client_ip`] of a request read from the TCP `peer`.
+pub fn client_ip_of(req: &RequestHeader, peer: IpAddr, ctx: &RequestCtx) -> Option<IpAddr> {
     let trusted = &ctx.runtime.as_ref()?.config.server.trusted_proxies;
-    let req = session.req_header();
     Some(client::client_ip(
         peer,
         &client::forwarded_for(req),
@@ -60,30 +64,36 @@ pub fn client_ip(session: &Session, ctx: &RequestCtx) -> Option<IpAddr> {
     ))
 }
 
-/// The declared body size, access rules, the route's rate limit, then its basic auth.
-/// `Ok(true)`: the request was answered (413, 403, 429 or 401) and goes no further: no
-/// upstream, no cache lookup.
-pub async fn refuse(session: &mut Session, ctx: &RequestCtx, metrics: &Metrics) -> Result<bool> {
-    if let Err(refusal) = limits::body_length(session.req_header(), ctx.max_body_size()) {
-        // The body stays unread: the connection cannot carry another request.
-        session.set_keepalive(None);
-        errors::respond(session, refusal.status(), &refusal.to_string(), ctx.reply()).await?;
-        return Ok(true);
+/// What the policy says of a routed request.
+pub enum Verdict {
+    Admit,
+    /// The declared body is over the limit.
+    TooLarge(limits::Refusal),
+    Access,
+    /// Over the rate limit: the `RateLimit` fields of the answer.
+    RateLimited([(&'static str, String); 3]),
+    /// No valid credentials: the challenge.
+    Auth(String),
+}
+
+/// The declared body size, access rules, the route's rate limit, then its basic auth. An
+/// admitted request has taken its share of the rate limit; a refused one has taken nothing.
+pub async fn verdict(req: &RequestHeader, ctx: &RequestCtx) -> Verdict {
+    if let Err(refusal) = limits::body_length(req, ctx.max_body_size()) {
+        return Verdict::TooLarge(refusal);
     }
     let (Some(runtime), Some(ip)) = (&ctx.runtime, ctx.client_ip) else {
-        return Ok(false);
+        return Verdict::Admit;
     };
     if !policy::admits(&runtime.config.server, ctx.route(), ip) {
-        metrics.observe_refused(ctx.series(), Refusal::Access);
-        errors::respond(session, 403, "refused by access rules", ctx.reply()).await?;
-        return Ok(true);
+        return Verdict::Access;
     }
     let Some(index) = ctx.route else {
-        return Ok(false);
+        return Verdict::Admit;
     };
     if let Some(limiter) = runtime.limiters.get(index).and_then(Option::as_ref) {
         let limit = limiter.limit();
-        let key = rate::key_of(&limit.key, &session.req_header().headers, ip);
+        let key = rate::key_of(&limit.key, &req.headers, ip);
         let cluster = runtime
             .cluster
             .as_ref()
@@ -93,30 +103,53 @@ pub async fn refuse(session: &mut Session, ctx: &RequestCtx, metrics: &Metrics) 
             _ => limiter.check(key),
         };
         if let Err(wait) = verdict {
-            metrics.observe_refused(ctx.series(), Refusal::RateLimit);
-            let fields = rate::refusal_fields(limit, wait);
-            errors::respond_with(session, 429, "rate limit exceeded", ctx.reply(), &fields).await?;
-            return Ok(true);
+            return Verdict::RateLimited(rate::refusal_fields(limit, wait));
         }
     }
     let Some(basic) = ctx.route().and_then(|r| r.basic_auth.as_ref()) else {
-        return Ok(false);
+        return Verdict::Admit;
     };
-    let headers = &session.req_header().headers;
-    if auth::admits(basic, &runtime.verified, index, headers).await {
-        return Ok(false);
+    if auth::admits(basic, &runtime.verified, index, &req.headers).await {
+        return Verdict::Admit;
     }
-    metrics.observe_refused(ctx.series(), Refusal::Auth);
-    let challenge = [("www-authenticate", basic.challenge.clone())];
-    errors::respond_with(
-        session,
-        401,
-        "credentials required",
-        ctx.reply(),
-        &challenge,
-    )
-    .await?;
-    Ok(true)
+    Verdict::Auth(basic.challenge.clone())
+}
+
+/// Answers what [`verdict`] refuses. `Ok(true)`: the request was answered (413, 403, 429 or
+/// 401) and goes no further: no upstream, no cache lookup.
+pub async fn refuse(session: &mut Session, ctx: &RequestCtx, metrics: &Metrics) -> Result<bool> {
+    match verdict(session.req_header(), ctx).await {
+        Verdict::Admit => Ok(false),
+        Verdict::TooLarge(refusal) => {
+            // The body stays unread: the connection cannot carry another request.
+            session.set_keepalive(None);
+            errors::respond(session, refusal.status(), &refusal.to_string(), ctx.reply()).await?;
+            Ok(true)
+        }
+        Verdict::Access => {
+            metrics.observe_refused(ctx.series(), Refusal::Access);
+            errors::respond(session, 403, "refused by access rules", ctx.reply()).await?;
+            Ok(true)
+        }
+        Verdict::RateLimited(fields) => {
+            metrics.observe_refused(ctx.series(), Refusal::RateLimit);
+            errors::respond_with(session, 429, "rate limit exceeded", ctx.reply(), &fields).await?;
+            Ok(true)
+        }
+        Verdict::Auth(challenge) => {
+            metrics.observe_refused(ctx.series(), Refusal::Auth);
+            let challenge = [("www-authenticate", challenge)];
+            errors::respond_with(
+                session,
+                401,
+                "credentials required",
+                ctx.reply(),
+                &challenge,
+            )
+            .await?;
+            Ok(true)
+        }
+    }
 }
 
 /// The variables of header rules; `$request_id` is the request's id (kept from a trusted peer
@@ -226,13 +259,18 @@ pub fn identify(session: &Session, trusted_proxies: &[ipnet::IpNet], ctx: &mut R
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
+    identify_request(session.req_header(), peer, trusted_proxies, ctx);
+}
+
+/// [`identify`] for a request read from the TCP `peer` (or the PROXY protocol source).
+pub fn identify_request(
+    req: &RequestHeader,
+    peer: Option<IpAddr>,
+    trusted_proxies: &[ipnet::IpNet],
+    ctx: &mut RequestCtx,
+) {
     let trusted = peer.is_some_and(|ip| client::is_trusted(ip, trusted_proxies));
-    ctx.ids = trace::ids(session.req_header(), trusted);
-    ctx.observed.client_ip = peer.map(|ip| {
-        client::client_ip(
-            ip,
-            &client::forwarded_for(session.req_header()),
-            trusted_proxies,
-        )
-    });
+    ctx.ids = trace::ids(req, trusted);
+    ctx.observed.client_ip =
+        peer.map(|ip| client::client_ip(ip, &client::forwarded_for(req), trusted_proxies));
 }

@@ -11,6 +11,7 @@ pub mod gate;
 pub mod h2_streams;
 pub mod handshake;
 pub mod headers;
+pub mod hit;
 pub mod limits;
 pub mod observe;
 pub mod proxy_protocol;
@@ -380,15 +381,7 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(server) = ctx.server_header() {
-            upstream_response.insert_header(http::header::SERVER, server)?;
-        }
-        upstream_response.insert_header(trace::REQUEST_ID, &ctx.ids.request_id)?;
-        if ctx.tls {
-            if let Some(hsts) = ctx.route().and_then(|r| r.hsts.as_deref()) {
-                upstream_response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
-            }
-        }
+        ctx.own_fields(upstream_response)?;
         // Conditional requests on every route, cached or not (hits are Pingora's).
         ctx.drop_body = etag::on_response(
             session.req_header(),

@@ -1,0 +1,363 @@
+//! The front end's direct path for fresh cache hits against Pingora's cache path: random
+//! requests (methods, paths in odd spellings, encodings, languages, conditionals, ranges,
+//! cookies, pipelined pairs) go to one proxy with `cache.direct_hits` on and then, after a
+//! reload turns it off, again; the answers must be the same but for `Date`, `Age`, the request
+//! id and the time left in `Cache-Status`. A hit the direct path served carries the origin's
+//! `Date`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::common::{spawn_proxy, upstream};
+
+/// An origin whose answers depend only on the request (no counters), so that the two paths
+/// can be compared byte for byte. Each answer repeats its `Date` in `X-Date`.
+async fn spawn_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(answer);
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Two seconds in the past, so that a `Date` written at the time of a hit never equals it.
+    let date = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(2));
+    let path = req.uri().path().to_string();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let mut resp = Response::builder()
+        .header("date", &date)
+        .header("x-date", &date)
+        .header("content-type", "text/html")
+        .header("etag", format!("\"{}\"", path.len()))
+        .header("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT");
+    let mut body = format!("{} {} ", req.method(), req.uri());
+    match path.as_str() {
+        "/plain" => resp = resp.header("cache-control", "max-age=600"),
+        "/lang" => {
+            resp = resp
+                .header("cache-control", "max-age=600")
+                .header("vary", "Accept-Language");
+            body.push_str(&header("accept-language"));
+        }
+        "/big" => {
+            // Compressed by the proxy: stored without a length, answered chunked.
+            resp = resp.header("cache-control", "public, max-age=600");
+            body.push_str(&"switchyard direct hit ".repeat(200));
+        }
+        "/gone" => resp = resp.status(404).header("cache-control", "max-age=600"),
+        "/private" => resp = resp.header("cache-control", "no-store"),
+        "/cookie" => {
+            resp = resp
+                .header("cache-control", "max-age=600")
+                .header("set-cookie", "s=1");
+        }
+        _ => resp = resp.header("cache-control", "s-maxage=600"),
+    }
+    Ok(resp.body(Full::new(Bytes::from(body))).expect("response"))
+}
+
+/// One answer as the client saw it, with the fields the comparison ignores taken out.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    status: u16,
+    fields: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// The request's answer and whether it was a hit whose `Date` is the origin's.
+struct Seen {
+    answer: Answer,
+    origin_date: bool,
+    hit: bool,
+}
+
+/// Reads more of the connection into `buf`.
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 16384];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    assert!(n > 0, "connection closed before the end of an answer");
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+/// Reads one response to a request with `method` from `buf` (refilled from `s`).
+async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, method: &str) -> Seen {
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        read_more(s, buf).await;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    buf.drain(..end + 4);
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let mut fields: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let origin_date = get("date").is_some() && get("date") == get("x-date");
+    let hit = get("cache-status").is_some_and(|v| v.contains("; hit"));
+    let chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let length: usize = get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let no_body = method == "HEAD" || status == 304 || status == 204;
+    let mut body = Vec::new();
+    if !no_body && chunked {
+        loop {
+            let line_end = loop {
+                if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break at;
+                }
+                read_more(s, buf).await;
+            };
+            let size_text = String::from_utf8_lossy(&buf[..line_end]).to_string();
+            let size = usize::from_str_radix(size_text.trim(), 16).expect("chunk size");
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                read_more(s, buf).await;
+            }
+            body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else if !no_body {
+        while buf.len() < length {
+            read_more(s, buf).await;
+        }
+        body = buf.drain(..length).collect();
+    }
+    for (name, value) in fields.iter_mut() {
+        if name == "cache-status" {
+            *value = value
+                .split("; ")
+                .map(|p| if p.starts_with("ttl=") { "ttl" } else { p })
+                .collect::<Vec<_>>()
+                .join("; ");
+        }
+    }
+    // Framing differs only in how the same body is sent; the rest must match.
+    let ignored = ["date", "age", "x-request-id", "x-date"];
+    fields.retain(|(k, _)| !ignored.contains(&k.as_str()));
+    fields.sort();
+    Seen {
+        answer: Answer {
+            status,
+            fields,
+            body,
+        },
+        origin_date,
+        hit,
+    }
+}
+
+/// A random request: (method, its bytes).
+fn random_request(rng: &mut StdRng) -> (String, String) {
+    let method = match rng.random_range(0..10) {
+        0..=5 => "GET",
+        6..=8 => "HEAD",
+        _ => "OPTIONS",
+    };
+    let paths = [
+        "/plain",
+        "/plain?q=1",
+        "/lang",
+        "/big",
+        "/gone",
+        "/private",
+        "/cookie",
+        "/other",
+        "//plain",
+        "/./plain",
+        "/%70lain",
+        "/a/../plain",
+    ];
+    let path = paths[rng.random_range(0..paths.len())];
+    let host = ["example.com", "EXAMPLE.com", "example.com:80"][rng.random_range(0..3)];
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    let optional: [(&str, &[&str]); 10] = [
+        (
+            "Accept-Encoding",
+            &[
+                "gzip",
+                "br",
+                "gzip, br",
+                "identity",
+                "*;q=0",
+                "zstd;q=0.5, gzip",
+            ],
+        ),
+        ("Accept-Language", &["en", "fr, en;q=0.5", "EN", "de"]),
+        ("Range", &["bytes=0-3", "bytes=5-"]),
+        ("If-None-Match", &["\"6\"", "\"nope\"", "*"]),
+        ("If-Modified-Since", &["Sun, 06 Nov 1994 08:49:37 GMT"]),
+        ("Cookie", &["a=b"]),
+        ("Cache-Control", &["max-age=0", "no-cache"]),
+        ("X-Request-Id", &["client-chosen"]),
+        ("User-Agent", &["test/1", "other"]),
+        ("Accept", &["*/*", "text/html"]),
+    ];
+    for (name, values) in optional {
+        // Each optional field in about a quarter of requests; the rarer ones less.
+        let odds = if matches!(name, "Range" | "Cookie" | "Cache-Control") {
+            8
+        } else {
+            4
+        };
+        if rng.random_range(0..odds) == 0 {
+            let value = values[rng.random_range(0..values.len())];
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    text.push_str("\r\n");
+    (method.to_string(), text)
+}
+
+/// Sends `requests` on one connection, some as pipelined pairs, and reads every answer.
+async fn send_all(proxy: SocketAddr, requests: &[(String, String)], pairs: &[bool]) -> Vec<Seen> {
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    let mut buf = Vec::new();
+    let mut seen = Vec::new();
+    let mut i = 0;
+    while i < requests.len() {
+        let pair = pairs[i] && i + 1 < requests.len();
+        let (method, text) = &requests[i];
+        if pair {
+            let both = format!("{text}{}", requests[i + 1].1);
+            s.write_all(both.as_bytes()).await.expect("write");
+            seen.push(read_answer(&mut s, &mut buf, method).await);
+            seen.push(read_answer(&mut s, &mut buf, &requests[i + 1].0).await);
+            i += 2;
+        } else {
+            s.write_all(text.as_bytes()).await.expect("write");
+            seen.push(read_answer(&mut s, &mut buf, method).await);
+            i += 1;
+        }
+    }
+    seen
+}
+
+fn config(origin: SocketAddr, direct: bool) -> String {
+    format!(
+        "cache:\n  direct_hits: {direct}\ncompression:\n  algorithms: [br, gzip]\n  min_size: 1024\n\
+         server:\n  listen: [\"127.0.0.1:0\"]\n  response_headers: {{ set: {{ X-Frame-Options: DENY }} }}\n\
+         upstreams:\n{}routes:\n  - match: {{ path_prefix: / }}\n    upstream: pool\n    cache: {{ enabled: true }}\n    \
+         response_headers: {{ add: {{ X-Route: main }} }}\n",
+        upstream("pool", &[(origin, 1)], "")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_hits_answer_exactly_as_the_pingora_path_but_keep_the_origin_date() {
+    let origin = spawn_origin().await;
+    let proxy = spawn_proxy(&config(origin, true)).await;
+    let seed: u64 = std::env::var("DIRECT_HITS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("direct hit comparison seed {seed} (DIRECT_HITS_SEED to repeat)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let requests: Vec<(String, String)> = (0..300).map(|_| random_request(&mut rng)).collect();
+    let pairs: Vec<bool> = (0..requests.len())
+        .map(|_| rng.random_range(0..5) == 0)
+        .collect();
+
+    // Fill the cache with every variant the requests ask for.
+    send_all(proxy.addr, &requests, &pairs).await;
+    let before = proxy.stats().await["cache"]["direct_hits"]
+        .as_u64()
+        .expect("direct_hits");
+    let direct = send_all(proxy.addr, &requests, &pairs).await;
+    let after = proxy.stats().await["cache"]["direct_hits"]
+        .as_u64()
+        .expect("direct_hits");
+
+    proxy.rewrite_config(&config(origin, false));
+    let (status, body) = proxy.reload().await;
+    assert_eq!(status, 200, "{body}");
+    let pingora = send_all(proxy.addr, &requests, &pairs).await;
+    let unchanged = proxy.stats().await["cache"]["direct_hits"]
+        .as_u64()
+        .expect("direct_hits");
+
+    for (i, ((d, p), (_, text))) in direct.iter().zip(&pingora).zip(&requests).enumerate() {
+        assert_eq!(
+            d.answer, p.answer,
+            "request {i} (seed {seed}) answered differently:\n{text}"
+        );
+        assert!(
+            !p.origin_date,
+            "request {i}: Pingora's path wrote the origin's Date\n{text}"
+        );
+    }
+    let served_direct = direct.iter().filter(|s| s.hit && s.origin_date).count() as u64;
+    println!("{served_direct} of {} answers went direct", requests.len());
+    assert!(
+        served_direct > 20,
+        "only {served_direct} direct hits (seed {seed})"
+    );
+    assert_eq!(
+        after - before,
+        served_direct,
+        "direct_hits counts what went direct"
+    );
+    assert_eq!(unchanged, after, "with direct_hits off no hit is direct");
+    // Every hit that needed nothing but the stored answer went direct.
+    for (s, (method, text)) in direct.iter().zip(&requests) {
+        let plain = !["Range", "If-", "Cookie", "Cache-Control", "OPTIONS"]
+            .iter()
+            .any(|f| text.contains(f));
+        if s.hit && plain && method != "OPTIONS" {
+            assert!(
+                s.origin_date,
+                "a plain fresh hit did not go direct:\n{text}"
+            );
+        }
+    }
+}
