@@ -20,6 +20,10 @@ pub struct Request<'a> {
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<(usize, Route)>,
+    /// Some route matches on request header fields.
+    matches_headers: bool,
+    /// Some route caches.
+    caches: bool,
 }
 
 impl Router {
@@ -33,7 +37,21 @@ impl Router {
             };
             std::cmp::Reverse((host_rank(r.host.as_ref()), path, r.narrowing()))
         });
-        Router { routes }
+        Router {
+            matches_headers: routes.iter().any(|(_, r)| !r.headers.is_empty()),
+            caches: routes.iter().any(|(_, r)| r.cache.is_some()),
+            routes,
+        }
+    }
+
+    /// Whether a route matches on request header fields (else `Request::headers` is unread).
+    pub fn matches_headers(&self) -> bool {
+        self.matches_headers
+    }
+
+    /// Whether a route caches.
+    pub fn caches(&self) -> bool {
+        self.caches
     }
 
     /// The index (in config order) and route for a request (host in any case, port allowed).

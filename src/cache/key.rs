@@ -19,7 +19,10 @@ pub fn primary(host: &str, req: &RequestHeader) -> String {
 /// [`primary`] for a path with its query given as text.
 pub fn primary_of(host: &str, path_and_query: &str) -> String {
     let host = crate::route::strip_port(host);
-    format!("{}{path_and_query}", host.to_ascii_lowercase())
+    let mut key = String::with_capacity(host.len() + path_and_query.len());
+    key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    key.push_str(path_and_query);
+    key
 }
 
 /// `Accept-Language` as a variant sees it: tags in lower case, those with q=0 dropped, by

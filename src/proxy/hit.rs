@@ -31,6 +31,7 @@ use super::request_host;
 use crate::cache::{fresh, Lookup};
 use crate::etag;
 use crate::fields;
+use crate::policy::normalize::normalize;
 use crate::route;
 use crate::state::Shared;
 
@@ -95,26 +96,36 @@ pub async fn serve(
         return None;
     }
     let runtime = shared.runtime();
-    if !runtime.config.cache.direct_hits {
+    if !runtime.config.cache.direct_hits || !runtime.router.caches() {
         return None;
     }
-    let mut req = parse(head)?;
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let parsed = parse(head, &mut fields)?;
+    // Routed from the parsed bytes when no route reads other fields than `Host`, so that a
+    // request for a route that does not cache (pass-through) costs little more than the parse
+    // before it goes to Pingora.
+    let early = if runtime.router.matches_headers() {
+        None
+    } else {
+        let (index, route) = parsed.route(&runtime.router)?;
+        route.cache.as_ref()?;
+        Some(index)
+    };
+    let mut req = parsed.header()?;
     limits::check(&req, Some(head), &runtime.config.server).ok()?;
     if !gate::normalise_path(&mut req) {
         return None;
     }
     let host = request_host(&req).unwrap_or("");
-    let (index, route) = runtime.router.find(&route::Request {
-        host,
-        path: req.uri.path(),
-        query: req.uri.query(),
-        method: &req.method,
-        headers: &req.headers,
-    })?;
+    let index = match early {
+        Some(index) => index,
+        None => route_of(&runtime.router, &req)?.0,
+    };
+    let route = runtime.config.routes.get(index)?;
+    let cache = route.cache.as_ref()?;
     if route.redirect.is_some() || (route.https_redirect && !conn.tls) {
         return None;
     }
-    let cache = route.cache.as_ref()?;
     let algorithms = route.compression.as_ref().map(|s| s.algorithms.as_slice());
     let memory = &shared.cache.storage.memory;
     let now = SystemTime::now();
@@ -196,11 +207,80 @@ fn decorate(
     gate::on_response(resp, ctx, host)
 }
 
-/// The request in `head`, when it is a whole HTTP/1.1 request header in origin form with no
-/// field from [`FALLBACK_FIELDS`] and nothing after it.
-fn parse(head: &[u8]) -> Option<RequestHeader> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Request::new(&mut fields);
+/// A request header as parsed, before anything is built from it.
+struct Parsed<'h, 'b> {
+    method: &'b str,
+    path: &'b str,
+    fields: &'h [httparse::Header<'b>],
+}
+
+impl Parsed<'_, '_> {
+    /// The route, when no route reads header fields other than `Host`: found from the parsed
+    /// bytes without building a request header.
+    fn route<'r>(&self, router: &'r route::Router) -> Option<(usize, &'r crate::config::Route)> {
+        let mut hosts = self
+            .fields
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("host"));
+        // As `request_host` reads it: a value that is not visible ASCII is no host.
+        let host = match hosts.next() {
+            Some(field) => std::str::from_utf8(field.value)
+                .ok()
+                .filter(|v| v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+                .unwrap_or(""),
+            None => "",
+        };
+        let (path, query) = match self.path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (self.path, None),
+        };
+        let path = normalize(path).ok()?;
+        let method = http::Method::from_bytes(self.method.as_bytes()).ok()?;
+        router.find(&route::Request {
+            host,
+            path: &path,
+            query,
+            method: &method,
+            headers: &http::HeaderMap::new(),
+        })
+    }
+
+    /// The whole request header.
+    fn header(&self) -> Option<RequestHeader> {
+        let mut req = RequestHeader::build_no_case(
+            self.method,
+            self.path.as_bytes(),
+            Some(self.fields.len()),
+        )
+        .ok()?;
+        for field in self.fields {
+            let name = http::HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+            let value = http::HeaderValue::from_bytes(field.value).ok()?;
+            req.append_header(name, value).ok()?;
+        }
+        Some(req)
+    }
+}
+
+/// The route of `req` with its path in normal form, as `request_filter` finds it.
+fn route_of<'r>(
+    router: &'r route::Router,
+    req: &RequestHeader,
+) -> Option<(usize, &'r crate::config::Route)> {
+    let path = normalize(req.uri.path()).ok()?;
+    router.find(&route::Request {
+        host: request_host(req).unwrap_or(""),
+        path: &path,
+        query: req.uri.query(),
+        method: &req.method,
+        headers: &req.headers,
+    })
+}
+
+/// `head` parsed, when it is a whole HTTP/1.1 request header in origin form with no field from
+/// [`FALLBACK_FIELDS`] and nothing after it.
+fn parse<'h, 'b>(head: &'b [u8], fields: &'h mut [httparse::Header<'b>]) -> Option<Parsed<'h, 'b>> {
+    let mut parsed = httparse::Request::new(fields);
     match parsed.parse(head) {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         _ => return None,
@@ -209,17 +289,17 @@ fn parse(head: &[u8]) -> Option<RequestHeader> {
     if parsed.version != Some(1) || !path.starts_with('/') {
         return None;
     }
-    let mut req =
-        RequestHeader::build_no_case(method, path.as_bytes(), Some(parsed.headers.len())).ok()?;
-    for field in parsed.headers.iter() {
-        let name = http::HeaderName::from_bytes(field.name.as_bytes()).ok()?;
-        if FALLBACK_FIELDS.contains(&name.as_str()) {
-            return None;
-        }
-        let value = http::HeaderValue::from_bytes(field.value).ok()?;
-        req.append_header(name, value).ok()?;
-    }
-    Some(req)
+    let fields: &'h [httparse::Header<'b>] = parsed.headers;
+    let unusual = fields.iter().any(|f| {
+        FALLBACK_FIELDS
+            .iter()
+            .any(|name| f.name.eq_ignore_ascii_case(name))
+    });
+    (!unusual).then_some(Parsed {
+        method,
+        path,
+        fields,
+    })
 }
 
 /// Writes the status line, `resp`'s fields and `body` (chunked when `resp` says so) as one
@@ -271,7 +351,9 @@ mod tests {
 
     #[test]
     fn only_plain_http11_requests_in_origin_form_are_taken() {
-        let ok = parse(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n").unwrap();
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let head = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n";
+        let ok = parse(head, &mut fields).unwrap().header().unwrap();
         assert_eq!(ok.uri.path(), "/a");
         assert_eq!(ok.uri.query(), Some("b=1"));
         assert_eq!(ok.headers.len(), 2);
@@ -288,11 +370,9 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\n",
         ] {
-            assert!(
-                parse(refused).is_none(),
-                "{}",
-                String::from_utf8_lossy(refused)
-            );
+            let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+            let parsed = parse(refused, &mut fields);
+            assert!(parsed.is_none(), "{}", String::from_utf8_lossy(refused));
         }
     }
 

@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{spawn_proxy, upstream};
+use crate::tls::{tls_block, tls_client, Ca};
 
 /// An origin whose answers depend only on the request (no counters), so that the two paths
 /// can be compared byte for byte. Each answer repeats its `Date` in `X-Date`.
@@ -360,4 +361,65 @@ async fn direct_hits_answer_exactly_as_the_pingora_path_but_keep_the_origin_date
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_fresh_hit_goes_direct_with_hsts_and_http2_hits_go_through_pingora() {
+    let origin = spawn_origin().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new("ca");
+    let pair = ca.leaf(&["h.test"]).write(dir.path(), "h");
+    let proxy = spawn_proxy(&format!(
+        "{}upstreams:\n{}routes:\n  - match: {{ path_prefix: / }}\n    upstream: pool\n    \
+         cache: {{ enabled: true }}\n    hsts: \"max-age=600\"\n",
+        tls_block(&[pair], ""),
+        upstream("pool", &[(origin, 1)], "")
+    ))
+    .await;
+    let addr = proxy.tls.expect("TLS listener");
+    let url = format!("https://h.test:{}/plain", addr.port());
+    let direct = || async {
+        proxy.stats().await["cache"]["direct_hits"]
+            .as_u64()
+            .expect("direct_hits")
+    };
+    let h1 = tls_client(Some(&ca), "h.test", addr)
+        .http1_only()
+        .build()
+        .expect("client");
+    let field = |resp: &reqwest::Response, name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let miss = h1.get(&url).send().await.expect("miss");
+    assert!(field(&miss, "cache-status").contains("fwd=miss"));
+    let hit = h1.get(&url).send().await.expect("hit");
+    assert_eq!(hit.version(), reqwest::Version::HTTP_11);
+    assert!(
+        field(&hit, "cache-status").contains("; hit"),
+        "{:?}",
+        hit.headers()
+    );
+    assert_eq!(
+        field(&hit, "date"),
+        field(&hit, "x-date"),
+        "the stored Date"
+    );
+    assert_eq!(field(&hit, "strict-transport-security"), "max-age=600");
+    assert_eq!(hit.text().await.expect("body"), "GET /plain ");
+    assert_eq!(direct().await, 1);
+
+    // HTTP/2 streams are Pingora's: the same hit, not counted as direct.
+    let h2 = tls_client(Some(&ca), "h.test", addr)
+        .build()
+        .expect("client");
+    let hit = h2.get(&url).send().await.expect("h2 hit");
+    assert_eq!(hit.version(), reqwest::Version::HTTP_2);
+    assert!(field(&hit, "cache-status").contains("; hit"));
+    assert_eq!(field(&hit, "strict-transport-security"), "max-age=600");
+    assert_eq!(hit.text().await.expect("body"), "GET /plain ");
+    assert_eq!(direct().await, 1);
 }
