@@ -123,7 +123,9 @@ http {
   access_log off;
   keepalive_requests 10000000;
   upstream origin { server 127.0.0.1:18501; keepalive 16; }
-  proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=c:16m max_size=40m inactive=1h;
+  # The cache manager keeps max_size closely (by default it lags a fast fill by far).
+  proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=c:16m max_size=40m inactive=1h
+                   manager_files=100000 manager_sleep=10ms manager_threshold=1000ms;
   server { listen 127.0.0.1:18504;
            location / { proxy_cache c; proxy_cache_valid 200 1h; proxy_pass http://origin;
                         proxy_http_version 1.1; proxy_set_header Connection ""; } }

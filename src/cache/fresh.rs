@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use pingora_cache::key::CacheHashKey;
+use pingora_core::protocols::http::conditional_filter::to_304;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::memory::{Entry, MemoryTier};
 use super::meta::TAG_FIELDS;
 use super::{key, policy, Cache, CacheState};
 use crate::compress::Algorithm;
+use crate::etag;
 use crate::fields;
 
 /// The fresh variant stored for `req` (to `host`), when the memory tier holds one this request
@@ -50,11 +52,13 @@ pub fn lookup(
     (fresh && Cache::hit_filter(req, &entry.meta, &state, fresh).is_none()).then_some(entry)
 }
 
-/// The header a hit on `entry` is answered with before the proxy's own fields: the stored
-/// header with the internal tag fields removed, `Age` (the origin's initial age plus the time
-/// stored), chunked framing when the stored header gives no length, and `Accept-Ranges` on a
-/// 200 with a length, as Pingora's hit path and range filter write it.
-pub fn hit_header(entry: &Entry) -> ResponseHeader {
+/// The header a hit on `entry` is answered with before the proxy's own fields, as Pingora's
+/// hit path, our `cache_not_modified_filter` and Pingora's range filter make it: the stored
+/// header with `Age` (the origin's initial age plus the time stored) and chunked framing when
+/// it gives no length; then the 304 when the request's `If-None-Match` or `If-Modified-Since`
+/// match (`true` with it: no body goes out), else `Accept-Ranges` on a 200 with a length; the
+/// internal tag fields removed.
+pub fn hit_header(entry: &Entry, req: &RequestHeader) -> (ResponseHeader, bool) {
     let meta = &entry.meta;
     let mut resp = meta.response_header_copy();
     resp.set_version(http::Version::HTTP_11);
@@ -65,15 +69,20 @@ pub fn hit_header(entry: &Entry) -> ResponseHeader {
     {
         let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
     }
-    // Pingora's range filter: a 200 with a length may be asked for in ranges (as nginx says).
-    let length = resp.headers.get(http::header::CONTENT_LENGTH);
-    let ranged =
-        length.is_some_and(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit));
-    if resp.status == http::StatusCode::OK && ranged {
-        let _ = resp.insert_header(http::header::ACCEPT_RANGES, "bytes");
+    let not_modified = etag::not_modified(req, &resp);
+    if not_modified {
+        to_304(&mut resp);
+    } else {
+        // Pingora's range filter: a 200 with a length may be asked for in ranges (as nginx).
+        let length = resp.headers.get(http::header::CONTENT_LENGTH);
+        let ranged =
+            length.is_some_and(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit));
+        if resp.status == http::StatusCode::OK && ranged {
+            let _ = resp.insert_header(http::header::ACCEPT_RANGES, "bytes");
+        }
     }
     fields::remove_where(&mut resp, |name| TAG_FIELDS.contains(&name.as_str()));
-    resp
+    (resp, not_modified)
 }
 
 /// The `Cache-Status` of a hit on `meta` (RFC 9211): the time left fresh, and whether the

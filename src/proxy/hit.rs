@@ -8,9 +8,11 @@
 //! the same response fields (`RequestCtx::own_fields`, `etag`, header rules), metrics and access
 //! log (`observe::record`) as the Pingora path. What it does differently is what RFC 9111 asks
 //! of a hit: the stored `Date` goes out (Pingora's HTTP/1 writer replaces it with the time of
-//! the hit). Anything unusual falls back to Pingora with nothing written and nothing counted:
-//! another method or version, a field that asks for more than a plain hit (`Range`,
-//! conditionals, request directives, cookies, credentials, a body, `Connection`, `Upgrade`,
+//! the hit). `If-None-Match` and `If-Modified-Since` are answered here too (the 304 from the
+//! stored validators, as `cache_not_modified_filter` answers them). Anything unusual falls
+//! back to Pingora with nothing written and nothing counted: another method or version, a
+//! field that asks for more than a stored answer (`Range`, `If-Match`, `If-Unmodified-Since`,
+//! `If-Range`, request directives, cookies, credentials, a body, `Connection`, `Upgrade`,
 //! `Expect`), a miss, a stale entry, or a refusal (which Pingora's path then answers). The
 //! policy runs last, after the lookup, so a request that falls back has used no rate budget.
 
@@ -35,14 +37,13 @@ use crate::policy::normalize::normalize;
 use crate::route;
 use crate::state::Shared;
 
-/// Request fields that send a request to Pingora's path: each asks for something a plain
-/// fresh hit is not (a range, a validation, a body, another protocol, per-user content).
-const FALLBACK_FIELDS: [&str; 18] = [
+/// Request fields that send a request to Pingora's path: each asks for something a stored
+/// answer is not (a range, a precondition on a write, a validation upstream, a body, another
+/// protocol, per-user content).
+const FALLBACK_FIELDS: [&str; 16] = [
     "range",
     "if-range",
     "if-match",
-    "if-none-match",
-    "if-modified-since",
     "if-unmodified-since",
     "cache-control",
     "pragma",
@@ -145,7 +146,7 @@ pub async fn serve(
         return None;
     }
     // From here the request is this path's: it has taken its share of any rate limit.
-    let mut resp = fresh::hit_header(&entry);
+    let (mut resp, not_modified) = fresh::hit_header(&entry, &req);
     if let Err(e) = decorate(&mut resp, &req, &ctx, host, &entry) {
         log::warn!("a response field of a cache hit is invalid: {e}");
         let _ = stream.shutdown().await;
@@ -166,7 +167,8 @@ pub async fn serve(
         let date = pingora_core::protocols::http::date::get_cached_date();
         let _ = resp.insert_header(http::header::DATE, date);
     }
-    let body = (req.method != http::Method::HEAD).then_some(&entry.body[..]);
+    let header_only = not_modified || req.method == http::Method::HEAD;
+    let body = (!header_only).then_some(&entry.body[..]);
     let written = write(stream, &resp, body).await;
     let facts = Finished {
         req: &req,
@@ -361,7 +363,7 @@ mod tests {
             &b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"[..],
             b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a\"\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nIf-Match: \"a\"\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\ncookie: a=b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
