@@ -229,26 +229,28 @@ wait_port() {
 }
 for port in 18001 18002 18101 18102 18103 18104 18105 18106 18111 18113 18201 18211 18212 18301 18401; do wait_port $port; done
 
-# RSS in KiB of a process and its children (nginx and varnish run worker children).
-# CPU time (clock ticks, user + system) of a contender: the process, its children and theirs
-# (nginx and HAProxy workers, Varnish's child). With the load generator on the other core, the
-# share of a core a contender used gives the "rps per proxy core" column: rps ÷ that share,
-# comparable between runs on machines that are busier or quieter.
-cpu_ticks() {
-  local pid=$1 total=0 p
-  for p in $pid $(pgrep -P "$pid" 2>/dev/null) $(for c in $(pgrep -P "$pid" 2>/dev/null); do pgrep -P "$c"; done); do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+# A contender's processes: the process, its children and theirs (nginx and HAProxy workers,
+# Varnish's child).
+family() {
+  echo "$1" $(pgrep -P "$1" 2>/dev/null) $(for c in $(pgrep -P "$1" 2>/dev/null); do pgrep -P "$c"; done)
+}
+
+# The sum over a contender's processes of a field (`awk` program) of a /proc file.
+family_sum() { # pid file awk-program
+  local total=0 p
+  for p in $(family "$1"); do
+    total=$((total + $(awk "$3" "/proc/$p/$2" 2>/dev/null || echo 0)))
   done
   echo $total
 }
 
-rss() {
-  local pid=$1 total=0 p
-  for p in $pid $(pgrep -P "$pid" 2>/dev/null) $(for c in $(pgrep -P "$pid" 2>/dev/null); do pgrep -P "$c"; done); do
-    total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
-  done
-  echo $total
-}
+# CPU time (clock ticks, user + system) of a contender. With the load generator on the other
+# core, the share of a core a contender used gives the "rps per proxy core" column: rps ÷ that
+# share, comparable between runs on machines that are busier or quieter.
+cpu_ticks() { family_sum "$1" stat '{print $14 + $15}'; }
+
+# RSS in KiB of a contender.
+rss() { family_sum "$1" status '/VmRSS/ {print $2}'; }
 
 # --- the matrix ------------------------------------------------------------------------------
 # name|port|path|Accept-Encoding|group|process
