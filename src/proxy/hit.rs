@@ -145,12 +145,13 @@ pub async fn serve(
         ctx.withdraw();
         return None;
     }
-    // From here the request is this path's: it has taken its share of any rate limit.
+    // The request has taken its share of any rate limit: from here it is answered here.
     let (mut resp, not_modified) = fresh::hit_header(&entry, &req);
-    if let Err(e) = decorate(&mut resp, &req, &ctx, host, &entry) {
-        log::warn!("a response field of a cache hit is invalid: {e}");
-        let _ = stream.shutdown().await;
-        return Some(Served::Close);
+    if decorate(&mut resp, &req, &ctx, host, &entry).is_err() {
+        // A header rule made an invalid field: Pingora's path answers that (500) and logs it.
+        // The request takes its rate budget twice on this error path only.
+        ctx.withdraw();
+        return None;
     }
     shared.cache.count(Lookup::Hit, Some(&entry.primary));
     let direct = &shared.cache.counters.direct_hits;
