@@ -357,6 +357,14 @@ impl HandleMiss for Miss {
         };
         let mut meta = self.meta;
         etag::attach_generated(&mut meta, &body);
+        // RFC 9110 §6.6.1: a cache stores a response without `Date` with the time it received
+        // it, which hits then carry (see `proxy/hit.rs`).
+        if !meta.headers().contains_key(http::header::DATE) {
+            let received = httpdate::fmt_http_date(meta.created());
+            let _ = meta
+                .response_header_mut()
+                .insert_header(http::header::DATE, received);
+        }
         let entry = Entry::new(self.key, self.primary, meta, body);
         let size = entry.size;
         if let Some(stored) = self.storage.memory.insert(entry, self.started.seq) {

@@ -163,7 +163,8 @@ pub async fn serve(
     let keep_alive = !conn.closing;
     let connection = if keep_alive { "keep-alive" } else { "close" };
     let _ = resp.insert_header(http::header::CONNECTION, connection);
-    // The stored `Date` goes out; one the cache never had is the time of the answer.
+    // The stored `Date` goes out (the cache adds the time it received a response that had
+    // none); an entry without one gets the time of the answer.
     if !resp.headers.contains_key(http::header::DATE) {
         let date = pingora_core::protocols::http::date::get_cached_date();
         let _ = resp.insert_header(http::header::DATE, date);

@@ -48,6 +48,21 @@ async fn read(s: &'static TieredStorage, primary: &str) -> Option<(CacheMeta, By
 }
 
 #[tokio::test]
+async fn a_response_without_date_is_stored_with_the_time_it_arrived() {
+    let s = storage(1 << 20, 1 << 16);
+    fill(s, "h/d", &[("Content-Type", "text/plain")], b"x").await;
+    let (meta, _) = read(s, "h/d").await.unwrap();
+    assert_eq!(
+        meta.headers()[http::header::DATE],
+        httpdate::fmt_http_date(meta.created()).as_str()
+    );
+    let origin = "Sun, 06 Nov 1994 08:49:37 GMT";
+    fill(s, "h/e", &[("Date", origin)], b"x").await;
+    let (meta, _) = read(s, "h/e").await.unwrap();
+    assert_eq!(meta.headers()[http::header::DATE], origin);
+}
+
+#[tokio::test]
 async fn round_trip_with_a_generated_etag() {
     let s = storage(1 << 20, 1 << 16);
     fill(s, "h/a", &[("Content-Type", "text/plain")], b"hello").await;
