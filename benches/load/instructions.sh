@@ -16,20 +16,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${1:-$ROOT/target/release/switchyard}
 N=${2:-2000}
-WORK=$(mktemp -d /tmp/switchyard-instr.XXXXXX)
-# nginx workers drop privileges: the content must be reachable by them.
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-  sleep 0.5
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true; done
-  if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-for tool in valgrind callgrind_control nginx h2load; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (valgrind, nginx, nghttp2-client)" >&2; exit 1; }
-done
+# shellcheck source=benches/load/common.sh
+. "$ROOT/benches/load/common.sh"
+start_work instr
+need "valgrind, nginx, nghttp2-client" valgrind callgrind_control nginx h2load
 
 mkdir -p "$WORK/www" "$WORK/logs"
 head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www/small"

@@ -21,19 +21,10 @@ EXPONENTS=("$@")
 [ ${#EXPONENTS[@]} -eq 0 ] && EXPONENTS=(1.0 0.8)
 KEYS=100000
 BIN=${BIN:-$ROOT/target/release/switchyard}
-WORK=$(mktemp -d /tmp/switchyard-zipf.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-  sleep 0.5
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-for tool in nginx h2load curl python3; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (nginx, nghttp2-client, curl)" >&2; exit 1; }
-done
+# shellcheck source=benches/load/common.sh
+. "$ROOT/benches/load/common.sh"
+start_work zipf
+need "nginx, nghttp2-client, curl" nginx h2load curl python3
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet --bin switchyard)
 
 mkdir -p "$WORK/www" "$WORK/logs"
