@@ -36,7 +36,8 @@ pub fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
         ctx.upstream.peer_trusted = client::is_trusted(peer, trusted);
         // Only ip_hash needs the client behind the proxies; others skip the header walk.
         if pool.strategy == Strategy::IpHash {
-            let client = client::client_ip(peer, &client::forwarded_for(req), trusted);
+            // Set by `gate::identify` from the same peer and trusted proxies.
+            let client = ctx.client_ip.unwrap_or(peer);
             ctx.upstream.hash = Some(hash_key(&client::hash_input(&pool.hash_key, req, client)));
         }
     }

@@ -36,8 +36,8 @@ pub struct RequestCtx {
     pub(super) ids: super::trace::Ids,
     /// What the access log reports besides the session (`observe.rs`).
     pub(super) observed: Observed,
-    /// The client's address, after trusted proxies and the PROXY protocol (`gate::client_ip`).
-    pub(super) client_ip: Option<std::net::IpAddr>,
+    /// The client's address, after trusted proxies and the PROXY protocol (`gate::identify`).
+    pub(super) client_ip: Option<IpAddr>,
     _active: ActiveRequest,
 }
 
@@ -229,8 +229,6 @@ pub struct Encoding {
 /// What a request met on its way, for the access log (`RequestCtx::observed`).
 #[derive(Debug, Default)]
 pub struct Observed {
-    /// The client: the TCP peer, or behind trusted proxies the address they forwarded.
-    pub(super) client_ip: Option<IpAddr>,
     /// The backend address of the last attempt.
     pub(super) upstream: Option<String>,
     /// When the first attempt began.

@@ -47,23 +47,6 @@ pub fn normalise_path(req: &mut RequestHeader) -> bool {
     }
 }
 
-/// The client's address: the TCP peer (or the PROXY protocol source), or behind trusted
-/// proxies the right-most untrusted `X-Forwarded-For` element.
-pub fn client_ip(session: &Session, ctx: &RequestCtx) -> Option<IpAddr> {
-    let peer = session.client_addr()?.as_inet()?.ip();
-    client_ip_of(session.req_header(), peer, ctx)
-}
-
-/// [`client_ip`] of a request read from the TCP `peer`.
-pub fn client_ip_of(req: &RequestHeader, peer: IpAddr, ctx: &RequestCtx) -> Option<IpAddr> {
-    let trusted = &ctx.runtime.as_ref()?.config.server.trusted_proxies;
-    Some(client::client_ip(
-        peer,
-        &client::forwarded_for(req),
-        trusted,
-    ))
-}
-
 /// What the policy says of a routed request.
 pub enum Verdict {
     Admit,
@@ -252,8 +235,10 @@ pub fn on_response(resp: &mut ResponseHeader, ctx: &RequestCtx, host: &str) -> R
     Ok(())
 }
 
-/// Sets the request's ids and the client address the log reports, trusting the peer's
-/// `X-Request-Id` and `X-Forwarded-For` only when it is one of `trusted_proxies`.
+/// Sets the request's ids and the client's address (`RequestCtx::client_ip`: the TCP peer or
+/// the PROXY protocol source, or behind trusted proxies the right-most untrusted
+/// `X-Forwarded-For` element), trusting the peer's `X-Request-Id` and `X-Forwarded-For` only
+/// when it is one of `trusted_proxies`.
 pub fn identify(session: &Session, trusted_proxies: &[ipnet::IpNet], ctx: &mut RequestCtx) {
     let peer = session
         .client_addr()
@@ -271,6 +256,6 @@ pub fn identify_request(
 ) {
     let trusted = peer.is_some_and(|ip| client::is_trusted(ip, trusted_proxies));
     ctx.ids = trace::ids(req, trusted);
-    ctx.observed.client_ip =
+    ctx.client_ip =
         peer.map(|ip| client::client_ip(ip, &client::forwarded_for(req), trusted_proxies));
 }

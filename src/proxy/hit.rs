@@ -29,7 +29,7 @@ use super::ctx::RequestCtx;
 use super::gate::{self, Verdict};
 use super::limits;
 use super::observe::{self, Finished};
-use super::request_host;
+use super::{request_host, route_of};
 use crate::cache::{fresh, Lookup};
 use crate::etag;
 use crate::fields;
@@ -138,9 +138,6 @@ pub async fn serve(
     gate::identify_request(&req, conn.peer, trusted, &mut ctx);
     ctx.runtime = Some(Arc::clone(&runtime));
     ctx.route = Some(index);
-    ctx.client_ip = conn
-        .peer
-        .and_then(|peer| gate::client_ip_of(&req, peer, &ctx));
     if !matches!(gate::verdict(&req, &ctx).await, Verdict::Admit) {
         ctx.withdraw();
         return None;
@@ -264,21 +261,6 @@ impl Parsed<'_, '_> {
         }
         Some(req)
     }
-}
-
-/// The route of `req` with its path in normal form, as `request_filter` finds it.
-fn route_of<'r>(
-    router: &'r route::Router,
-    req: &RequestHeader,
-) -> Option<(usize, &'r crate::config::Route)> {
-    let path = normalize(req.uri.path()).ok()?;
-    router.find(&route::Request {
-        host: request_host(req).unwrap_or(""),
-        path: &path,
-        query: req.uri.query(),
-        method: &req.method,
-        headers: &req.headers,
-    })
 }
 
 /// `head` parsed, when it is a whole HTTP/1.1 request header in origin form with no field from

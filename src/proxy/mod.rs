@@ -65,6 +65,20 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
+/// The route of `req`, whose path is already in normal form (`gate::normalise_path`).
+fn route_of<'r>(
+    router: &'r route::Router,
+    req: &RequestHeader,
+) -> Option<(usize, &'r crate::config::Route)> {
+    router.find(&route::Request {
+        host: request_host(req).unwrap_or(""),
+        path: req.uri.path(),
+        query: req.uri.query(),
+        method: &req.method,
+        headers: &req.headers,
+    })
+}
+
 /// Whether the client's connection is TLS.
 fn arrived_over_tls(session: &Session) -> bool {
     session
@@ -122,20 +136,10 @@ impl ProxyHttp for Proxy {
             .await?;
             return Ok(true);
         }
-        let req = session.req_header();
-        let found = runtime
-            .router
-            .find(&route::Request {
-                host: request_host(req).unwrap_or(""),
-                path: req.uri.path(),
-                query: req.uri.query(),
-                method: &req.method,
-                headers: &req.headers,
-            })
+        let found = route_of(&runtime.router, session.req_header())
             .map(|(index, route)| (index, runtime.pools.get(&route.upstream).cloned()));
         ctx.runtime = Some(runtime);
         ctx.route = found.as_ref().map(|(index, _)| *index);
-        ctx.client_ip = gate::client_ip(session, ctx);
         // Body size, access, rate limit and basic auth come before anything else answers.
         if gate::refuse(session, ctx, &self.shared.metrics).await? {
             return Ok(true);

@@ -124,7 +124,7 @@ pub fn record(shared: &Shared, facts: &Finished<'_>, e: Option<&Error>, ctx: &mu
     });
     let entry = Entry {
         time: Some(SystemTime::now() - duration),
-        client_ip: ctx.observed.client_ip.or(facts.peer),
+        client_ip: ctx.client_ip.or(facts.peer),
         method: req.method.as_str().to_string(),
         host: request_host(req).unwrap_or("").to_string(),
         path: req.uri.path().to_string(),
