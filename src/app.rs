@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::apps::HttpServerOptions;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
@@ -51,9 +51,12 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     if self_signed {
         config.tls = Some(demo_tls()?);
     }
-    if !options.upgrade {
-        claim_addresses(&mut config)?;
-    }
+    // Held until `run` returns: see `Claims`.
+    let claims = if options.upgrade {
+        Claims::default()
+    } else {
+        claim_addresses(&mut config)?
+    };
     let demo_origins = if options.demo {
         demo_addresses(&config)?
     } else {
@@ -143,6 +146,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     for addr in listen.iter().chain(&tls_listen) {
         proxy.add_listener(
             ListenerConfig::tcp(addr.to_string())
+                .tcp_socket_options(claims.options(*addr))
                 .l4_buffer(L4BufferSettings::new(read_buffer, 1460)),
         );
     }
@@ -153,7 +157,7 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
         HttpServer::new_app(Admin::new(Arc::clone(&shared))),
     );
     admin.threads = Some(1);
-    admin.add_tcp(&admin_listen.to_string());
+    admin.add_tcp_with_settings(&admin_listen.to_string(), claims.options(admin_listen));
     server.add_service(admin);
 
     let mut checks = background_service("health checks", HealthChecks(Arc::clone(&shared)));
@@ -238,9 +242,38 @@ pub fn run(mut config: Config, options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The free ports picked for port-0 listen addresses, held from the moment they are picked
+/// until the process ends.
+///
+/// The port is announced before Pingora binds it (its services bind when they start), so a
+/// port that was only probed and let go could be taken in between by anything else asking
+/// for a free port, and the announced address would then reach someone else's server. The
+/// claim is a socket bound with `SO_REUSEPORT` only and never listening: it receives no
+/// connections, any other `bind` to the port fails, and Pingora's listener, asked for
+/// `SO_REUSEPORT` too on these addresses alone, binds beside it. Pingora 0.9.1 cannot be given
+/// an already bound listener outside a graceful upgrade, which is why it is done this way.
+/// Explicit ports are only probed: holding them with `SO_REUSEPORT` would let a second
+/// instance started on the same port share it instead of failing.
+#[derive(Default)]
+struct Claims {
+    held: Vec<(SocketAddr, socket2::Socket)>,
+}
+
+impl Claims {
+    /// Pingora's socket options for the listener on `addr`.
+    fn options(&self, addr: SocketAddr) -> TcpSocketOptions {
+        let mut options = TcpSocketOptions::default();
+        if self.held.iter().any(|(a, _)| *a == addr) {
+            options.so_reuseport = Some(true);
+        }
+        options
+    }
+}
+
 /// Makes sure every listen address can be bound, and gives port-0 addresses a real free port
-/// so that it can be printed and used.
-fn claim_addresses(config: &mut Config) -> anyhow::Result<()> {
+/// so that it can be printed and used (held in the returned [`Claims`]).
+fn claim_addresses(config: &mut Config) -> anyhow::Result<Claims> {
+    let mut claims = Claims::default();
     let tls = config.tls.as_mut().map(|t| t.listen.iter_mut());
     for addr in config
         .server
@@ -249,12 +282,32 @@ fn claim_addresses(config: &mut Config) -> anyhow::Result<()> {
         .chain(tls.into_iter().flatten())
         .chain(std::iter::once(&mut config.admin.listen))
     {
-        let probe = TcpListener::bind(*addr).with_context(|| format!("cannot listen on {addr}"))?;
-        *addr = probe
-            .local_addr()
-            .with_context(|| format!("cannot read the bound address of {addr}"))?;
+        if addr.port() == 0 {
+            let claim =
+                claim_free_port(*addr).with_context(|| format!("cannot listen on {addr}"))?;
+            *addr = claim
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .with_context(|| format!("cannot read the bound address of {addr}"))?;
+            claims.held.push((*addr, claim));
+        } else {
+            TcpListener::bind(*addr).with_context(|| format!("cannot listen on {addr}"))?;
+        }
     }
-    Ok(())
+    Ok(claims)
+}
+
+/// A socket bound to a free port of `addr`'s IP with `SO_REUSEPORT` and nothing else.
+fn claim_free_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }
 
 /// Where `switchyard demo` listens for TLS when its config has no `tls` block.
@@ -291,4 +344,61 @@ fn demo_addresses(config: &Config) -> anyhow::Result<Vec<SocketAddr>> {
         })?;
     }
     Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_claimed_port_cannot_be_taken_but_pingoras_listener_binds_beside_the_claim() {
+        let claim = claim_free_port("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = claim.local_addr().unwrap().as_socket().unwrap();
+        assert_ne!(addr.port(), 0);
+        // What any other server asking for the port does (std sets SO_REUSEADDR).
+        let err = TcpListener::bind(addr).expect_err("the claimed port was free to others");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        // What Pingora does with `so_reuseport` (it always sets SO_REUSEADDR).
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener.set_reuse_address(true).unwrap();
+        listener.set_reuse_port(true).unwrap();
+        listener.bind(&addr.into()).unwrap();
+        listener.listen(8).unwrap();
+        let listener: TcpListener = listener.into();
+        // Connections reach the listener, never the claim (which does not listen).
+        for _ in 0..20 {
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            client.write_all(b"x").unwrap();
+            let (mut served, _) = listener.accept().unwrap();
+            let mut byte = [0u8; 1];
+            served.read_exact(&mut byte).unwrap();
+            assert_eq!(&byte, b"x");
+        }
+        drop(claim);
+    }
+
+    #[test]
+    fn port_zero_is_claimed_and_explicit_ports_only_probed() {
+        let mut config = Config::parse(
+            "server:\n  listen: [\"127.0.0.1:0\"]\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  u:\n    backends: [{address: \"127.0.0.1:9\"}]\nroutes:\n  - {upstream: u}\n",
+            "test.yaml",
+        )
+        .unwrap();
+        let claims = claim_addresses(&mut config).unwrap();
+        let listen = config.server.listen[0];
+        assert_ne!(listen.port(), 0);
+        assert_eq!(claims.options(listen).so_reuseport, Some(true));
+        assert_eq!(claims.options(config.admin.listen).so_reuseport, Some(true));
+        let explicit = closed_port();
+        assert_eq!(claims.options(explicit).so_reuseport, None);
+    }
+
+    fn closed_port() -> SocketAddr {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
 }
