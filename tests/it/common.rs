@@ -266,8 +266,26 @@ async fn handle(
     Ok(resp.body(Full::new(Bytes::from(body))).expect("response"))
 }
 
-/// A loopback port with nothing listening on it.
+/// A loopback port that refuses connections for as long as the tests run: it is held by a
+/// bound socket that never listens, so no origin or proxy of another test can be given it.
 pub fn closed_port() -> SocketAddr {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    socket.bind(&any.into()).expect("bind");
+    let addr = socket
+        .local_addr()
+        .expect("address")
+        .as_socket()
+        .expect("inet address");
+    // Kept bound until the test process exits.
+    std::mem::forget(socket);
+    addr
+}
+
+/// A loopback port free now, for a server the test starts on a fixed port. Another test could
+/// take it first; use it only where the address must be known before the server starts.
+pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("address")
 }

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    client, closed_port, spawn_origin, spawn_proxy, upstream, wait_until, Origin, Proxy,
+    client, free_port, spawn_origin, spawn_proxy, upstream, wait_until, Origin, Proxy,
 };
 
 /// A `redis-server` of the test's own on a free loopback port.
@@ -30,7 +30,7 @@ impl RedisServer {
             eprintln!("\n!!! SKIPPING Redis tier test: redis-server is not installed (apt-get install redis-server) !!!\n");
             return None;
         }
-        let port = closed_port().port();
+        let port = free_port().port();
         let mut server = RedisServer {
             child: Self::spawn(port),
             port,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{binary, client, closed_port, spawn_origin, spawn_proxy, upstream, wait_until};
+use crate::common::{binary, client, free_port, spawn_origin, spawn_proxy, upstream, wait_until};
 
 /// Kills the process on drop (the test's second instance).
 struct Killed(Child);
@@ -75,7 +75,7 @@ async fn graceful_upgrade_loses_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
     // Fixed ports: the new process finds its listeners among the inherited ones by address.
-    let (listen, admin) = (closed_port(), closed_port());
+    let (listen, admin) = (free_port(), free_port());
     let config = format!(
         "server:\n  listen: [\"{listen}\"]\n  threads: 2\n  grace_period: 5s\n  upgrade_socket: {}\nadmin:\n  listen: {admin}\nupstreams:\n{}routes:\n  - match: {{ path_prefix: / }}\n    upstream: pool\n",
         socket.display(),
