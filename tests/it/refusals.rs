@@ -67,10 +67,23 @@ async fn idle(from: &str, to: SocketAddr, n: usize) -> Vec<TcpStream> {
     for _ in 0..n {
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-        held.push(socket.connect(to).await.unwrap());
+        let mut stream = socket.connect(to).await.unwrap();
+        // A request answered on it proves the proxy has counted it before the next one opens
+        // (connections are taken up on two threads, not always in the order they arrived).
+        stream.write_all(GET).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed: {head:?}");
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        held.push(stream);
     }
-    // Let the proxy accept them.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     held
 }
 
@@ -123,7 +136,8 @@ async fn front_end_refusals_have_access_log_lines() {
     // The proxy's own count: a client of a test that ended may still knock on a reused port.
     let stats = proxy.stats().await;
     let sent = &stats["upstreams"]["pool"]["backends"][0]["requests_total"];
-    assert_eq!(sent, 0, "a refused request reached the origin");
+    // Only the three held connections' requests (see `idle`).
+    assert_eq!(sent, 3, "a refused request reached the origin");
     assert_eq!(stats["connections_refused"]["max_connections"], 1);
     assert_eq!(stats["refused_connections"], 1);
 }
