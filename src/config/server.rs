@@ -21,7 +21,10 @@ pub struct Server {
     /// Reload when the config file changes.
     pub watch_config: bool,
     /// Read buffer per client connection, in bytes (Pingora's default is 64 KiB; most of it
-    /// sits unused on idle keep-alive connections).
+    /// sits unused on idle keep-alive connections). The default is the smallest allowed,
+    /// 1 KiB: the front end, rustls and Pingora's body reader read 4 KiB or more at a time,
+    /// which bypasses this buffer, so a bigger one only costs memory (measured: 3 KiB less per
+    /// connection, 0.5% fewer instructions per pass-through request than 4 KiB).
     pub read_buffer: usize,
     /// Longest wait for a whole request header, from its first byte (slow clients are closed).
     pub header_timeout: Duration,
@@ -89,7 +92,7 @@ impl TryFrom<FileServer> for Server {
             .collect::<Result<Vec<_>, _>>()?;
         let read_buffer = key
             .field("read_buffer")
-            .size(raw.read_buffer.as_deref(), 4 << 10)?;
+            .size(raw.read_buffer.as_deref(), 1 << 10)?;
         if !(1024..=(1 << 20)).contains(&read_buffer) {
             return Err(key
                 .field("read_buffer")

@@ -536,6 +536,7 @@ fn limits_parse_with_defaults() {
     assert_eq!(c.server.max_connections, 10_000);
     assert_eq!(c.server.max_connections_per_ip, None);
     assert_eq!(c.server.max_header_size, 64 << 10);
+    assert_eq!(c.server.read_buffer, 1 << 10);
     assert_eq!(c.server.max_body_size, 16 << 20);
     assert_eq!(c.server.server_header.as_deref(), Some("switchyard"));
     let text = format!(
