@@ -12,13 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::common::{client, spawn_proxy, upstream, Proxy};
+use crate::common::{client, serve_http1, spawn_proxy, upstream, Proxy};
 
 /// What the origin answers on a path.
 #[derive(Clone, Default)]
@@ -69,20 +66,7 @@ impl Scripted {
         let addr = listener.local_addr().expect("origin address");
         let script = Arc::new(Mutex::new(Script::default()));
         let shared = Arc::clone(&script);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let script = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| answer(Arc::clone(&script), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        serve_http1(listener, move |req| answer(Arc::clone(&shared), req));
         Scripted { addr, script }
     }
 

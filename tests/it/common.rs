@@ -1,6 +1,7 @@
 //! Test fixtures: in-process origins and the real `switchyard` binary, all on 127.0.0.1 port 0.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -108,22 +109,36 @@ pub async fn spawn_origin_at(name: &str, addr: SocketAddr) -> Origin {
         not_modified: AtomicU64::new(0),
     });
     let accept_state = Arc::clone(&state);
-    let task = tokio::spawn(async move {
+    let task = serve_http1(listener, move |req| handle(Arc::clone(&accept_state), req));
+    Origin { addr, state, task }
+}
+
+/// Serves HTTP/1.1 on `listener`, answering each request with `handler`, until the returned
+/// task is aborted (which closes the connections it has open too). The tests' origins are
+/// this loop with their own handler.
+pub fn serve_http1<F, Fut, B, E>(listener: TcpListener, handler: F) -> JoinHandle<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let state = Arc::clone(&accept_state);
+            let service = service_fn(handler.clone());
             connections.spawn(async move {
-                let service = service_fn(move |req| handle(Arc::clone(&state), req));
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
         }
-    });
-    Origin { addr, state, task }
+    })
 }
 
 async fn handle(

@@ -285,46 +285,31 @@ async fn spawn_streaming_origin(
     let addr = listener.local_addr().unwrap();
     let sent: Sent = Default::default();
     let log = sent.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let log = log.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| {
-                    let log = log.clone();
-                    async move {
-                        log.lock().unwrap().clear();
-                        let events = futures_util::stream::unfold(0usize, move |i| {
-                            let log = log.clone();
-                            async move {
-                                if i == EVENTS {
-                                    return None;
-                                }
-                                if i > 0 {
-                                    tokio::time::sleep(EVENT_GAP).await;
-                                }
-                                log.lock().unwrap().push(std::time::Instant::now());
-                                let event = format!("data: event {i} {}\n\n", "x".repeat(200));
-                                Some((
-                                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(
-                                        event,
-                                    ))),
-                                    i + 1,
-                                ))
-                            }
-                        });
-                        hyper::Response::builder()
-                            .header("content-type", content_type)
-                            .header("cache-control", "no-cache")
-                            .body(StreamBody::new(events))
+    let task = crate::common::serve_http1(listener, move |_req| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().clear();
+            let events = futures_util::stream::unfold(0usize, move |i| {
+                let log = log.clone();
+                async move {
+                    if i == EVENTS {
+                        return None;
                     }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+                    if i > 0 {
+                        tokio::time::sleep(EVENT_GAP).await;
+                    }
+                    log.lock().unwrap().push(std::time::Instant::now());
+                    let event = format!("data: event {i} {}\n\n", "x".repeat(200));
+                    Some((
+                        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(event))),
+                        i + 1,
+                    ))
+                }
             });
+            hyper::Response::builder()
+                .header("content-type", content_type)
+                .header("cache-control", "no-cache")
+                .body(StreamBody::new(events))
         }
     });
     (addr, sent, task)

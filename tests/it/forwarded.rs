@@ -7,42 +7,30 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::common::{client, spawn_proxy, upstream, Proxy};
+use crate::common::{client, serve_http1, spawn_proxy, upstream, Proxy};
 
 /// An origin that answers with every request field it got, one `name: value` line each, in a
 /// cacheable response: what a framework building links from them would put in a page.
 async fn echo_origin() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|req: Request<Incoming>| async move {
-                    let mut body = String::new();
-                    for (name, value) in req.headers() {
-                        body.push_str(&format!(
-                            "{name}: {}\n",
-                            value.to_str().unwrap_or("<bytes>")
-                        ));
-                    }
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .header("cache-control", "max-age=60")
-                            .body(Full::new(Bytes::from(body)))
-                            .expect("response"),
-                    )
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    serve_http1(listener, |req: Request<Incoming>| async move {
+        let mut body = String::new();
+        for (name, value) in req.headers() {
+            body.push_str(&format!(
+                "{name}: {}\n",
+                value.to_str().unwrap_or("<bytes>")
+            ));
         }
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("cache-control", "max-age=60")
+                .body(Full::new(Bytes::from(body)))
+                .expect("response"),
+        )
     });
     addr
 }

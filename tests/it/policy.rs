@@ -10,14 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{client, spawn_origin, spawn_proxy, upstream, Proxy};
+use crate::common::{client, serve_http1, spawn_origin, spawn_proxy, upstream, Proxy};
 
 /// An origin that answers with the request target and its fields in the body, and counts.
 pub(crate) struct Echo {
@@ -30,31 +27,18 @@ pub(crate) async fn spawn_echo() -> Echo {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&hits);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let counter = Arc::clone(&counter);
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    let mut body = format!("{}\n", req.uri());
-                    for (name, value) in req.headers() {
-                        body.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
-                    }
-                    let mut resp = Response::builder().header("x-origin", "echo");
-                    if req.uri().path().starts_with("/cached/") {
-                        resp = resp.header("cache-control", "max-age=60");
-                    }
-                    let resp = resp.body(Full::new(Bytes::from(body))).unwrap();
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    serve_http1(listener, move |req: Request<Incoming>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let mut body = format!("{}\n", req.uri());
+        for (name, value) in req.headers() {
+            body.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
         }
+        let mut resp = Response::builder().header("x-origin", "echo");
+        if req.uri().path().starts_with("/cached/") {
+            resp = resp.header("cache-control", "max-age=60");
+        }
+        let resp = resp.body(Full::new(Bytes::from(body))).unwrap();
+        async move { Ok::<_, Infallible>(resp) }
     });
     Echo { addr, hits }
 }
