@@ -23,7 +23,10 @@ if [ -z "$BIN" ]; then
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])')
+        print(m["executable"])
+    elif m.get("reason") == "compiler-message":
+        # Errors and warnings would otherwise be lost in the JSON stream.
+        print(m["message"].get("rendered", ""), file=sys.stderr, end="")')
   [ -x "$BIN" ] || { echo "soak: cargo built no switchyard binary" >&2; exit 2; }
 fi
 ulimit -n 65536 2>/dev/null || true
