@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use pingora_cache::key::CacheHashKey;
 use pingora_core::protocols::http::conditional_filter::to_304;
 use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{range_header_filter, RangeType};
 
 use super::memory::{Entry, MemoryTier};
 use super::meta::TAG_FIELDS;
@@ -53,12 +54,13 @@ pub fn lookup(
 }
 
 /// The header a hit on `entry` is answered with before the proxy's own fields, as Pingora's
-/// hit path, our `cache_not_modified_filter` and Pingora's range filter make it: the stored
-/// header with `Age` (the origin's initial age plus the time stored) and chunked framing when
-/// it gives no length; then the 304 when the request's `If-None-Match` or `If-Modified-Since`
-/// match (`true` with it: no body goes out), else `Accept-Ranges` on a 200 with a length; the
-/// internal tag fields removed.
-pub fn hit_header(entry: &Entry, req: &RequestHeader) -> (ResponseHeader, bool) {
+/// hit path and our `cache_not_modified_filter` make it: the stored header with `Age` (the
+/// origin's initial age plus the time stored) and chunked framing when it gives no length;
+/// then the 304 when the request's `If-None-Match` or `If-Modified-Since` match (`true` with
+/// it: no body goes out); then Pingora's own range filter with its default limit (it leaves a
+/// 304 alone, adds `Accept-Ranges` to a 200 with a length, and makes the 206 or 416 a `Range`
+/// asks for); the internal tag fields removed.
+pub fn hit_header(entry: &Entry, req: &RequestHeader) -> (ResponseHeader, bool, RangeType) {
     let meta = &entry.meta;
     let mut resp = meta.response_header_copy();
     resp.set_version(http::Version::HTTP_11);
@@ -72,18 +74,15 @@ pub fn hit_header(entry: &Entry, req: &RequestHeader) -> (ResponseHeader, bool) 
     let not_modified = etag::not_modified(req, &resp);
     if not_modified {
         to_304(&mut resp);
-    } else {
-        // Pingora's range filter: a 200 with a length may be asked for in ranges (as nginx).
-        let length = resp.headers.get(http::header::CONTENT_LENGTH);
-        let ranged =
-            length.is_some_and(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit));
-        if resp.status == http::StatusCode::OK && ranged {
-            let _ = resp.insert_header(http::header::ACCEPT_RANGES, "bytes");
-        }
     }
+    let range = range_header_filter(req, &mut resp, MAX_RANGES);
     fields::remove_where(&mut resp, |name| TAG_FIELDS.contains(&name.as_str()));
-    (resp, not_modified)
+    (resp, not_modified, range)
 }
+
+/// The most ranges one request may ask for: Pingora's default (`ProxyHttp::range_header_filter`),
+/// which the proxy does not override.
+const MAX_RANGES: Option<usize> = Some(200);
 
 /// The `Cache-Status` of a hit on `meta` (RFC 9211): the time left fresh, and whether the
 /// entry came from the shared tier.

@@ -9,12 +9,14 @@
 //! log (`observe::record`) as the Pingora path. What it does differently is what RFC 9111 asks
 //! of a hit: the stored `Date` goes out (Pingora's HTTP/1 writer replaces it with the time of
 //! the hit). `If-None-Match` and `If-Modified-Since` are answered here too (the 304 from the
-//! stored validators, as `cache_not_modified_filter` answers them). Anything unusual falls
-//! back to Pingora with nothing written and nothing counted: another method or version, a
-//! field that asks for more than a stored answer (`Range`, `If-Match`, `If-Unmodified-Since`,
-//! `If-Range`, request directives, cookies, credentials, a body, `Connection`, `Upgrade`,
-//! `Expect`), a miss, a stale entry, or a refusal (which Pingora's path then answers). The
-//! policy runs last, after the lookup, so a request that falls back has used no rate budget.
+//! stored validators, as `cache_not_modified_filter` answers them), and so are `Range` and
+//! `If-Range` with one range (the 206 or 416 from Pingora's own range filter, the body cut from
+//! the stored one). Anything unusual falls back to Pingora with nothing written and nothing
+//! counted: another method or version, several ranges (a multipart body), a field that asks
+//! for more than a stored answer (`If-Match`, `If-Unmodified-Since`, request directives,
+//! cookies, credentials, a body, `Connection`, `Upgrade`, `Expect`), a miss, a stale entry,
+//! or a refusal (which Pingora's path then answers). The policy runs last, after the lookup,
+//! so a request that falls back has used no rate budget.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use std::time::SystemTime;
 use bytes::{BufMut, BytesMut};
 use pingora_core::protocols::Stream;
 use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::RangeType;
 use tokio::io::AsyncWriteExt;
 
 use super::ctx::RequestCtx;
@@ -38,11 +41,9 @@ use crate::route;
 use crate::state::Shared;
 
 /// Request fields that send a request to Pingora's path: each asks for something a stored
-/// answer is not (a range, a precondition on a write, a validation upstream, a body, another
-/// protocol, per-user content).
-const FALLBACK_FIELDS: [&str; 16] = [
-    "range",
-    "if-range",
+/// answer is not (a precondition on a write, a validation upstream, a body, another protocol,
+/// per-user content).
+const FALLBACK_FIELDS: [&str; 14] = [
     "if-match",
     "if-unmodified-since",
     "cache-control",
@@ -131,6 +132,17 @@ pub async fn serve(
     let memory = &shared.cache.storage.memory;
     let now = SystemTime::now();
     let entry = fresh::lookup(memory, host, &req, algorithms, cache.keyed_cookies(), now)?;
+    let (mut resp, not_modified, range) = fresh::hit_header(&entry, &req);
+    // What of the stored body goes out: all of it, one range, or nothing (a 304, a HEAD, a
+    // 416). Several ranges make a multipart body, which Pingora's range filter writes.
+    let header_only =
+        not_modified || req.method == http::Method::HEAD || matches!(range, RangeType::Invalid);
+    let body = match &range {
+        _ if header_only => None,
+        RangeType::None => Some(&entry.body[..]),
+        RangeType::Single(r) => Some(entry.body.get(r.clone())?),
+        RangeType::Multi(_) | RangeType::Invalid => return None,
+    };
 
     let mut ctx = RequestCtx::new(shared.begin_request());
     ctx.tls = conn.tls;
@@ -143,7 +155,6 @@ pub async fn serve(
         return None;
     }
     // The request has taken its share of any rate limit: from here it is answered here.
-    let (mut resp, not_modified) = fresh::hit_header(&entry, &req);
     if decorate(&mut resp, &req, &ctx, host, &entry).is_err() {
         // A header rule made an invalid field: Pingora's path answers that (500) and logs it.
         // The request takes its rate budget twice on this error path only.
@@ -166,8 +177,6 @@ pub async fn serve(
         let date = pingora_core::protocols::http::date::get_cached_date();
         let _ = resp.insert_header(http::header::DATE, date);
     }
-    let header_only = not_modified || req.method == http::Method::HEAD;
-    let body = (!header_only).then_some(&entry.body[..]);
     let written = write(stream, &resp, body).await;
     let facts = Finished {
         req: &req,
@@ -346,7 +355,6 @@ mod tests {
         for refused in [
             &b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"[..],
             b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nIf-Match: \"a\"\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\ncookie: a=b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
