@@ -12,12 +12,16 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::common::{spawn_origin, spawn_proxy, upstream, wait_until, Proxy};
 
-/// Sends `bytes` from a connection bound to `from` (any port) and returns the answer's status
-/// (0 when the connection closed without one).
-async fn send_from(from: &str, to: SocketAddr, bytes: &[u8]) -> u16 {
+/// A connection to `to` from the address `from` (any port).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let mut s = socket.connect(to).await.unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Sends `bytes` on `s` and returns what came back up to the end of the answer's header
+/// (empty when the connection closed without one, or after 5 s).
+async fn answer_head(s: &mut TcpStream, bytes: &[u8]) -> String {
     let _ = s.write_all(bytes).await;
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -30,7 +34,15 @@ async fn send_from(from: &str, to: SocketAddr, bytes: &[u8]) -> u16 {
         }
     })
     .await;
-    String::from_utf8_lossy(&buf)
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Sends `bytes` from a connection bound to `from` (any port) and returns the answer's status
+/// (0 when the connection closed without one).
+async fn send_from(from: &str, to: SocketAddr, bytes: &[u8]) -> u16 {
+    let mut s = connect_from(from, to).await;
+    answer_head(&mut s, bytes)
+        .await
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
@@ -61,27 +73,16 @@ fn config(log: &Path, server: &str, origin: SocketAddr) -> String {
     )
 }
 
-/// Opens `n` connections from `from` that send nothing (each holds a slot).
+/// Opens `n` keep-alive connections from `from`, each answered once and then left idle (each
+/// holds a slot).
 async fn idle(from: &str, to: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut held = Vec::new();
     for _ in 0..n {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-        let mut stream = socket.connect(to).await.unwrap();
+        let mut stream = connect_from(from, to).await;
         // A request answered on it proves the proxy has counted it before the next one opens
         // (connections are taken up on two threads, not always in the order they arrived).
-        stream.write_all(GET).await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed: {head:?}");
-            head.push(byte[0]);
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        let head = answer_head(&mut stream, GET).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         held.push(stream);
     }
     held
