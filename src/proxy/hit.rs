@@ -12,7 +12,7 @@
 //! stored validators, as `cache_not_modified_filter` answers them), and so are `Range` and
 //! `If-Range` with one range (the 206 or 416 from Pingora's own range filter, the body cut from
 //! the stored one). Anything unusual falls back to Pingora with nothing written and nothing
-//! counted: another method or version, several ranges (a multipart body), a field that asks
+//! counted: another method or version, a body of several ranges (multipart), a field that asks
 //! for more than a stored answer (`If-Match`, `If-Unmodified-Since`, request directives,
 //! cookies, credentials, a body, `Connection`, `Upgrade`, `Expect`), a miss, a stale entry,
 //! or a refusal (which Pingora's path then answers). The policy runs last, after the lookup,
@@ -134,7 +134,7 @@ pub async fn serve(
     let entry = fresh::lookup(memory, host, &req, algorithms, cache.keyed_cookies(), now)?;
     let (mut resp, not_modified, range) = fresh::hit_header(&entry, &req);
     // What of the stored body goes out: all of it, one range, or nothing (a 304, a HEAD, a
-    // 416). Several ranges make a multipart body, which Pingora's range filter writes.
+    // 416). A body of several ranges is multipart, which Pingora's range body filter writes.
     let header_only =
         not_modified || req.method == http::Method::HEAD || matches!(range, RangeType::Invalid);
     let body = match &range {
