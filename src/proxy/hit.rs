@@ -6,9 +6,8 @@
 //! It adds no rule of its own: the same request checks (`limits`), path normal form (`gate`),
 //! routing, policy (`gate::verdict`), cache key, variance and freshness (`cache::fresh`), and
 //! the same response fields (`RequestCtx::own_fields`, `etag`, header rules), metrics and access
-//! log (`observe::record`) as the Pingora path. What it does differently is what RFC 9111 asks
-//! of a hit: the stored `Date` goes out (Pingora's HTTP/1 writer replaces it with the time of
-//! the hit). `If-None-Match` and `If-Modified-Since` are answered here too (the 304 from the
+//! log (`observe::record`) as the Pingora path, and the stored `Date`, as Pingora's writers
+//! (patched, `vendor/README.md`) keep it. `If-None-Match` and `If-Modified-Since` are answered here too (the 304 from the
 //! stored validators, as `cache_not_modified_filter` answers them), and so are `Range` and
 //! `If-Range` with one range (the 206 or 416 from Pingora's own range filter, the body cut from
 //! the stored one). Anything unusual falls back to Pingora with nothing written and nothing

@@ -89,8 +89,9 @@ impl Drop for Origin {
 /// ETag), `lm=1` (a fixed Last-Modified), `expires` (Expires), `vary` (Vary; the body also
 /// names the varied header's value), `cookie=1` (Set-Cookie), `tag` (Surrogate-Key),
 /// `size=N` (an N-byte body), `page=N` (an N-byte HTML page), `type` (Content-Type), `ce`
-/// (Content-Encoding), `age` (Age), `status=N`, `range=1` (a 206 with Content-Range), `cond=1` (answer
-/// If-None-Match with 304).
+/// (Content-Encoding), `age` (Age), `date` (Date; `%20` and `%2C` for space and comma),
+/// `status=N`, `range=1` (a 206 with Content-Range), `cond=1` (answer If-None-Match with 304,
+/// with `date304` as its Date).
 pub async fn spawn_origin(name: &str) -> Origin {
     spawn_origin_at(name, "127.0.0.1:0".parse().expect("address")).await
 }
@@ -178,6 +179,9 @@ async fn handle(
                 if let Some(cc) = param("cc") {
                     resp = resp.header("cache-control", cc);
                 }
+                if let Some(date) = param("date304") {
+                    resp = resp.header("date", date);
+                }
                 return Ok(resp.body(Full::new(Bytes::new())).expect("response"));
             }
         }
@@ -229,6 +233,7 @@ async fn handle(
         ("tag", "surrogate-key"),
         ("ce", "content-encoding"),
         ("age", "age"),
+        ("date", "date"),
     ];
     if let Some(status) = param("status").and_then(|s| s.parse::<u16>().ok()) {
         resp = resp.status(status);

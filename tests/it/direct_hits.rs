@@ -1,9 +1,9 @@
 //! The front end's direct path for fresh cache hits against Pingora's cache path: random
 //! requests (methods, paths in odd spellings, encodings, languages, conditionals, ranges,
 //! cookies, pipelined pairs) go to one proxy with `cache.direct_hits` on and then, after a
-//! reload turns it off, again; the answers must be the same but for `Date`, `Age`, the request
-//! id and the time left in `Cache-Status`. A hit the direct path served carries the origin's
-//! `Date`.
+//! reload turns it off, again; the answers must be the same but for `Age`, the request id and
+//! the time left in `Cache-Status`, and every hit on either path carries the origin's `Date`.
+//! Which answers went direct is read from `/stats` after each request or pipelined pair.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{serve_http1, spawn_proxy, upstream};
+use crate::common::{serve_http1, spawn_proxy, upstream, Proxy};
 use crate::tls::{tls_block, tls_client, Ca};
 
 /// An origin whose answers depend only on the request (no counters), so that the two paths
@@ -90,11 +90,17 @@ struct Answer {
     body: Vec<u8>,
 }
 
-/// The request's answer and whether it was a hit whose `Date` is the origin's.
+/// The request's answer, whether it was a hit and whether its `Date` is the origin's.
 struct Seen {
     answer: Answer,
     origin_date: bool,
     hit: bool,
+}
+
+/// The answers to one request or one pipelined pair, and how many of them went direct.
+struct Unit {
+    seen: Vec<Seen>,
+    direct: u64,
 }
 
 /// Reads more of the connection into `buf`.
@@ -190,7 +196,8 @@ async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, method: &str) -> Seen
         let text = String::from_utf8_lossy(&body).replace(&boundary, "BOUNDARY");
         body = text.into_bytes();
     }
-    // Framing differs only in how the same body is sent; the rest must match.
+    // Framing differs only in how the same body is sent; the rest must match. An answer that
+    // is not a hit carries the `Date` of its own fetch; `origin_date` checks the hits'.
     let ignored = ["date", "age", "x-request-id", "x-date"];
     fields.retain(|(k, _)| !ignored.contains(&k.as_str()));
     fields.sort();
@@ -281,15 +288,25 @@ fn random_request(rng: &mut StdRng) -> (String, String) {
     (method.to_string(), text)
 }
 
-/// Sends `requests` on one connection, some as pipelined pairs, and reads every answer.
-async fn send_all(proxy: SocketAddr, requests: &[(String, String)], pairs: &[bool]) -> Vec<Seen> {
-    let mut s = TcpStream::connect(proxy).await.expect("connect");
+/// The `/stats` count of hits the direct path answered.
+async fn direct_hits(proxy: &Proxy) -> u64 {
+    proxy.stats().await["cache"]["direct_hits"]
+        .as_u64()
+        .expect("direct_hits")
+}
+
+/// Sends `requests` on one connection, some as pipelined pairs, and reads every answer, with
+/// how many answers of each request or pair the direct path gave.
+async fn send_all(proxy: &Proxy, requests: &[(String, String)], pairs: &[bool]) -> Vec<Unit> {
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     let mut buf = Vec::new();
-    let mut seen = Vec::new();
+    let mut units = Vec::new();
+    let mut count = direct_hits(proxy).await;
     let mut i = 0;
     while i < requests.len() {
         let pair = pairs[i] && i + 1 < requests.len();
         let (method, text) = &requests[i];
+        let mut seen = Vec::new();
         if pair {
             let both = format!("{text}{}", requests[i + 1].1);
             s.write_all(both.as_bytes()).await.expect("write");
@@ -301,8 +318,14 @@ async fn send_all(proxy: SocketAddr, requests: &[(String, String)], pairs: &[boo
             seen.push(read_answer(&mut s, &mut buf, method).await);
             i += 1;
         }
+        let now = direct_hits(proxy).await;
+        units.push(Unit {
+            seen,
+            direct: now - count,
+        });
+        count = now;
     }
-    seen
+    units
 }
 
 fn config(origin: SocketAddr, direct: bool) -> String {
@@ -316,7 +339,7 @@ fn config(origin: SocketAddr, direct: bool) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn direct_hits_answer_exactly_as_the_pingora_path_but_keep_the_origin_date() {
+async fn direct_hits_answer_exactly_as_the_pingora_path_and_both_keep_the_origin_date() {
     let origin = spawn_origin().await;
     let proxy = spawn_proxy(&config(origin, true)).await;
     let seed: u64 = std::env::var("DIRECT_HITS_SEED")
@@ -331,62 +354,63 @@ async fn direct_hits_answer_exactly_as_the_pingora_path_but_keep_the_origin_date
         .collect();
 
     // Fill the cache with every variant the requests ask for.
-    send_all(proxy.addr, &requests, &pairs).await;
-    let before = proxy.stats().await["cache"]["direct_hits"]
-        .as_u64()
-        .expect("direct_hits");
-    let direct = send_all(proxy.addr, &requests, &pairs).await;
-    let after = proxy.stats().await["cache"]["direct_hits"]
-        .as_u64()
-        .expect("direct_hits");
+    send_all(&proxy, &requests, &pairs).await;
+    let direct = send_all(&proxy, &requests, &pairs).await;
 
     proxy.rewrite_config(&config(origin, false));
     let (status, body) = proxy.reload().await;
     assert_eq!(status, 200, "{body}");
-    let pingora = send_all(proxy.addr, &requests, &pairs).await;
-    let unchanged = proxy.stats().await["cache"]["direct_hits"]
-        .as_u64()
-        .expect("direct_hits");
+    let pingora = send_all(&proxy, &requests, &pairs).await;
+    assert!(
+        pingora.iter().all(|u| u.direct == 0),
+        "with direct_hits off no hit is direct"
+    );
 
-    for (i, ((d, p), (_, text))) in direct.iter().zip(&pingora).zip(&requests).enumerate() {
+    let direct_seen = direct.iter().flat_map(|u| &u.seen);
+    let pingora_seen = pingora.iter().flat_map(|u| &u.seen);
+    for (i, ((d, p), (_, text))) in direct_seen.zip(pingora_seen).zip(&requests).enumerate() {
         assert_eq!(
             d.answer, p.answer,
             "request {i} (seed {seed}) answered differently:\n{text}"
         );
-        assert!(
-            !p.origin_date,
-            "request {i}: Pingora's path wrote the origin's Date\n{text}"
-        );
+        for (path, s) in [("direct", d), ("Pingora's", p)] {
+            assert!(
+                !s.hit || s.origin_date,
+                "request {i} (seed {seed}): a hit on {path} path without the stored Date\n{text}"
+            );
+        }
     }
-    let served_direct = direct.iter().filter(|s| s.hit && s.origin_date).count() as u64;
+    let served_direct: u64 = direct.iter().map(|u| u.direct).sum();
     println!("{served_direct} of {} answers went direct", requests.len());
     assert!(
         served_direct > 20,
         "only {served_direct} direct hits (seed {seed})"
     );
-    assert_eq!(
-        after - before,
-        served_direct,
-        "direct_hits counts what went direct"
-    );
-    assert_eq!(unchanged, after, "with direct_hits off no hit is direct");
-    // Every hit that needed nothing but the stored answer went direct.
-    for (s, (method, text)) in direct.iter().zip(&requests) {
-        // Several ranges make a multipart body, which is Pingora's to write.
-        let plain = ![
-            "Range: bytes=0-1, 4-5",
-            "Cookie",
-            "Cache-Control",
-            "OPTIONS",
-        ]
-        .iter()
-        .any(|f| text.contains(f));
-        if s.hit && plain && method != "OPTIONS" {
-            assert!(
-                s.origin_date,
-                "a plain fresh hit did not go direct:\n{text}"
-            );
-        }
+    // Only hits go direct, and every hit that needed nothing but the stored answer does.
+    let mut at = 0;
+    for unit in &direct {
+        let texts = &requests[at..at + unit.seen.len()];
+        at += unit.seen.len();
+        let hits = unit.seen.iter().filter(|s| s.hit).count() as u64;
+        let plain_hits = unit
+            .seen
+            .iter()
+            .zip(texts)
+            .filter(|(s, (method, text))| {
+                // Several ranges make a multipart body, which is Pingora's to write.
+                let plain = !["Range: bytes=0-1, 4-5", "Cookie", "Cache-Control"]
+                    .iter()
+                    .any(|f| text.contains(f));
+                s.hit && plain && method != "OPTIONS"
+            })
+            .count() as u64;
+        let shown: Vec<&str> = texts.iter().map(|(_, t)| t.as_str()).collect();
+        assert!(
+            plain_hits <= unit.direct && unit.direct <= hits,
+            "{} of {plain_hits} plain hits ({hits} hits) went direct (seed {seed}):\n{}",
+            unit.direct,
+            shown.join("")
+        );
     }
 }
 
@@ -405,11 +429,6 @@ async fn over_tls_a_fresh_hit_goes_direct_with_hsts_and_http2_hits_go_through_pi
     .await;
     let addr = proxy.tls.expect("TLS listener");
     let url = format!("https://h.test:{}/plain", addr.port());
-    let direct = || async {
-        proxy.stats().await["cache"]["direct_hits"]
-            .as_u64()
-            .expect("direct_hits")
-    };
     let h1 = tls_client(Some(&ca), "h.test", addr)
         .http1_only()
         .build()
@@ -437,18 +456,23 @@ async fn over_tls_a_fresh_hit_goes_direct_with_hsts_and_http2_hits_go_through_pi
     );
     assert_eq!(field(&hit, "strict-transport-security"), "max-age=600");
     assert_eq!(hit.text().await.expect("body"), "GET /plain ");
-    assert_eq!(direct().await, 1);
+    assert_eq!(direct_hits(&proxy).await, 1);
 
-    // HTTP/2 streams are Pingora's: the same hit, not counted as direct.
+    // HTTP/2 streams are Pingora's: the same hit with the stored `Date`, not counted as direct.
     let h2 = tls_client(Some(&ca), "h.test", addr)
         .build()
         .expect("client");
     let hit = h2.get(&url).send().await.expect("h2 hit");
     assert_eq!(hit.version(), reqwest::Version::HTTP_2);
     assert!(field(&hit, "cache-status").contains("; hit"));
+    assert_eq!(
+        field(&hit, "date"),
+        field(&hit, "x-date"),
+        "the stored Date"
+    );
     assert_eq!(field(&hit, "strict-transport-security"), "max-age=600");
     assert_eq!(hit.text().await.expect("body"), "GET /plain ");
-    assert_eq!(direct().await, 1);
+    assert_eq!(direct_hits(&proxy).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,7 +494,15 @@ async fn one_range_of_a_fresh_hit_goes_direct_and_several_go_through_pingora() {
         get("Range: bytes=99999-\r\n"),
         get("Range: bytes=0-1, 4-5\r\n"),
     ];
-    let seen = send_all(proxy.addr, &requests, &[false; 7]).await;
+    let units = send_all(&proxy, &requests, &[false; 7]).await;
+    let seen: Vec<&Seen> = units.iter().map(|u| &u.seen[0]).collect();
+    let went_direct: Vec<u64> = units.iter().map(|u| u.direct).collect();
+    // Two whole answers, two single ranges and the 416; not the miss nor the multipart body.
+    assert_eq!(
+        went_direct,
+        [0, 1, 1, 1, 1, 1, 0],
+        "which answers went direct"
+    );
     let field = |s: &Seen, name: &str| {
         s.answer
             .fields
@@ -486,7 +518,7 @@ async fn one_range_of_a_fresh_hit_goes_direct_and_several_go_through_pingora() {
 
     let one = &seen[2];
     assert_eq!(one.answer.status, 206);
-    assert!(one.origin_date, "a single range went through Pingora");
+    assert!(one.origin_date, "the stored Date");
     assert_eq!(one.answer.body, body[2..6]);
     let total = body.len();
     assert_eq!(
@@ -514,20 +546,13 @@ async fn one_range_of_a_fresh_hit_goes_direct_and_several_go_through_pingora() {
     );
     assert!(unsatisfiable.answer.body.is_empty());
 
-    // Several ranges: a multipart body, from Pingora's path (the time of the answer as Date).
+    // Several ranges: a multipart body, from Pingora's path, with the stored `Date` too.
     let several = &seen[6];
     assert_eq!(several.answer.status, 206);
-    assert!(several.hit && !several.origin_date);
+    assert!(several.hit && several.origin_date);
     let content_type = field(several, "content-type").unwrap_or_default();
     assert!(
         content_type.starts_with("multipart/byteranges"),
         "{content_type}"
-    );
-
-    let direct = proxy.stats().await["cache"]["direct_hits"].as_u64();
-    assert_eq!(
-        direct,
-        Some(5),
-        "two whole answers, two single ranges and the 416"
     );
 }

@@ -15,6 +15,7 @@ mod cli;
 mod cluster_limits;
 mod compress;
 mod dashboard;
+mod dates;
 mod direct_hits;
 mod discovery;
 mod docs;

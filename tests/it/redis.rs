@@ -176,6 +176,28 @@ async fn a_miss_on_one_instance_is_a_redis_hit_on_the_other() {
         "{cs}"
     );
     assert_eq!(redis_stats(&b).await["hits"], 1);
+
+    // A hit from the tier carries the stored `Date`, as a memory hit does (RFC 9111 §4).
+    let old = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(10));
+    let param = old.replace(' ', "%20").replace(',', "%2C");
+    let dated = format!("/dated?cc=max-age=60&date={param}");
+    let date = |proxy: &Proxy| {
+        let url = proxy.url(&dated);
+        async move {
+            let resp = client().get(url).send().await.expect("request");
+            let cs = resp.headers()["cache-status"].to_str().unwrap().to_string();
+            (cs, resp.headers()["date"].to_str().unwrap().to_string())
+        }
+    };
+    assert_eq!(date(&a).await.1, old);
+    wait_until(Duration::from_secs(2), || async {
+        let keys = redis.command(redis::cmd("KEYS").arg("sy:obj:*dated*"));
+        matches!(keys, redis::Value::Array(k) if !k.is_empty())
+    })
+    .await;
+    let (cs, from_tier) = date(&b).await;
+    assert!(cs.ends_with("detail=redis"), "{cs}");
+    assert_eq!(from_tier, old, "a Redis-tier hit carries the stored Date");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
