@@ -4,18 +4,18 @@
 //! work, so Pingora's per-request machinery (session, cache state machine, phases) is all cost.
 //!
 //! It adds no rule of its own: the same request checks (`limits`), path normal form (`gate`),
-//! routing, policy (`gate::verdict`), cache key, variance and freshness (`cache::fresh`), and
-//! the same response fields (`RequestCtx::own_fields`, `etag`, header rules), metrics and access
-//! log (`observe::record`) as the Pingora path, and the stored `Date`, as Pingora's writers
-//! (patched, `vendor/README.md`) keep it. `If-None-Match` and `If-Modified-Since` are answered here too (the 304 from the
-//! stored validators, as `cache_not_modified_filter` answers them), and so are `Range` and
-//! `If-Range` with one range (the 206 or 416 from Pingora's own range filter, the body cut from
+//! routing, policy (`gate::verdict`), cache key, variance and freshness (`cache::fresh`), and the
+//! same response fields (`RequestCtx::own_fields`, `etag`, header rules), metrics and access log
+//! (`observe::record`) as the Pingora path, and the stored `Date`, as Pingora's writers (patched,
+//! `vendor/README.md`) keep it. `If-None-Match` and `If-Modified-Since` are answered here too (the
+//! 304 from the stored validators, as `cache_not_modified_filter` answers them), and so are `Range`
+//! and `If-Range` with one range (the 206 or 416 from Pingora's own range filter, the body cut from
 //! the stored one). Anything unusual falls back to Pingora with nothing written and nothing
-//! counted: another method or version, a body of several ranges (multipart), a field that asks
-//! for more than a stored answer (`If-Match`, `If-Unmodified-Since`, request directives,
-//! cookies, credentials, a body, `Connection`, `Upgrade`, `Expect`), a miss, a stale entry,
-//! or a refusal (which Pingora's path then answers). The policy runs last, after the lookup,
-//! so a request that falls back has used no rate budget.
+//! counted: another method or version, a body of several ranges (multipart), a field that asks for
+//! more than a stored answer (`If-Match`, `If-Unmodified-Since`, request directives, cookies,
+//! credentials, a body, `Connection`, `Upgrade`, `Expect`), a miss, a stale entry, or a refusal
+//! (which Pingora's path then answers). The policy runs last, after the lookup, so a request that
+//! falls back has used no rate budget.
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::common::{client, closed_port, spawn_origin, spawn_proxy, upstream, Proxy};
 
-/// An HTTP date `ago` before now, as the origin's query parameter wants it.
-fn date_ago(ago: Duration) -> (String, String) {
+/// An HTTP date `ago` before now, and as the test origin's `date` parameter wants it.
+pub(crate) fn date_ago(ago: Duration) -> (String, String) {
     let date = httpdate::fmt_http_date(SystemTime::now() - ago);
     let param = date.replace(' ', "%20").replace(',', "%2C");
     (date, param)

@@ -178,8 +178,7 @@ async fn a_miss_on_one_instance_is_a_redis_hit_on_the_other() {
     assert_eq!(redis_stats(&b).await["hits"], 1);
 
     // A hit from the tier carries the stored `Date`, as a memory hit does (RFC 9111 §4).
-    let old = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(10));
-    let param = old.replace(' ', "%20").replace(',', "%2C");
+    let (old, param) = crate::dates::date_ago(Duration::from_secs(10));
     let dated = format!("/dated?cc=max-age=60&date={param}");
     let date = |proxy: &Proxy| {
         let url = proxy.url(&dated);
