@@ -1,8 +1,7 @@
 //! Accept-Encoding negotiation and the cache's normalisation never panic, and agree.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use switchyard::cache::key::normalize_accept_encoding;
-use switchyard::compress::negotiate::negotiate;
+use switchyard::compress::negotiate::{negotiate, normalize_accept_encoding};
 use switchyard::compress::Algorithm;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@ use libfuzzer_sys::fuzz_target;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::time::{Duration, SystemTime};
 use switchyard::cache::{key, policy};
-use switchyard::config::RouteCache;
+use switchyard::config::{ClientCacheControl, CookiePolicy, RouteCache};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -22,6 +22,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = resp.insert_header("Expires", expires);
     let _ = resp.insert_header("Age", age);
     let _ = resp.insert_header("Vary", cc);
+    // The targeted field (RFC 9213) overrides Cache-Control when present.
+    if expires.len() % 2 == 1 {
+        let _ = resp.insert_header("CDN-Cache-Control", cc);
+    }
     let mut req = match RequestHeader::build("GET", path.as_bytes(), None) {
         Ok(r) => r,
         Err(_) => RequestHeader::build("GET", b"/", None).unwrap(),
@@ -32,8 +36,12 @@ fuzz_target!(|data: &[u8]| {
         max_ttl: Some(Duration::from_secs(3600)),
         stale_while_revalidate: Duration::from_secs(10),
         stale_if_error: Duration::from_secs(10),
+        cookies: CookiePolicy::default(),
+        client_cache_control: ClientCacheControl::Honor,
+        warm: None,
     };
-    let _ = policy::decide(&req, &resp, &route, SystemTime::now());
+    let targeted = [http::HeaderName::from_static("cdn-cache-control")];
+    let _ = policy::decide(&req, &resp, &route, &targeted, SystemTime::now());
     let _ = policy::request_directive(&req);
     let _ = key::primary(expires, &req);
 });

@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 use switchyard::config::Sticky;
-use switchyard::upstream::sticky::{cookie_value, StickyCodec};
+use switchyard::upstream::sticky::StickyCodec;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         secret: Some("fuzz".into()),
     });
     let _ = codec.decode(text, 1_000_000);
-    if let Some(value) = cookie_value([text].into_iter(), "SID") {
+    if let Some(value) = codec.find([text].into_iter()) {
         let _ = codec.decode(value, 1_000_000);
     }
     let id = codec.backend_id("pool", text);
