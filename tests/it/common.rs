@@ -412,6 +412,16 @@ pub async fn spawn_proxy_env(config: &str, env: &[(&str, &str)]) -> Proxy {
 }
 
 /// An HTTP client that never uses a proxy from the environment.
+/// A client that speaks HTTP/2 with prior knowledge (h2c) to a plain listener.
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("h2c client")
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()

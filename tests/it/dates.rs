@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::common::{client, closed_port, spawn_origin, spawn_proxy, upstream, Proxy};
+use crate::common::{client, closed_port, h2c_client, spawn_origin, spawn_proxy, upstream, Proxy};
 
 /// An HTTP date `ago` before now, and as the test origin's `date` parameter wants it.
 pub(crate) fn date_ago(ago: Duration) -> (String, String) {
@@ -14,7 +14,7 @@ pub(crate) fn date_ago(ago: Duration) -> (String, String) {
 }
 
 /// Status, `Date`, `Cache-Status` and body of a GET with `headers`, over `http`.
-async fn fetch(
+pub(crate) async fn fetch(
     http: &reqwest::Client,
     proxy: &Proxy,
     path: &str,
@@ -60,12 +60,7 @@ async fn hits_carry_the_stored_date_on_every_path_and_made_answers_the_time() {
     ))
     .await;
     let h1 = client();
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("h2c client");
+    let h2 = h2c_client();
 
     // Ten seconds old, so that a `Date` written when the answer goes out never equals it.
     let (old, old_param) = date_ago(Duration::from_secs(10));

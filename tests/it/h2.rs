@@ -6,17 +6,8 @@ use std::time::Duration;
 
 use reqwest::Version;
 
-use crate::common::{client, spawn_origin, spawn_proxy, upstream, wait_until, Proxy};
+use crate::common::{client, h2c_client, spawn_origin, spawn_proxy, upstream, wait_until, Proxy};
 use crate::tls::{tls_block, tls_client, Ca};
-
-fn h2c_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_only_when_enabled() {

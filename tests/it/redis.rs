@@ -180,21 +180,14 @@ async fn a_miss_on_one_instance_is_a_redis_hit_on_the_other() {
     // A hit from the tier carries the stored `Date`, as a memory hit does (RFC 9111 §4).
     let (old, param) = crate::dates::date_ago(Duration::from_secs(10));
     let dated = format!("/dated?cc=max-age=60&date={param}");
-    let date = |proxy: &Proxy| {
-        let url = proxy.url(&dated);
-        async move {
-            let resp = client().get(url).send().await.expect("request");
-            let cs = resp.headers()["cache-status"].to_str().unwrap().to_string();
-            (cs, resp.headers()["date"].to_str().unwrap().to_string())
-        }
-    };
-    assert_eq!(date(&a).await.1, old);
+    let (_, date, _, _) = crate::dates::fetch(&client(), &a, &dated, &[]).await;
+    assert_eq!(date, old);
     wait_until(Duration::from_secs(2), || async {
         let keys = redis.command(redis::cmd("KEYS").arg("sy:obj:*dated*"));
         matches!(keys, redis::Value::Array(k) if !k.is_empty())
     })
     .await;
-    let (cs, from_tier) = date(&b).await;
+    let (_, from_tier, cs, _) = crate::dates::fetch(&client(), &b, &dated, &[]).await;
     assert!(cs.ends_with("detail=redis"), "{cs}");
     assert_eq!(from_tier, old, "a Redis-tier hit carries the stored Date");
 }
